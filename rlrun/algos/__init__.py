@@ -1,0 +1,1 @@
+"""One file per algorithm; each is registered by name in rlrun/registry.py."""

@@ -1,0 +1,64 @@
+"""Experience storage, preallocated on the training device."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor  # (B, *obs_shape)
+    actions: torch.Tensor  # (B, *action_shape)
+    rewards: torch.Tensor  # (B,)
+    next_obs: torch.Tensor  # (B, *obs_shape)
+    terminated: torch.Tensor  # (B,) 1.0 where the episode truly ended; truncations stay 0.0
+
+
+class ReplayBuffer:
+    """A ring buffer of transitions, sampled uniformly with replacement.
+
+    `terminated` is stored without the time-limit truncation flag, so targets still
+    bootstrap from states where an episode was only cut off.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        action_shape: tuple[int, ...],
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.obs = torch.zeros((capacity, *obs_shape), dtype=torch.float32, device=device)
+        self.next_obs = torch.zeros_like(self.obs)
+        self.actions = torch.zeros((capacity, *action_shape), dtype=torch.float32, device=device)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.position = 0
+        self.size = 0
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def add(
+        self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminated: bool
+    ) -> None:
+        i = self.position
+        self.obs[i] = torch.as_tensor(obs)
+        self.actions[i] = torch.as_tensor(action)
+        self.rewards[i] = float(reward)
+        self.next_obs[i] = torch.as_tensor(next_obs)
+        self.terminated[i] = float(terminated)
+        self.position = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int) -> Batch:
+        index = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
+        return Batch(
+            self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminated[index]
+        )
+
+    def __len__(self) -> int:
+        return self.size

@@ -1,0 +1,160 @@
+"""The composed Hydra config, validated once and frozen into plain typed values.
+
+Algorithms read these dataclasses, never OmegaConf: a bad value is reported before any
+environment or network is built, and the training loop does no config lookups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+
+class ConfigError(ValueError):
+    """A config value a user can fix; the message is one line naming the value."""
+
+
+def positive(path: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{path}={value!r} must be positive")
+
+
+def non_negative(path: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{path}={value!r} must be zero or positive")
+
+
+def in_range(path: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{path}={value!r} must lie in [{low}, {high}]")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 10_000
+    episodes: int = 10
+
+    def __post_init__(self) -> None:
+        positive("eval.every", self.every)
+        positive("eval.episodes", self.episodes)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every: int = 1000
+
+    def __post_init__(self) -> None:
+        positive("log.every", self.every)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100_000
+
+    def __post_init__(self) -> None:
+        positive("checkpoint.every", self.every)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    id: str
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one run that every algorithm shares."""
+
+    env: EnvConfig
+    seed: int = 0
+    total_steps: int = 1_000_000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None
+    progress: bool = True
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        positive("total_steps", self.total_steps)
+        non_negative("seed", self.seed)
+        if self.threads is not None:
+            positive("threads", self.threads)
+
+
+def from_mapping(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build the dataclass `cls` from `data`, converting and checking every field's type.
+
+    Raises ConfigError naming the dotted key for unknown keys, missing keys and values of
+    the wrong type; range checks live in each dataclass's __post_init__.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'{_suggest(key, names, prefix)}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            values[f.name] = _convert(hints[f.name], data[f.name], prefix + f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing config key '{prefix}{f.name}'")
+    return cls(**values)
+
+
+def _suggest(key: str, names: typing.Iterable[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, list(names), n=1)
+    if close:
+        return f"; did you mean '{prefix}{close[0]}'?"
+    return f"; valid keys: {', '.join(sorted(names))}"
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path} must be a group of keys, got {value!r}")
+        return from_mapping(tp, value, prefix=path + ".")
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}={value!r} is not valid: expected {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}={value!r} is not valid; choose one of: {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list like [256, 256], got {value!r}")
+        return tuple(_convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        # YAML and Hydra give 1e6 as a float; accept it when it is a whole number.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp} at {path}")

@@ -1,0 +1,64 @@
+"""Run outputs: TensorBoard scalars, metrics.jsonl and the console progress bar."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+from tqdm import tqdm
+
+log = logging.getLogger("rlrun")
+
+Scalar = float | int | torch.Tensor
+
+
+class RunLogger:
+    """Writes every scalar to TensorBoard and to metrics.jsonl in the run folder.
+
+    Tensor values are converted with a single host transfer per call, so algorithms can
+    hand over their on-device loss tensors at logging steps only.
+    """
+
+    def __init__(self, run_dir: Path, total_steps: int, progress: bool) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        # disable=None hides the bar when the console is not a terminal (CI, Slurm logs).
+        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=None if progress else True)
+        self.latest_return: float | None = None
+
+    def scalars(self, step: int, values: Mapping[str, Scalar]) -> None:
+        row = {name: float(v) for name, v in values.items() if not isinstance(v, torch.Tensor)}
+        tensor_names = [name for name, v in values.items() if isinstance(v, torch.Tensor)]
+        if tensor_names:
+            stacked = torch.stack([values[name].detach().float().reshape(()) for name in tensor_names])
+            row.update(zip(tensor_names, stacked.tolist()))
+        for name, value in row.items():
+            self.writer.add_scalar(name, value, step)
+        self.metrics_file.write(json.dumps({"step": step, **row}) + "\n")
+
+    def episode(self, step: int, episode_return: float, episode_length: int) -> None:
+        self.latest_return = episode_return
+        self.scalars(step, {"train/episode_return": episode_return, "train/episode_length": episode_length})
+
+    def hyperparameters(self, flat_config: Mapping[str, object], metric_names: list[str]) -> None:
+        """Record the run's settings in TensorBoard's HPARAMS tab, next to the given metrics."""
+        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_config.items()}
+        for summary in hparams(values, {name: float("nan") for name in metric_names}):
+            self.writer.file_writer.add_summary(summary)
+
+    def progress(self, step: int, sps: float) -> None:
+        self.bar.update(step - self.bar.n)
+        postfix = {"sps": f"{sps:.0f}"}
+        if self.latest_return is not None:
+            postfix["return"] = f"{self.latest_return:.1f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.metrics_file.close()

@@ -1,0 +1,108 @@
+"""Networks shared by the algorithms."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int) -> nn.Sequential:
+    """in → [Linear, ReLU] per hidden size → Linear → out."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [nn.Linear(in_dim, size), nn.ReLU()]
+        in_dim = size
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class EnsembleLinear(nn.Module):
+    """`n` independent Linear layers applied as one batched matmul: (n, B, in) → (n, B, out).
+
+    Each member is initialised like nn.Linear, so an ensemble of n equals n separate MLPs.
+    """
+
+    def __init__(self, n: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        # kaiming_uniform(a=√5) as nn.Linear uses reduces to U(-1/√in, 1/√in) for the weights too.
+        self.weight = nn.Parameter(torch.empty(n, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class QEnsemble(nn.Module):
+    """`n` state-action value functions Q_i(s, a), evaluated together; returns shape (n, B)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], n: int) -> None:
+        super().__init__()
+        self.n = n
+        sizes = [obs_dim + action_dim, *hidden_sizes, 1]
+        self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], dim=-1).expand(self.n, -1, -1)
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x).squeeze(-1)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # the original SAC implementation's clip
+
+
+def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log π(a|s) of a = tanh(u), u ~ N(mean, std), summed over action dimensions.
+
+    Change of variables: log π(a) = log N(u) − Σ log(1 − tanh(u)²), with the stable form
+    log(1 − tanh(u)²) = 2·(log 2 − u − softplus(−2u)).
+    """
+    normal_log_prob = (
+        -0.5 * ((pre_tanh - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    )
+    log_det = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
+    return (normal_log_prob - log_det).sum(-1)
+
+
+class TanhGaussianActor(nn.Module):
+    """A Gaussian policy squashed by tanh into [-1, 1]^|A| (SAC's actor)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.trunk = mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1])
+        self.head = nn.Linear(hidden_sizes[-1], 2 * action_dim)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.head(F.relu(self.trunk(obs))).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action in [-1, 1] and its log-probability."""
+        mean, log_std = self(obs)
+        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(obs)[0])
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    # The fused kernel does the whole parameter list in one pass (CPU and CUDA alike).
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """θ_target ← (1 − τ)·θ_target + τ·θ_source, as one fused op over all parameters."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

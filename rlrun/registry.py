@@ -1,0 +1,19 @@
+"""Algorithms by name. Adding one: a file in rlrun/algos/, a yaml in configs/algo/, a line here."""
+
+from __future__ import annotations
+
+import importlib
+
+from rlrun.config import ConfigError
+
+# name → "module:class"; imported only when chosen, so start-up stays fast.
+ALGORITHMS: dict[str, str] = {
+    "sac": "rlrun.algos.sac:SAC",
+}
+
+
+def get_algorithm(name: str) -> type:
+    if name not in ALGORITHMS:
+        raise ConfigError(f"algo.name={name!r} is not a registered algorithm; choose one of: {', '.join(ALGORITHMS)}")
+    module_name, class_name = ALGORITHMS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
