@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
-from omegaconf.errors import ConfigKeyError
+from omegaconf.errors import OmegaConfBaseException
 
 from rlrun.config import ConfigError
 
@@ -107,7 +107,7 @@ def _describe(error: Exception, overrides: list[str]) -> str:
         extra = "; or keep env= and set env.id=<any Gymnasium id>" if group == "env" else ""
         return f"unknown {group} {value!r}; choose one of: {', '.join(sorted(error.options))}{extra}"
     cause = error.__cause__
-    if isinstance(cause, ConfigKeyError) and cause.full_key:
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
         siblings = list(cause.parent_node.keys()) if cause.parent_node is not None else []
         close = difflib.get_close_matches(str(cause.key), [str(k) for k in siblings], n=1)
         parent = cause.full_key.rpartition(".")[0]

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlrun.checkpoint import Checkpointer
 from rlrun.config import ConfigError, RunConfig, from_mapping
-from rlrun.envs import check_env_id, make_env, space_name
+from rlrun.envs import check_env_id, env_spaces, make_env, space_name
 from rlrun.evaluate import evaluate
 from rlrun.logger import RunLogger, log
 from rlrun.registry import ALGORITHMS, get_algorithm
@@ -47,10 +47,9 @@ def validate(cfg: DictConfig) -> Plan:
     if run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but CUDA is not available here; use device=cpu or device=auto")
     check_env_id(run.env.id)
-    env = gym.make(run.env.id)
-    _check_action_space(algo_name, algo_class, run.env.id, env.action_space)
-    algo_class.check_spaces(algo, env.observation_space, env.action_space)
-    env.close()
+    obs_space, action_space = env_spaces(run.env.id)
+    _check_action_space(algo_name, algo_class, run.env.id, action_space)
+    algo_class.check_spaces(algo, obs_space, action_space)
     return Plan(run, algo_name, algo_class, algo, OmegaConf.to_container(cfg, resolve=True))
 
 

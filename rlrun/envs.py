@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import logging
 
 import gymnasium as gym
 
 from rlrun.config import ConfigError
+
+log = logging.getLogger("rlrun")
 
 
 def check_env_id(env_id: str) -> None:
@@ -23,11 +26,23 @@ def make_env(env_id: str, seed: int) -> gym.Env:
 
     The first reset must pass `seed`; later resets continue the seeded RNG.
     """
-    env = gym.make(env_id)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env = gym.wrappers.RecordEpisodeStatistics(_make(env_id))
     env.action_space.seed(seed)
     env.observation_space.seed(seed)
     return env
+
+
+def env_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
+    """The observation and action spaces of `env_id`."""
+    env = _make(env_id)
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def _make(env_id: str) -> gym.Env:
+    if "mujoco" in str(gym.spec(env_id).entry_point):
+        _route_mujoco_warnings()
+    return gym.make(env_id)
 
 
 def space_name(space: gym.Space) -> str:
@@ -36,3 +51,18 @@ def space_name(space: gym.Space) -> str:
     if isinstance(space, gym.spaces.Discrete):
         return f"discrete (Discrete({space.n}))"
     return type(space).__name__
+
+
+def _route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings to the run log instead of raw stderr.
+
+    Gymnasium's MuJoCo XML files use attributes that newer MuJoCo releases deprecate, and
+    the C library prints that on every load; simulation warnings (NaN or unstable QACC) stay
+    visible at warning level.
+    """
+    import mujoco
+
+    def handler(message: str) -> None:
+        log.log(logging.DEBUG if "deprecated" in message else logging.WARNING, "MuJoCo: %s", message)
+
+    mujoco.set_mju_user_warning(handler)
