@@ -7,6 +7,7 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlrun.checkpoint import Checkpointer
 from rlrun.config import ConfigError, RunConfig, from_mapping
-from rlrun.envs import check_env_id, env_spaces, make_env, space_name
+from rlrun.envs import check_env_id, env_spaces, make_env, make_vector_env, space_name
 from rlrun.evaluate import evaluate
 from rlrun.logger import RunLogger, log
 from rlrun.registry import ALGORITHMS, get_algorithm
@@ -70,7 +71,6 @@ class Run:
         self.seed = plan.run.seed
         self.total_steps = plan.run.total_steps
         self.device = resolve_device(plan.run.device)
-        self.env = make_env(plan.run.env.id, self.seed)
         self.eval_env = make_env(plan.run.env.id, self.seed + EVAL_SEED_OFFSET)
         self.logger = RunLogger(run_dir, plan.run.total_steps, plan.run.progress)
         self.checkpointer = Checkpointer(run_dir, plan.algo_name, plan.run.env.id, plan.config)
@@ -80,30 +80,44 @@ class Run:
         self._last_log_step = 0
         # Seconds spent evaluating and checkpointing, left out of the training SPS.
         self._paused_total = self._paused_since_log = 0.0
+        self._envs: list[Any] = []
 
-    def episode_end(self, step: int, info: Mapping[str, Any]) -> None:
-        """Record a finished training episode from RecordEpisodeStatistics' info."""
-        episode = info["episode"]
-        self.logger.episode(step, float(episode["r"]), int(episode["l"]))
+    @cached_property
+    def env(self) -> gym.Env:
+        """The training environment, for algorithms that step one at a time."""
+        env = make_env(self.config.env.id, self.seed)
+        self._envs.append(env)
+        return env
+
+    def make_vector_env(self, num_envs: int, asynchronous: bool) -> gym.vector.VectorEnv:
+        """`num_envs` training environments stepped together, seeded seed, seed+1, ..."""
+        env = make_vector_env(self.config.env.id, self.seed, num_envs, asynchronous)
+        self._envs.append(env)
+        return env
+
+    def episode_end(self, step: int, episode_return: float, episode_length: int) -> None:
+        """Record a finished training episode."""
+        self.logger.episode(step, float(episode_return), int(episode_length))
 
     def after_step(self, step: int, agent: Any, metrics: Mapping[str, Any] | None) -> None:
-        """Called once per environment step: logs, evaluates and checkpoints on schedule."""
-        self.step = step
+        """Called after each environment step (or vector step: `step` may jump by num_envs);
+        logs, evaluates and checkpoints when `step` crosses each schedule's next multiple."""
+        previous, self.step = self.step, step
         config = self.config
-        if step % config.log.every == 0:
+        last = step >= self.total_steps
+        if step // config.log.every > previous // config.log.every:
             now = time.perf_counter()
             sps = (step - self._last_log_step) / max(now - self._last_log_time - self._paused_since_log, 1e-9)
             self._last_log_step, self._last_log_time, self._paused_since_log = step, now, 0.0
             self.logger.scalars(step, {**(metrics or {}), "perf/sps": sps})
             self.logger.progress(step, sps)
-        last = step == self.total_steps
-        if step % config.eval.every == 0 or last:
+        if step // config.eval.every > previous // config.eval.every or last:
             with self._paused():
                 returns = evaluate(agent.policy, self.eval_env, config.eval.episodes, self.seed + EVAL_SEED_OFFSET)
             self.last_eval = returns
             self.logger.scalars(step, {"eval/return_mean": returns.mean(), "eval/return_std": returns.std()})
             log.info("step %d: eval return %.1f ± %.1f", step, returns.mean(), returns.std())
-        if step % config.checkpoint.every == 0 or last:
+        if step // config.checkpoint.every > previous // config.checkpoint.every or last:
             with self._paused():
                 self.checkpointer.save(step, agent.state_dict())
 
@@ -130,8 +144,8 @@ class Run:
         }
 
     def close(self) -> None:
-        self.env.close()
-        self.eval_env.close()
+        for env in [*self._envs, self.eval_env]:
+            env.close()
         self.logger.close()
 
 
@@ -141,7 +155,8 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
     if plan.run.threads is not None:
         torch.set_num_threads(plan.run.threads)
     run = Run(plan, run_dir)
-    agent = plan.algo_class(plan.algo, run.env.observation_space, run.env.action_space, run.device, plan.run.seed)
+    obs_space, action_space = env_spaces(plan.run.env.id)
+    agent = plan.algo_class(plan.algo, obs_space, action_space, run.device, plan.run.seed)
     run.logger.hyperparameters(_flatten(plan.config), ["eval/return_mean"])
     status = "failed"
     try:

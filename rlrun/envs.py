@@ -32,6 +32,18 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     return env
 
 
+def make_vector_env(env_id: str, seed: int, num_envs: int, asynchronous: bool) -> gym.vector.VectorEnv:
+    """`num_envs` copies stepped together (in subprocesses if `asynchronous`), autoreset.
+
+    Episode statistics arrive in `info["episode"]` with the mask `info["_episode"]`.
+    """
+    make = [lambda: _make(env_id) for _ in range(num_envs)]
+    vector_class = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    env = gym.wrappers.vector.RecordEpisodeStatistics(vector_class(make))
+    env.action_space.seed(seed)
+    return env
+
+
 def env_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
     """The observation and action spaces of `env_id`."""
     env = _make(env_id)

@@ -25,7 +25,8 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Path, total_steps: int, progress: bool) -> None:
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+        # Flush often enough that TensorBoard shows curves while the run goes on.
+        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=10)
         self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         # disable=None hides the bar when the console is not a terminal (CI, Slurm logs).
         self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=None if progress else True)

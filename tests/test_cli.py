@@ -50,7 +50,7 @@ def test_help_lists_the_config_groups(rlrun):
     result = rlrun("--help")
     assert result.returncode == 0
     assert "algo: sac" in result.stdout
-    assert "env: Ant, HalfCheetah, Hopper, Humanoid, Pendulum, Walker2d" in result.stdout
+    assert "env: Acrobot, Ant, CartPole, HalfCheetah, Hopper, Humanoid, MountainCar," in result.stdout
 
 
 def test_cfg_job_prints_the_composed_config_with_tuned_values(rlrun, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 CASES = [
     # (overrides, words the one-line message must contain)
     (["algo=sacc"], ["unknown algo 'sacc'", "sac"]),
-    (["env=HalfCheeta"], ["unknown env 'HalfCheeta'", "HalfCheetah", "Pendulum"]),
+    (["env=HalfCheeta"], ["unknown env 'HalfCheeta'", "HalfCheetah", "Pendulum", "CartPole"]),
     (["env.id=HalfCheetah-v9"], ["env.id='HalfCheetah-v9'", "HalfCheetah-v5"]),
     (["algo.lrr=0.1"], ["unknown config key 'algo.lrr'", "algo.lr"]),
     (["eval.evry=5"], ["unknown config key 'eval.evry'", "eval.every"]),
@@ -17,7 +17,7 @@ CASES = [
     (["eval.episodes=0"], ["eval.episodes=0 must be positive"]),
     (["algo.gamma=1.5"], ["algo.gamma=1.5", "[0.0, 1.0]"]),
     (["device=tpu"], ["device='tpu'", "auto, cpu, cuda"]),
-    (["env.id=CartPole-v1"], ["algo=sac needs a Box action space", "CartPole-v1", "discrete"]),
+    (["env=CartPole"], ["algo=sac needs a Box action space", "CartPole-v1", "discrete"]),
     (["algo.hidden_sizes=[]"], ["algo.hidden_sizes=[]"]),
     (["progress=maybe"], ["progress must be true or false", "'maybe'"]),
 ]

@@ -170,7 +170,7 @@ class SAC:
             buffer.add(obs, action, reward, next_obs, terminated)
             obs = next_obs
             if terminated or truncated:
-                run.episode_end(step, info)
+                run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
                 obs, _ = env.reset()
 
             if step > config.learning_starts:
