@@ -106,3 +106,14 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """θ_target ← (1 − τ)·θ_target + τ·θ_source, as one fused op over all parameters."""
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+class DeterministicActor(nn.Module):
+    """μ(s) in [-1, 1]^|A| (TD3's and DDPG's actor): an MLP with a tanh output."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_sizes, action_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs))

@@ -97,8 +97,8 @@ def test_temperature_moves_toward_target_entropy():
 
 def test_actions_are_rescaled_to_the_env_bounds():
     agent = make_agent()
-    np.testing.assert_allclose(agent.to_env(np.array([-1.0, 0.0, 1.0])), [-2.0, 0.0, 2.0])
-    np.testing.assert_allclose(agent.to_unit(agent.to_env(np.array([0.3]))), [0.3], rtol=1e-6)
+    np.testing.assert_allclose(agent.actions.to_env(np.array([-1.0, 0.0, 1.0])), [-2.0, 0.0, 2.0])
+    np.testing.assert_allclose(agent.actions.to_unit(agent.actions.to_env(np.array([0.3]))), [0.3], rtol=1e-6)
     action = agent.policy(np.zeros(3, dtype=np.float32))
     assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
 

@@ -16,43 +16,25 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlrun.buffers import Batch, ReplayBuffer
-from rlrun.config import ConfigError, in_range, non_negative, positive
+from rlrun.buffers import Batch
+from rlrun.config import positive
 from rlrun.nets import QEnsemble, TanhGaussianActor, adam, gradient_step, polyak_update
+from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 
 
 @dataclass(frozen=True)
-class SACConfig:
-    lr: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    batch_size: int = 256
-    buffer_size: int = 1_000_000
-    learning_starts: int = 5000
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    num_critics: int = 2
-    init_temperature: float = 1.0
-    target_entropy: float | Literal["auto"] = "auto"
-    updates_per_step: int = 1
+class SACConfig(OffPolicyConfig):
+    """The shared off-policy settings (lr, gamma, tau, batch_size, buffer_size,
+    learning_starts, hidden_sizes, updates_per_step) plus SAC's own."""
+
+    num_critics: int = 2  # clipped double-Q takes the minimum over these
+    init_temperature: float = 1.0  # α at the start
+    target_entropy: float | Literal["auto"] = "auto"  # auto = −|A|
 
     def __post_init__(self) -> None:
-        positive("algo.lr", self.lr)
-        in_range("algo.gamma", self.gamma, 0.0, 1.0)
-        in_range("algo.tau", self.tau, 0.0, 1.0)
-        positive("algo.batch_size", self.batch_size)
-        positive("algo.buffer_size", self.buffer_size)
-        if self.batch_size > self.buffer_size:
-            raise ConfigError(
-                f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}"
-            )
-        non_negative("algo.learning_starts", self.learning_starts)
-        if not self.hidden_sizes:
-            raise ConfigError("algo.hidden_sizes=[] needs at least one layer, e.g. [256, 256]")
-        for i, size in enumerate(self.hidden_sizes):
-            positive(f"algo.hidden_sizes[{i}]", size)
+        super().__post_init__()
         positive("algo.num_critics", self.num_critics)
         positive("algo.init_temperature", self.init_temperature)
-        positive("algo.updates_per_step", self.updates_per_step)
 
 
 class SAC:
@@ -61,10 +43,7 @@ class SAC:
 
     @staticmethod
     def check_spaces(config: SACConfig, obs_space: gym.Space, action_space: gym.Space) -> None:
-        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-            raise ConfigError(f"algo=sac needs a bounded action space, got low={action_space.low} high={action_space.high}")
-        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-            raise ConfigError(f"algo=sac needs flat vector observations, got {obs_space}")
+        check_continuous_spaces("sac", obs_space, action_space)
 
     def __init__(
         self, config: SACConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int
@@ -73,8 +52,7 @@ class SAC:
         self.device = device
         self.seed = seed
         obs_dim, action_dim = obs_space.shape[0], action_space.shape[0]
-        self.obs_shape, self.action_shape = obs_space.shape, action_space.shape
-        self.action_low, self.action_high = action_space.low, action_space.high
+        self.actions = BoxActions(action_space)
 
         self.actor = TanhGaussianActor(obs_dim, action_dim, config.hidden_sizes).to(device)
         self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics).to(device)
@@ -88,24 +66,15 @@ class SAC:
         self.alpha_optimizer = adam([self.log_alpha], config.lr)
 
     # ----- acting ---------------------------------------------------------------------------
-    def to_env(self, unit_action: np.ndarray) -> np.ndarray:
-        return self.action_low + 0.5 * (unit_action + 1.0) * (self.action_high - self.action_low)
-
-    def to_unit(self, env_action: np.ndarray) -> np.ndarray:
-        return 2.0 * (env_action - self.action_low) / (self.action_high - self.action_low) - 1.0
-
-    def _obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-
     @torch.no_grad()
     def explore(self, obs: np.ndarray) -> np.ndarray:
         """A stochastic unit action for training."""
-        return self.actor.sample(self._obs_tensor(obs))[0][0].cpu().numpy()
+        return self.actor.sample(obs_batch(obs, self.device))[0][0].cpu().numpy()
 
     @torch.no_grad()
     def policy(self, obs: np.ndarray) -> np.ndarray:
         """The deterministic (mean) action in environment units, for evaluation."""
-        return self.to_env(self.actor.deterministic(self._obs_tensor(obs))[0].cpu().numpy())
+        return self.actions.to_env(self.actor.deterministic(obs_batch(obs, self.device))[0].cpu().numpy())
 
     # ----- learning -------------------------------------------------------------------------
     @torch.no_grad()
@@ -151,32 +120,8 @@ class SAC:
             "train/entropy": -log_prob.mean().detach(),
         }
 
-    # ----- the loop -------------------------------------------------------------------------
     def train(self, run) -> None:
-        config = self.config
-        env = run.env
-        # A buffer larger than the run would only hold zeros.
-        capacity = min(config.buffer_size, run.total_steps)
-        buffer = ReplayBuffer(capacity, self.obs_shape, self.action_shape, self.device, self.seed)
-        metrics = None
-
-        obs, _ = env.reset(seed=run.seed)
-        for step in range(1, run.total_steps + 1):
-            if step <= config.learning_starts:
-                action = self.to_unit(env.action_space.sample())
-            else:
-                action = self.explore(obs)
-            next_obs, reward, terminated, truncated, info = env.step(self.to_env(action))
-            buffer.add(obs, action, reward, next_obs, terminated)
-            obs = next_obs
-            if terminated or truncated:
-                run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
-                obs, _ = env.reset()
-
-            if step > config.learning_starts:
-                for _ in range(config.updates_per_step):
-                    metrics = self.update(buffer.sample(config.batch_size))
-            run.after_step(step, self, metrics)
+        train_off_policy(self, run, self.config)
 
     # ----- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -1,0 +1,140 @@
+"""Twin Delayed DDPG.
+
+Fujimoto et al. 2018, "Addressing Function Approximation Error in Actor-Critic Methods"
+(arXiv:1802.09477). Three changes to DDPG: clipped double-Q targets, target policy
+smoothing, and delayed policy and target updates. The actor acts in [-1, 1]^|A|, so the
+noise scales below are fractions of the action range's half-width, as in the paper's
+max_action scaling. DDPG (rlrun/algos/ddpg.py) is this algorithm with all three turned off.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlrun.buffers import Batch
+from rlrun.config import non_negative, positive
+from rlrun.nets import DeterministicActor, QEnsemble, adam, gradient_step, polyak_update
+from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
+
+
+@dataclass(frozen=True)
+class TD3Config(OffPolicyConfig):
+    """The shared off-policy settings (lr, gamma, tau, batch_size, buffer_size,
+    learning_starts, hidden_sizes, updates_per_step) plus TD3's own."""
+
+    learning_starts: int = 25_000  # the TD3 paper's start_timesteps
+    num_critics: int = 2  # targets take the minimum over these; 1 = plain DDPG target
+    exploration_noise: float = 0.1  # σ of the Gaussian noise on training actions
+    policy_noise: float = 0.2  # σ of the target policy smoothing noise
+    noise_clip: float = 0.5  # the smoothing noise is clipped to ±this
+    policy_delay: int = 2  # critic updates per actor and target update
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive("algo.num_critics", self.num_critics)
+        non_negative("algo.exploration_noise", self.exploration_noise)
+        non_negative("algo.policy_noise", self.policy_noise)
+        non_negative("algo.noise_clip", self.noise_clip)
+        positive("algo.policy_delay", self.policy_delay)
+
+
+class TD3:
+    Config = TD3Config
+    action_spaces = (gym.spaces.Box,)
+    name = "td3"
+
+    @classmethod
+    def check_spaces(cls, config: TD3Config, obs_space: gym.Space, action_space: gym.Space) -> None:
+        check_continuous_spaces(cls.name, obs_space, action_space)
+
+    def __init__(
+        self, config: TD3Config, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.seed = seed
+        obs_dim, action_dim = obs_space.shape[0], action_space.shape[0]
+        self.actions = BoxActions(action_space)
+
+        self.actor = DeterministicActor(obs_dim, action_dim, config.hidden_sizes).to(device)
+        self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics).to(device)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_optimizer = adam(self.actor.parameters(), config.lr)
+        self.critic_optimizer = adam(self.critic.parameters(), config.lr)
+        self.critic_updates = 0
+        self.actor_loss = torch.zeros((), device=device)  # the latest, reported between delayed updates
+
+    # ----- acting ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def explore(self, obs: np.ndarray) -> np.ndarray:
+        """μ(s) + N(0, σ²), clipped to the action bounds."""
+        action = self.actor(obs_batch(obs, self.device))[0]
+        noise = torch.randn_like(action) * self.config.exploration_noise
+        return (action + noise).clamp(-1.0, 1.0).cpu().numpy()
+
+    @torch.no_grad()
+    def policy(self, obs: np.ndarray) -> np.ndarray:
+        """μ(s) in environment units, for evaluation."""
+        return self.actions.to_env(self.actor(obs_batch(obs, self.device))[0].cpu().numpy())
+
+    # ----- learning -------------------------------------------------------------------------
+    @torch.no_grad()
+    def smoothed_target_action(self, next_obs: torch.Tensor) -> torch.Tensor:
+        """ã = clip(μ̄(s') + clip(ε, −c, c), −1, 1),  ε ~ N(0, σ̃²): target policy smoothing."""
+        mean = self.target_actor(next_obs)
+        noise = (torch.randn_like(mean) * self.config.policy_noise).clamp(-self.config.noise_clip, self.config.noise_clip)
+        return (mean + noise).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def critic_target(self, batch: Batch) -> torch.Tensor:
+        """y = r + γ (1 − terminated) min_i Q̄_i(s', ã); truncations still bootstrap."""
+        next_q = self.target_critic(batch.next_obs, self.smoothed_target_action(batch.next_obs)).min(dim=0).values
+        return batch.rewards + self.config.gamma * (1.0 - batch.terminated) * next_q
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        # Critics: Σ_i E[(Q_i(s, a) − y)²]
+        q = self.critic(batch.obs, batch.actions)
+        critic_loss = ((q - self.critic_target(batch)) ** 2).mean(dim=1).sum()
+        gradient_step(self.critic_optimizer, critic_loss)
+        self.critic_updates += 1
+
+        # Actor and targets every policy_delay critic updates: J = −E[Q_1(s, μ(s))].
+        if self.critic_updates % self.config.policy_delay == 0:
+            self.critic.requires_grad_(False)  # no critic weight gradients from the actor loss
+            actor_loss = -self.critic(batch.obs, self.actor(batch.obs))[0].mean()
+            self.critic.requires_grad_(True)
+            gradient_step(self.actor_optimizer, actor_loss)
+            self.actor_loss = actor_loss.detach()
+            polyak_update(self.target_actor, self.actor, self.config.tau)
+            polyak_update(self.target_critic, self.critic, self.config.tau)
+        return {"losses/critic": critic_loss.detach(), "losses/actor": self.actor_loss, "train/q_mean": q.mean().detach()}
+
+    def train(self, run) -> None:
+        train_off_policy(self, run, self.config)
+
+    # ----- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "target_actor": self.target_actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "critic_updates": self.critic_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.target_actor.load_state_dict(state["target_actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.critic_updates = state["critic_updates"]

@@ -1,0 +1,112 @@
+"""What the continuous-action off-policy algorithms (SAC, TD3, DDPG) share: the training
+loop and the mapping between policy actions in [-1, 1] and the environment's bounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlrun.buffers import Batch, ReplayBuffer
+from rlrun.config import ConfigError, in_range, non_negative, positive
+
+
+@dataclass(frozen=True)
+class OffPolicyConfig:
+    """Hyperparameters every off-policy actor-critic here has; defaults are SAC's MuJoCo ones."""
+
+    lr: float = 3e-4  # Adam step size for every network
+    gamma: float = 0.99  # discount
+    tau: float = 0.005  # polyak factor for target networks
+    batch_size: int = 256
+    buffer_size: int = 1_000_000  # transitions kept
+    learning_starts: int = 5000  # uniform random actions, no updates, for this many steps
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    updates_per_step: int = 1  # gradient steps per environment step
+
+    def __post_init__(self) -> None:
+        positive("algo.lr", self.lr)
+        in_range("algo.gamma", self.gamma, 0.0, 1.0)
+        in_range("algo.tau", self.tau, 0.0, 1.0)
+        positive("algo.batch_size", self.batch_size)
+        positive("algo.buffer_size", self.buffer_size)
+        if self.batch_size > self.buffer_size:
+            raise ConfigError(f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}")
+        non_negative("algo.learning_starts", self.learning_starts)
+        if not self.hidden_sizes:
+            raise ConfigError("algo.hidden_sizes=[] needs at least one layer, e.g. [256, 256]")
+        for i, size in enumerate(self.hidden_sizes):
+            positive(f"algo.hidden_sizes[{i}]", size)
+        positive("algo.updates_per_step", self.updates_per_step)
+
+
+class BoxActions:
+    """Policies act in [-1, 1]^|A|; the environment gets actions rescaled to [low, high]."""
+
+    def __init__(self, space: gym.spaces.Box) -> None:
+        self.low, self.high = space.low, space.high
+
+    def to_env(self, unit_action: np.ndarray) -> np.ndarray:
+        return self.low + 0.5 * (unit_action + 1.0) * (self.high - self.low)
+
+    def to_unit(self, env_action: np.ndarray) -> np.ndarray:
+        return 2.0 * (env_action - self.low) / (self.high - self.low) - 1.0
+
+
+def check_continuous_spaces(algo: str, obs_space: gym.Space, action_space: gym.spaces.Box) -> None:
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+        raise ConfigError(f"algo={algo} needs a bounded action space, got low={action_space.low} high={action_space.high}")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ConfigError(f"algo={algo} needs flat vector observations, got {obs_space}")
+
+
+def obs_batch(obs: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One observation as a float32 batch of one on `device`."""
+    return torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
+
+
+class OffPolicyAgent(Protocol):
+    actions: BoxActions
+    device: torch.device
+    seed: int
+
+    def explore(self, obs: np.ndarray) -> np.ndarray:
+        """A training action in [-1, 1]^|A| for one observation, exploration included."""
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step; returns on-device metrics."""
+
+
+def train_off_policy(agent: OffPolicyAgent, run: Any, config: OffPolicyConfig) -> None:
+    """Act, store, learn: one environment step, then `config.updates_per_step` gradient steps.
+
+    The first `config.learning_starts` steps take uniform random actions and do not learn. The
+    buffer stores `terminated` only, so time-limit truncations still bootstrap.
+    """
+    env = run.env
+    # A buffer larger than the run would only hold zeros.
+    buffer = ReplayBuffer(
+        min(config.buffer_size, run.total_steps), env.observation_space.shape, env.action_space.shape, agent.device, agent.seed
+    )
+    metrics = None
+
+    obs, _ = env.reset(seed=run.seed)
+    for step in range(1, run.total_steps + 1):
+        if step <= config.learning_starts:
+            action = agent.actions.to_unit(env.action_space.sample())
+        else:
+            action = agent.explore(obs)
+        next_obs, reward, terminated, truncated, info = env.step(agent.actions.to_env(action))
+        buffer.add(obs, action, reward, next_obs, terminated)
+        obs = next_obs
+        if terminated or truncated:
+            run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
+            obs, _ = env.reset()
+
+        if step > config.learning_starts:
+            for _ in range(config.updates_per_step):
+                metrics = agent.update(buffer.sample(config.batch_size))
+        run.after_step(step, agent, metrics)
