@@ -30,6 +30,7 @@ def test_smoke_run_writes_the_run_folder(rlrun, tmp_path):
     events = EventAccumulator(str(run_dir)).Reload()
     assert SCALARS <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("eval/return_mean")] == [300, 600]
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert SCALARS <= {key for row in rows for key in row}
