@@ -41,6 +41,7 @@ class RunLogger:
         for name, value in row.items():
             self.writer.add_scalar(name, value, step)
         self.metrics_file.write(json.dumps({"step": step, **row}) + "\n")
+        self.metrics_file.flush()  # readable while the run goes on
 
     def episode(self, step: int, episode_return: float, episode_length: int) -> None:
         self.latest_return = episode_return
