@@ -9,8 +9,8 @@ import torch
 
 
 class Batch(NamedTuple):
-    obs: torch.Tensor  # (B, *obs_shape)
-    actions: torch.Tensor  # (B, *action_shape)
+    obs: torch.Tensor  # (B, *obs_shape), in the buffer's obs_dtype
+    actions: torch.Tensor  # (B, *action_shape), in the buffer's action_dtype
     rewards: torch.Tensor  # (B,)
     next_obs: torch.Tensor  # (B, *obs_shape)
     terminated: torch.Tensor  # (B,) 1.0 where the episode truly ended; truncations stay 0.0
@@ -21,6 +21,11 @@ class ReplayBuffer:
 
     `terminated` is stored without the time-limit truncation flag, so targets still
     bootstrap from states where an episode was only cut off.
+
+    Observations and actions keep the dtypes given: float32 vectors and continuous actions by
+    default; uint8 frames (a quarter of float32's memory, scaled by the network) and int64
+    discrete actions (shape ()) for DQN on Atari. Memory: 2 × capacity × obs bytes, since
+    obs and next_obs are both stored.
     """
 
     def __init__(
@@ -30,12 +35,14 @@ class ReplayBuffer:
         action_shape: tuple[int, ...],
         device: torch.device,
         seed: int,
+        obs_dtype: torch.dtype = torch.float32,
+        action_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.capacity = capacity
         self.device = device
-        self.obs = torch.zeros((capacity, *obs_shape), dtype=torch.float32, device=device)
+        self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=device)
         self.next_obs = torch.zeros_like(self.obs)
-        self.actions = torch.zeros((capacity, *action_shape), dtype=torch.float32, device=device)
+        self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.position = 0

@@ -60,9 +60,38 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class AtariConfig:
+    """Preprocessing of Atari (ALE) games, after Mnih et al. 2015; ignored for other ids.
+
+    Built from Gymnasium's AtariPreprocessing and FrameStackObservation on a base game made
+    with frameskip=1, so that frame skipping and max-pooling happen in the wrapper.
+    """
+
+    noop_max: int = 30  # a random 1..noop_max no-op actions after each reset (varied starts)
+    frame_skip: int = 4  # emulator frames per agent step; the observation max-pools the last two
+    screen_size: int = 84  # frames are resized to screen_size × screen_size grayscale
+    frame_stack: int = 4  # the observation is the last frame_stack frames, shape (frame_stack, H, W)
+    # Sticky actions: 0.0 as the NoFrameskip-v4 games of Nature DQN, CleanRL and RL Zoo use;
+    # 0.25 is the ALE v5 default that Machado et al. (2018) recommend.
+    repeat_action_probability: float = 0.0
+    # End the training episode when a life is lost. Gymnasium's wrapper then resets the whole
+    # game (baselines' EpisodicLifeEnv plays on), so each training episode is one life.
+    terminal_on_life_loss: bool = False
+    clip_rewards: bool = True  # train on sign(reward); evaluation always sees the game score
+
+    def __post_init__(self) -> None:
+        non_negative("env.atari.noop_max", self.noop_max)
+        positive("env.atari.frame_skip", self.frame_skip)
+        positive("env.atari.screen_size", self.screen_size)
+        positive("env.atari.frame_stack", self.frame_stack)
+        in_range("env.atari.repeat_action_probability", self.repeat_action_probability, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     id: str
     total_steps: int
+    atari: AtariConfig = field(default_factory=AtariConfig)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def validate(cfg: DictConfig) -> Plan:
     if run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but CUDA is not available here; use device=cpu or device=auto")
     check_env_id(run.env.id)
-    obs_space, action_space = env_spaces(run.env.id)
+    obs_space, action_space = env_spaces(run.env)
     _check_action_space(algo_name, algo_class, run.env.id, action_space)
     algo_class.check_spaces(algo, obs_space, action_space)
     return Plan(run, algo_name, algo_class, algo, OmegaConf.to_container(cfg, resolve=True))
@@ -71,7 +71,7 @@ class Run:
         self.seed = plan.run.seed
         self.total_steps = plan.run.total_steps
         self.device = resolve_device(plan.run.device)
-        self.eval_env = make_env(plan.run.env.id, self.seed + EVAL_SEED_OFFSET)
+        self.eval_env = make_env(plan.run.env, self.seed + EVAL_SEED_OFFSET, training=False)
         self.logger = RunLogger(run_dir, plan.run.total_steps, plan.run.progress)
         self.checkpointer = Checkpointer(run_dir, plan.algo_name, plan.run.env.id, plan.config)
         self.step = 0
@@ -85,13 +85,13 @@ class Run:
     @cached_property
     def env(self) -> gym.Env:
         """The training environment, for algorithms that step one at a time."""
-        env = make_env(self.config.env.id, self.seed)
+        env = make_env(self.config.env, self.seed, training=True)
         self._envs.append(env)
         return env
 
     def make_vector_env(self, num_envs: int, asynchronous: bool) -> gym.vector.VectorEnv:
         """`num_envs` training environments stepped together, seeded seed, seed+1, ..."""
-        env = make_vector_env(self.config.env.id, self.seed, num_envs, asynchronous)
+        env = make_vector_env(self.config.env, self.seed, num_envs, asynchronous, training=True)
         self._envs.append(env)
         return env
 
@@ -155,7 +155,7 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
     if plan.run.threads is not None:
         torch.set_num_threads(plan.run.threads)
     run = Run(plan, run_dir)
-    obs_space, action_space = env_spaces(plan.run.env.id)
+    obs_space, action_space = env_spaces(plan.run.env)
     agent = plan.algo_class(plan.algo, obs_space, action_space, run.device, plan.run.seed)
     run.logger.hyperparameters(_flatten(plan.config), ["eval/return_mean"])
     status = "failed"

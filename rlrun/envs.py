@@ -3,58 +3,135 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 
 import gymnasium as gym
+import numpy as np
 
-from rlrun.config import ConfigError
+from rlrun.config import ConfigError, EnvConfig
 
 log = logging.getLogger("rlrun")
 
+ATARI_INSTALL = "pip install -c constraints.txt -e '.[atari]'"
+
 
 def check_env_id(env_id: str) -> None:
-    """Fail with one line if Gymnasium does not know `env_id`, suggesting close ids."""
-    if env_id in gym.registry:
+    """Fail with one line if Gymnasium does not know `env_id`, suggesting close ids.
+
+    An `ALE/<Game>-v5` id needs the optional Atari extra; without it the line names the install.
+    """
+    if _registered_id(env_id) in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(f"env.id={env_id!r} is not a registered Gymnasium environment{hint}")
 
 
-def make_env(env_id: str, seed: int) -> gym.Env:
+def make_env(env: EnvConfig, seed: int, *, training: bool) -> gym.Env:
     """One environment that records episode returns and lengths in `info["episode"]`.
 
-    The first reset must pass `seed`; later resets continue the seeded RNG.
+    `training` picks the training variant: Atari rewards are clipped to their sign there (if
+    `env.atari.clip_rewards`) and episodes may end at a life loss; the recorded episode return
+    is always the game's own score. The first reset must pass `seed`; later resets continue
+    the seeded RNG.
     """
-    env = gym.wrappers.RecordEpisodeStatistics(_make(env_id))
-    env.action_space.seed(seed)
-    env.observation_space.seed(seed)
-    return env
+    wrapped = gym.wrappers.RecordEpisodeStatistics(_make(env, training))
+    if training and _is_atari(env.id) and env.atari.clip_rewards:
+        # Outside RecordEpisodeStatistics, so only the agent sees the clipped reward.
+        wrapped = gym.wrappers.TransformReward(wrapped, np.sign)
+    wrapped.action_space.seed(seed)
+    wrapped.observation_space.seed(seed)
+    return wrapped
 
 
-def make_vector_env(env_id: str, seed: int, num_envs: int, asynchronous: bool) -> gym.vector.VectorEnv:
+def make_vector_env(
+    env: EnvConfig, seed: int, num_envs: int, asynchronous: bool, *, training: bool = True
+) -> gym.vector.VectorEnv:
     """`num_envs` copies stepped together (in subprocesses if `asynchronous`), autoreset.
 
-    Episode statistics arrive in `info["episode"]` with the mask `info["_episode"]`.
+    Episode statistics arrive in `info["episode"]` with the mask `info["_episode"]`;
+    `training` as for make_env.
     """
-    make = [lambda: _make(env_id) for _ in range(num_envs)]
+    make = [lambda: _make(env, training) for _ in range(num_envs)]
     vector_class = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    env = gym.wrappers.vector.RecordEpisodeStatistics(vector_class(make))
-    env.action_space.seed(seed)
-    return env
+    wrapped = gym.wrappers.vector.RecordEpisodeStatistics(vector_class(make))
+    if training and _is_atari(env.id) and env.atari.clip_rewards:
+        wrapped = gym.wrappers.vector.TransformReward(wrapped, np.sign)
+    wrapped.action_space.seed(seed)
+    return wrapped
 
 
-def env_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
-    """The observation and action spaces of `env_id`."""
-    env = _make(env_id)
-    env.close()
-    return env.observation_space, env.action_space
+def env_spaces(env: EnvConfig) -> tuple[gym.Space, gym.Space]:
+    """The observation and action spaces the agent sees (after any Atari preprocessing)."""
+    made = _make(env, training=False)
+    made.close()
+    return made.observation_space, made.action_space
 
 
-def _make(env_id: str) -> gym.Env:
+def _make(env: EnvConfig, training: bool) -> gym.Env:
+    env_id = _registered_id(env.id)  # again here: a vector env's subprocess starts without it
     if "mujoco" in str(gym.spec(env_id).entry_point):
         _route_mujoco_warnings()
+    if _is_atari(env_id):
+        return _make_atari(env, env_id, training)
     return gym.make(env_id)
+
+
+def _registered_id(env_id: str) -> str:
+    """`env_id` as Gymnasium's registry knows it, once what registers it is imported: ale-py
+    for ALE/ ids, and `module` for Gymnasium's "module:EnvId" form (a user's own environments)."""
+    if _is_ale_id(env_id):
+        _register_ale(env_id)
+    module, separator, bare_id = env_id.rpartition(":")
+    if not separator:
+        return env_id
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigError(f"env.id={env_id!r}: cannot import {module!r} to register it ({error})") from None
+    return bare_id
+
+
+def _make_atari(env: EnvConfig, env_id: str, training: bool) -> gym.Env:
+    """The DQN preprocessing (Mnih et al. 2015) from Gymnasium's own wrappers.
+
+    The base game runs at frameskip=1 so that AtariPreprocessing can skip frames itself and
+    max-pool the last two (Atari sprites flicker between frames). Evaluation never ends at a
+    life loss: it scores whole games.
+    """
+    atari = env.atari
+    game = gym.make(env_id, frameskip=1, repeat_action_probability=atari.repeat_action_probability)
+    game = gym.wrappers.AtariPreprocessing(
+        game,
+        noop_max=atari.noop_max,
+        frame_skip=atari.frame_skip,
+        screen_size=atari.screen_size,
+        terminal_on_life_loss=training and atari.terminal_on_life_loss,
+        grayscale_obs=True,
+        scale_obs=False,  # keep uint8 frames: a quarter of float32's replay memory; nets scale by 1/255
+    )
+    return gym.wrappers.FrameStackObservation(game, atari.frame_stack)
+
+
+def _is_ale_id(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
+def _is_atari(env_id: str) -> bool:
+    """An Arcade Learning Environment game (ALE/<Game>-v5, or ale-py's older ids)."""
+    return _is_ale_id(env_id) or (env_id in gym.registry and "ale_py" in str(gym.spec(env_id).entry_point))
+
+
+def _register_ale(env_id: str) -> None:
+    """Import ale-py (which registers the ALE/ ids) only when an ALE id is asked for, so that
+    start-up stays fast; without the Atari extra, fail with the command that installs it."""
+    try:
+        import ale_py
+        import cv2  # noqa: F401  AtariPreprocessing resizes frames with OpenCV
+    except ImportError as error:
+        raise ConfigError(f"env.id={env_id!r} needs the Atari extra ({error.name} is missing): {ATARI_INSTALL}") from None
+    gym.register_envs(ale_py)
 
 
 def space_name(space: gym.Space) -> str:

@@ -10,11 +10,13 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int) -> nn.Sequential:
-    """in → [Linear, ReLU] per hidden size → Linear → out."""
+def mlp(
+    in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
+    """in → [Linear, activation] per hidden size → Linear → out."""
     layers: list[nn.Module] = []
     for size in hidden_sizes:
-        layers += [nn.Linear(in_dim, size), nn.ReLU()]
+        layers += [nn.Linear(in_dim, size), activation()]
         in_dim = size
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
@@ -51,6 +53,53 @@ class QEnsemble(nn.Module):
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
         return self.layers[-1](x).squeeze(-1)
+
+
+class NatureCNN(nn.Module):
+    """The Atari torso of Mnih et al. 2015: 3 conv layers and a 512-unit layer.
+
+    Takes uint8 frame stacks (B, C, H, W) with values 0..255, scaled here to [0, 1], so that
+    replay buffers can keep uint8. Returns (B, 512) features.
+    """
+
+    out_dim = 512
+
+    def __init__(self, in_channels: int, height: int, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        conv_h, conv_w = nature_cnn_output_size(height), nature_cnn_output_size(width)
+        self.fc = nn.Sequential(nn.Linear(64 * conv_h * conv_w, self.out_dim), nn.ReLU())
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(frames.float() / 255.0))
+
+
+def nature_cnn_output_size(size: int) -> int:
+    """Side of NatureCNN's last feature map for an input side of `size` pixels (84 → 7)."""
+    for kernel, stride in ((8, 4), (4, 2), (3, 1)):
+        size = (size - kernel) // stride + 1
+    return size
+
+
+class DuelingHead(nn.Module):
+    """Q(s, a) = V(s) + A(s, a) − mean_a' A(s, a') (Wang et al. 2016, eq. 9).
+
+    Subtracting the mean advantage makes V and A identifiable: Q − V has zero mean over actions.
+    """
+
+    def __init__(self, in_dim: int, num_actions: int) -> None:
+        super().__init__()
+        self.value = nn.Linear(in_dim, 1)
+        self.advantage = nn.Linear(in_dim, num_actions)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(dim=-1, keepdim=True)
 
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # the original SAC implementation's clip
@@ -91,14 +140,19 @@ class TanhGaussianActor(nn.Module):
         return torch.tanh(self(obs)[0])
 
 
-def adam(params, lr: float) -> torch.optim.Adam:
+def adam(params, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
     # The fused kernel does the whole parameter list in one pass (CPU and CUDA alike).
-    return torch.optim.Adam(params, lr=lr, fused=True)
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
 
 
-def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
+    """One optimiser step on `loss`; if `max_grad_norm` is set, the gradient of all the
+    optimiser's parameters together is first rescaled to at most that L2 norm."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if max_grad_norm is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
     optimizer.step()
 
 

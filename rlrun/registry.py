@@ -9,6 +9,8 @@ from rlrun.config import ConfigError
 # name → "module:class"; imported only when chosen, so start-up stays fast.
 ALGORITHMS: dict[str, str] = {
     "sac": "rlrun.algos.sac:SAC",
+    "ppo": "rlrun.algos.ppo:PPO",
+    "dqn": "rlrun.algos.dqn:DQN",
     "td3": "rlrun.algos.td3:TD3",
     "ddpg": "rlrun.algos.ddpg:DDPG",
 }

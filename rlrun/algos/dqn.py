@@ -1,0 +1,213 @@
+"""Deep Q-Network, with Double DQN and dueling options.
+
+Mnih et al. 2013, "Playing Atari with Deep Reinforcement Learning" (arXiv:1312.5602), and the
+Nature version (Mnih et al. 2015): experience replay, a target network, ε-greedy exploration,
+the Huber loss (their "error clipping"). `double`: van Hasselt et al. 2016, "Deep
+Reinforcement Learning with Double Q-learning". `dueling`: Wang et al. 2016, "Dueling Network
+Architectures for Deep Reinforcement Learning". The loop follows CleanRL's dqn.py.
+
+Vector observations get an MLP; image observations (uint8 frame stacks (C, H, W), as the
+Atari preprocessing in rlrun/envs.py makes them) get the Nature CNN.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rlrun.buffers import Batch, ReplayBuffer
+from rlrun.config import ConfigError, in_range, non_negative, positive
+from rlrun.nets import DuelingHead, NatureCNN, adam, gradient_step, mlp, nature_cnn_output_size, polyak_update
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    lr: float = 2.5e-4
+    gamma: float = 0.99
+    batch_size: int = 128
+    buffer_size: int = 10_000
+    learning_starts: int = 10_000
+    train_every: int = 10
+    gradient_steps: int = 1
+    target_update_every: int = 500
+    tau: float = 1.0
+    start_epsilon: float = 1.0
+    end_epsilon: float = 0.05
+    exploration_fraction: float = 0.5
+    max_grad_norm: float | None = 10.0
+    hidden_sizes: tuple[int, ...] = (120, 84)
+    double: bool = False
+    dueling: bool = False
+
+    def __post_init__(self) -> None:
+        positive("algo.lr", self.lr)
+        in_range("algo.gamma", self.gamma, 0.0, 1.0)
+        positive("algo.batch_size", self.batch_size)
+        positive("algo.buffer_size", self.buffer_size)
+        if self.batch_size > self.buffer_size:
+            raise ConfigError(
+                f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}"
+            )
+        non_negative("algo.learning_starts", self.learning_starts)
+        positive("algo.train_every", self.train_every)
+        positive("algo.gradient_steps", self.gradient_steps)
+        positive("algo.target_update_every", self.target_update_every)
+        positive("algo.tau", self.tau)  # 0 would never update the target network
+        in_range("algo.tau", self.tau, 0.0, 1.0)
+        in_range("algo.start_epsilon", self.start_epsilon, 0.0, 1.0)
+        in_range("algo.end_epsilon", self.end_epsilon, 0.0, 1.0)
+        in_range("algo.exploration_fraction", self.exploration_fraction, 0.0, 1.0)
+        if self.max_grad_norm is not None:
+            positive("algo.max_grad_norm", self.max_grad_norm)
+        if not self.hidden_sizes:
+            raise ConfigError("algo.hidden_sizes=[] needs at least one layer, e.g. [120, 84]")
+        for i, size in enumerate(self.hidden_sizes):
+            positive(f"algo.hidden_sizes[{i}]", size)
+
+
+def is_image(obs_space: gym.spaces.Box) -> bool:
+    """Frame stacks (C, H, W) of uint8 pixels go to the CNN; flat vectors to the MLP."""
+    return len(obs_space.shape) == 3
+
+
+class QNetwork(nn.Module):
+    """Q(s, ·) for all actions at once, (B, |A|): a torso and a linear or dueling head."""
+
+    def __init__(self, obs_space: gym.spaces.Box, num_actions: int, hidden_sizes: tuple[int, ...], dueling: bool) -> None:
+        super().__init__()
+        if is_image(obs_space):
+            self.torso: nn.Module = NatureCNN(*obs_space.shape)
+            features = NatureCNN.out_dim
+        else:
+            self.torso = nn.Sequential(mlp(obs_space.shape[0], hidden_sizes[:-1], hidden_sizes[-1]), nn.ReLU())
+            features = hidden_sizes[-1]
+        self.head = DuelingHead(features, num_actions) if dueling else nn.Linear(features, num_actions)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.torso(obs))
+
+
+def linear_epsilon(step: int, start: float, end: float, duration: float) -> float:
+    """ε falls linearly from `start` to `end` over `duration` steps, then stays at `end`."""
+    if step >= duration:
+        return end
+    return start + (end - start) * step / duration
+
+
+class DQN:
+    Config = DQNConfig
+    action_spaces = (gym.spaces.Discrete,)
+
+    @staticmethod
+    def check_spaces(config: DQNConfig, obs_space: gym.Space, action_space: gym.Space) -> None:
+        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) not in (1, 3):
+            raise ConfigError(f"algo=dqn needs flat vector or (C, H, W) image observations, got {obs_space}")
+        if is_image(obs_space):
+            if obs_space.dtype != np.uint8:
+                raise ConfigError(f"algo=dqn's CNN needs uint8 pixel observations (0..255), got {obs_space.dtype}")
+            if min(nature_cnn_output_size(side) for side in obs_space.shape[1:]) < 1:
+                raise ConfigError(f"algo=dqn's Nature CNN needs frames of at least 36×36 pixels, got {obs_space.shape[1:]}")
+
+    def __init__(
+        self, config: DQNConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.seed = seed
+        self.obs_shape = obs_space.shape
+        # uint8 frames stay uint8 in the replay buffer (the CNN scales them); vectors are float32.
+        self.obs_dtype = torch.uint8 if is_image(obs_space) else torch.float32
+        self.q = QNetwork(obs_space, int(action_space.n), config.hidden_sizes, config.dueling).to(device)
+        self.target_q = copy.deepcopy(self.q).requires_grad_(False)
+        self.optimizer = adam(self.q.parameters(), config.lr)
+        self.rng = np.random.default_rng(seed)  # the ε coin flips
+
+    # ----- acting ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def policy(self, obs: np.ndarray) -> int:
+        """The greedy action argmax_a Q(s, a) for one un-batched observation (evaluation)."""
+        q = self.q(torch.as_tensor(obs, dtype=self.obs_dtype, device=self.device).unsqueeze(0))
+        return int(q.argmax(dim=1)[0])  # the env needs the action on the host: one sync per step
+
+    # ----- learning -------------------------------------------------------------------------
+    @torch.no_grad()
+    def td_target(self, batch: Batch) -> torch.Tensor:
+        """DQN:        y = r + γ (1 − terminated) max_a' Q̄(s', a')
+        Double DQN: y = r + γ (1 − terminated) Q̄(s', argmax_a' Q(s', a'))
+
+        Q̄ is the target network. Double DQN lets the online network choose the action and
+        the target network value it, which removes most of max's overestimation bias. Only
+        true terminations stop bootstrapping; a time-limit truncation still bootstraps.
+        """
+        next_q = self.target_q(batch.next_obs)
+        if self.config.double:
+            next_action = self.q(batch.next_obs).argmax(dim=1, keepdim=True)
+            next_value = next_q.gather(1, next_action).squeeze(1)
+        else:
+            next_value = next_q.max(dim=1).values
+        return batch.rewards + self.config.gamma * (1.0 - batch.terminated) * next_value
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        # Q(s, a) of the actions taken.
+        q = self.q(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+        # Huber loss (δ = 1): squared for |y − Q| < 1, linear beyond, so one large TD error
+        # cannot dominate the gradient (Mnih et al. 2015's clipping of the error to [−1, 1]).
+        loss = F.smooth_l1_loss(q, self.td_target(batch))
+        gradient_step(self.optimizer, loss, self.config.max_grad_norm)
+        return {"losses/td": loss.detach(), "train/q_mean": q.mean().detach()}
+
+    # ----- the loop -------------------------------------------------------------------------
+    def train(self, run) -> None:
+        config = self.config
+        env = run.env
+        # A buffer larger than the run would only hold zeros.
+        capacity = min(config.buffer_size, run.total_steps)
+        buffer = ReplayBuffer(
+            capacity, self.obs_shape, (), self.device, self.seed, obs_dtype=self.obs_dtype, action_dtype=torch.int64
+        )
+        exploration_steps = config.exploration_fraction * run.total_steps
+        metrics: dict = {}
+
+        obs, _ = env.reset(seed=run.seed)
+        for step in range(1, run.total_steps + 1):
+            # ε-greedy: a uniform random action with probability ε, else the greedy one.
+            epsilon = linear_epsilon(step - 1, config.start_epsilon, config.end_epsilon, exploration_steps)
+            if self.rng.random() < epsilon:
+                action = env.action_space.sample()
+            else:
+                action = self.policy(obs)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            buffer.add(obs, action, reward, next_obs, terminated)
+            obs = next_obs
+            if terminated or truncated:
+                run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
+                obs, _ = env.reset()
+
+            if step > config.learning_starts:
+                if step % config.train_every == 0:
+                    for _ in range(config.gradient_steps):
+                        metrics = self.update(buffer.sample(config.batch_size))
+                # θ̄ ← τ θ + (1 − τ) θ̄ every target_update_every steps; τ = 1 copies (Nature DQN).
+                if step % config.target_update_every == 0:
+                    polyak_update(self.target_q, self.q, config.tau)
+            metrics["train/epsilon"] = epsilon
+            run.after_step(step, self, metrics)
+
+    # ----- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "q": self.q.state_dict(),
+            "target_q": self.target_q.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.q.load_state_dict(state["q"])
+        self.target_q.load_state_dict(state["target_q"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,390 @@
+"""Proximal Policy Optimization with clipped surrogate and GAE(λ).
+
+Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (arXiv:1707.06347); the
+advantages are Schulman et al. 2016's "High-Dimensional Continuous Control Using Generalized
+Advantage Estimation" (arXiv:1506.02438). Implementation details follow CleanRL's
+ppo_continuous_action.py / ppo.py (orthogonal init, state-independent log-std, per-minibatch
+advantage normalisation, value clipping, ½·MSE value loss, Adam ε = 1e-5).
+
+Box actions: a Gaussian policy N(μ(s), diag σ²) with a learnt, state-independent log σ; the
+sampled (unclipped) action is what is stored and scored, and it is clipped to the action
+bounds only when sent to the environment. Discrete actions: a categorical policy.
+
+Gymnasium ≥ 1.0 vector envs autoreset in NEXT_STEP mode: the step where a sub-env terminates
+or truncates returns that episode's *final* observation; the *next* step ignores the action,
+resets the sub-env and returns (reset obs, reward 0, terminated = truncated = False). So the
+observation stream already contains every final observation, and V(final obs) is simply the
+value of the next stored observation; the autoreset step itself is not a transition and is
+masked out of the loss, the statistics and the reward normaliser (see `train`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Normal
+
+from rlrun.config import ConfigError, in_range, non_negative, positive
+from rlrun.nets import adam, gradient_step, mlp
+from rlrun.normalize import RewardScaler, RunningMeanStd
+
+NORMALIZE_CLIP = 10.0  # normalised observations and rewards are clipped to ±this (SB3, CleanRL)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    lr: float = 3e-4
+    anneal_lr: bool = True
+    num_envs: int = 1
+    async_envs: bool = False
+    num_steps: int = 2048
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    num_minibatches: int = 32
+    update_epochs: int = 10
+    clip_coef: float = 0.2
+    clip_value_loss: bool = True
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: Literal["tanh", "relu"] = "tanh"
+    ortho_init: bool = True
+    log_std_init: float = 0.0
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per rollout: num_envs × num_steps."""
+        return self.num_envs * self.num_steps
+
+    def __post_init__(self) -> None:
+        positive("algo.lr", self.lr)
+        positive("algo.num_envs", self.num_envs)
+        positive("algo.num_steps", self.num_steps)
+        in_range("algo.gamma", self.gamma, 0.0, 1.0)
+        in_range("algo.gae_lambda", self.gae_lambda, 0.0, 1.0)
+        positive("algo.num_minibatches", self.num_minibatches)
+        positive("algo.update_epochs", self.update_epochs)
+        if self.batch_size < 2 * self.num_minibatches:
+            raise ConfigError(
+                f"algo.num_minibatches={self.num_minibatches} is too many for a rollout of "
+                f"algo.num_envs × algo.num_steps = {self.batch_size} transitions; each minibatch needs at least 2"
+            )
+        positive("algo.clip_coef", self.clip_coef)
+        non_negative("algo.ent_coef", self.ent_coef)
+        non_negative("algo.vf_coef", self.vf_coef)
+        positive("algo.max_grad_norm", self.max_grad_norm)
+        if not self.hidden_sizes:
+            raise ConfigError("algo.hidden_sizes=[] needs at least one layer, e.g. [64, 64]")
+        for i, size in enumerate(self.hidden_sizes):
+            positive(f"algo.hidden_sizes[{i}]", size)
+
+
+# ----- GAE ----------------------------------------------------------------------------------
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
+    """GAE(λ) advantages for a rollout; every argument has shape (T, num_envs).
+
+        δ_t = r_t + γ·(1 − terminated_t)·V(s_{t+1}) − V(s_t)
+        Â_t = δ_t + γλ·(1 − done_t)·Â_{t+1},     Â_T = 0
+
+    `next_values[t]` is V of the observation that step t returned — on a truncation that is the
+    episode's real final observation, so the time limit is bootstrapped; a termination is not.
+    `dones` (terminated or truncated) stops the recursion at episode ends.
+    """
+    not_terminated, not_done = 1.0 - terminated.float(), 1.0 - dones.float()
+    deltas = rewards + gamma * not_terminated * next_values - values
+    advantages = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + gamma * lam * not_done[t] * running
+        advantages[t] = running
+    return advantages
+
+
+# ----- networks -----------------------------------------------------------------------------
+def _mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, config: PPOConfig, out_gain: float) -> nn.Sequential:
+    """An MLP with the configured activation. With `ortho_init`, weights are orthogonal with
+    gain √2 in hidden layers and `out_gain` in the last one, biases zero (CleanRL, SB3);
+    otherwise PyTorch's default init."""
+    net = mlp(in_dim, hidden_sizes, out_dim, activation={"tanh": nn.Tanh, "relu": nn.ReLU}[config.activation])
+    if config.ortho_init:
+        linears = [layer for layer in net if isinstance(layer, nn.Linear)]
+        for layer in linears:
+            nn.init.orthogonal_(layer.weight, out_gain if layer is linears[-1] else math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+    return net
+
+
+class ActorCritic(nn.Module):
+    """Separate policy and value MLPs; for Box actions also a state-independent log σ."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, config: PPOConfig) -> None:
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        out_dim = int(action_space.n) if self.discrete else action_space.shape[0]
+        # Small last-layer gain: the initial policy is near-uniform / near-zero-mean.
+        self.actor = _mlp(obs_dim, config.hidden_sizes, out_dim, config, out_gain=0.01)
+        self.critic = _mlp(obs_dim, config.hidden_sizes, 1, config, out_gain=1.0)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((out_dim,), config.log_std_init))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(s), shape (B,)."""
+        return self.critic(obs).squeeze(-1)
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        """π(·|s). validate_args=False: the argument checks would sync the device every call."""
+        out = self.actor(obs)
+        if self.discrete:
+            return Categorical(logits=out, validate_args=False)
+        return Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
+
+    def log_prob_entropy(self, dist: Distribution, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π(a|s) and the entropy H[π(·|s)], summed over action dimensions for Box."""
+        if self.discrete:
+            return dist.log_prob(actions), dist.entropy()
+        return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mode: argmax for categorical, the mean for Gaussian."""
+        out = self.actor(obs)
+        return out.argmax(-1) if self.discrete else out
+
+
+class PPO:
+    Config = PPOConfig
+    action_spaces = (gym.spaces.Box, gym.spaces.Discrete)
+
+    @staticmethod
+    def check_spaces(config: PPOConfig, obs_space: gym.Space, action_space: gym.Space) -> None:
+        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+            raise ConfigError(f"algo=ppo needs flat vector observations, got {obs_space}")
+        if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) != 1:
+            raise ConfigError(f"algo=ppo needs a flat (1-D) Box action space, got {action_space}")
+
+    def __init__(
+        self, config: PPOConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.seed = seed
+        self.obs_shape = obs_space.shape
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        self.action_shape = () if self.discrete else action_space.shape
+        if not self.discrete:
+            self.action_low, self.action_high = action_space.low, action_space.high
+
+        self.model = ActorCritic(obs_space.shape[0], action_space, config).to(device)
+        # One optimiser over actor, critic and log σ, so one gradient-norm clip covers all;
+        # ε = 1e-5 as CleanRL and SB3 (PyTorch's default is 1e-8).
+        self.optimizer = adam(self.model.parameters(), config.lr, eps=1e-5)
+        # Stats live here, not in an env wrapper, so they are checkpointed and reused frozen
+        # by `policy` at evaluation. Both exist even when switched off (then left untouched).
+        self.obs_rms = RunningMeanStd(obs_space.shape, device)
+        self.reward_scaler = RewardScaler(config.num_envs, config.gamma, NORMALIZE_CLIP, device)
+
+    # ----- acting ---------------------------------------------------------------------------
+    def normalize_obs(self, obs: np.ndarray, update: bool) -> torch.Tensor:
+        """A float32 observation batch on the device; standardised if `normalize_obs` is on,
+        after merging this batch into the running stats when `update`."""
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        if not self.config.normalize_obs:
+            return obs_t
+        if update:
+            self.obs_rms.update(obs_t)
+        return self.obs_rms.normalize(obs_t, NORMALIZE_CLIP)
+
+    def to_env(self, actions: torch.Tensor) -> np.ndarray:
+        """Policy actions → environment actions: clipped to the bounds for Box."""
+        actions = actions.cpu().numpy()
+        return actions if self.discrete else np.clip(actions, self.action_low, self.action_high)
+
+    @torch.no_grad()
+    def policy(self, obs: np.ndarray) -> np.ndarray | int:
+        """The deterministic action for ONE observation, with the training stats frozen."""
+        obs_t = self.normalize_obs(obs[None], update=False)
+        action = self.model.deterministic(obs_t)[0]
+        return int(action) if self.discrete else self.to_env(action)
+
+    # ----- learning -------------------------------------------------------------------------
+    def update(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        log_probs: torch.Tensor,
+        values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        indices: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """`update_epochs` passes over the real transitions `indices` of the flat rollout, in
+        `num_minibatches` shuffled minibatches each; returns the passes' mean statistics."""
+        config = self.config
+        stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("policy", "value", "entropy", "approx_kl", "clip_fraction")}
+        # Fewer minibatches if leaving out autoreset steps left too few transitions for ≥ 2 each
+        # (a 1-sample minibatch has no advantage std; an empty one would give NaN losses).
+        num_minibatches = max(1, min(config.num_minibatches, len(indices) // 2))
+        for _ in range(config.update_epochs):
+            permutation = indices[torch.randperm(len(indices), device=self.device)]
+            for mb in permutation.tensor_split(num_minibatches):
+                dist = self.model.distribution(obs[mb])
+                new_log_prob, entropy = self.model.log_prob_entropy(dist, actions[mb])
+                new_value = self.model.value(obs[mb])
+                log_ratio = new_log_prob - log_probs[mb]
+                ratio = log_ratio.exp()  # r_t(θ) = π_θ(a|s) / π_θ_old(a|s)
+
+                with torch.no_grad():
+                    # KL(π_old ‖ π_θ) ≈ E[(r − 1) − log r]  (unbiased, low variance; Schulman's blog "Approximating KL")
+                    stats["approx_kl"].append(((ratio - 1.0) - log_ratio).mean())
+                    stats["clip_fraction"].append(((ratio - 1.0).abs() > config.clip_coef).float().mean())
+
+                adv = advantages[mb]
+                if config.normalize_advantage:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+
+                # Clipped surrogate (PPO eq. 7), as a loss: −E[min(r·Â, clip(r, 1−ε, 1+ε)·Â)]
+                clipped_ratio = ratio.clamp(1.0 - config.clip_coef, 1.0 + config.clip_coef)
+                policy_loss = torch.max(-adv * ratio, -adv * clipped_ratio).mean()
+
+                # Value: ½·E[(V − R)²], or with clipping ½·E[max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²)]
+                value_error = (new_value - returns[mb]) ** 2
+                if config.clip_value_loss:
+                    clipped_value = values[mb] + (new_value - values[mb]).clamp(-config.clip_coef, config.clip_coef)
+                    value_error = torch.max(value_error, (clipped_value - returns[mb]) ** 2)
+                value_loss = 0.5 * value_error.mean()
+
+                entropy_loss = entropy.mean()
+                # PPO eq. 9, as a loss: L^CLIP + c1·L^VF − c2·H[π]
+                loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy_loss
+
+                gradient_step(self.optimizer, loss, config.max_grad_norm)
+
+                stats["policy"].append(policy_loss.detach())
+                stats["value"].append(value_loss.detach())
+                stats["entropy"].append(entropy_loss.detach())
+
+        mean = {name: torch.stack(values_).mean() for name, values_ in stats.items()}
+        # Fraction of the return variance the value function explains (1 = perfect, ≤ 0 = none).
+        y_true, y_pred = returns[indices], values[indices]
+        var_y = y_true.var()
+        explained_variance = torch.where(var_y > 0, 1.0 - (y_true - y_pred).var() / var_y, torch.nan)
+        return {
+            "losses/policy": mean["policy"],
+            "losses/value": mean["value"],
+            "losses/entropy": mean["entropy"],
+            "train/approx_kl": mean["approx_kl"],
+            "train/clip_fraction": mean["clip_fraction"],
+            "train/learning_rate": torch.tensor(self.optimizer.param_groups[0]["lr"], device=self.device),
+            "train/explained_variance": explained_variance,
+        }
+
+    # ----- the loop -------------------------------------------------------------------------
+    def train(self, run) -> None:
+        config = self.config
+        T, N = config.num_steps, config.num_envs
+        envs = run.make_vector_env(N, config.async_envs)
+
+        # Rollout storage, (T, N, ...) on the device.
+        obs_buf = torch.zeros((T, N, *self.obs_shape), device=self.device)
+        action_dtype = torch.long if self.discrete else torch.float32
+        actions_buf = torch.zeros((T, N, *self.action_shape), dtype=action_dtype, device=self.device)
+        log_probs_buf = torch.zeros((T, N), device=self.device)
+        values_buf = torch.zeros((T, N), device=self.device)
+        rewards_buf = torch.zeros((T, N), device=self.device)
+        terminated_buf = torch.zeros((T, N), dtype=torch.bool, device=self.device)
+        dones_buf = torch.zeros((T, N), dtype=torch.bool, device=self.device)
+        # Host-side: True where the step is a NEXT_STEP autoreset, i.e. not a real transition.
+        autoreset_buf = np.zeros((T, N), dtype=bool)
+
+        num_iterations = math.ceil(run.total_steps / config.batch_size)
+        step, metrics = 0, None
+        obs_np, _ = envs.reset(seed=run.seed)  # sub-env i is seeded seed + i
+        obs = self.normalize_obs(obs_np, update=True)
+        autoreset = np.zeros(N, dtype=bool)  # sub-envs whose next step only resets them
+        for iteration in range(num_iterations):
+            if config.anneal_lr:  # linear from lr to lr/num_iterations over the run (CleanRL)
+                self.optimizer.param_groups[0]["lr"] = config.lr * (1.0 - iteration / num_iterations)
+
+            for t in range(T):
+                with torch.no_grad():
+                    dist = self.model.distribution(obs)
+                    action = dist.sample()
+                    log_prob, _ = self.model.log_prob_entropy(dist, action)
+                    values_buf[t] = self.model.value(obs)
+                obs_buf[t], actions_buf[t], log_probs_buf[t] = obs, action, log_prob
+                autoreset_buf[t] = autoreset
+
+                next_obs_np, reward, terminated, truncated, info = envs.step(self.to_env(action))
+                step += N  # autoreset steps count too, as in CleanRL and SB3's step counting
+                done = terminated | truncated
+                # Stored observations are normalised with the stats at collection time.
+                obs = self.normalize_obs(next_obs_np, update=True)
+                reward_t = torch.as_tensor(reward, dtype=torch.float64, device=self.device)
+                done_t = torch.as_tensor(done, device=self.device)
+                if config.normalize_reward:
+                    active = torch.as_tensor(~autoreset, device=self.device)
+                    reward_t = self.reward_scaler(reward_t, done_t, active)
+                rewards_buf[t] = reward_t
+                terminated_buf[t] = torch.as_tensor(terminated, device=self.device)
+                dones_buf[t] = done_t
+                autoreset = done
+
+                if "_episode" in info:
+                    for i in np.flatnonzero(info["_episode"]):
+                        run.episode_end(step, info["episode"]["r"][i], info["episode"]["l"][i])
+                run.after_step(step, self, metrics)
+                if step >= run.total_steps:
+                    return  # a partial last rollout is not trained on: nothing would evaluate it
+
+            with torch.no_grad():
+                # V(s_{t+1}) is the next stored value; after a done that observation is the final
+                # one (NEXT_STEP autoreset), so truncations bootstrap from the real final state.
+                next_values = torch.cat([values_buf[1:], self.model.value(obs)[None]])
+            advantages = compute_gae(
+                rewards_buf, values_buf, next_values, terminated_buf, dones_buf, config.gamma, config.gae_lambda
+            )
+            returns = advantages + values_buf
+            # Only real transitions are trained on; autoreset steps (final obs → reset obs, the
+            # action ignored) are left out. The mask is on the host, so this costs no device sync.
+            indices = torch.as_tensor(np.flatnonzero(~autoreset_buf.reshape(-1)), device=self.device)
+            metrics = self.update(
+                obs_buf.reshape(T * N, *self.obs_shape),
+                actions_buf.reshape(T * N, *self.action_shape),
+                log_probs_buf.reshape(-1),
+                values_buf.reshape(-1),
+                advantages.reshape(-1),
+                returns.reshape(-1),
+                indices,
+            )
+
+    # ----- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "obs_rms": self.obs_rms.state_dict(),
+            "return_rms": self.reward_scaler.rms.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.obs_rms.load_state_dict(state["obs_rms"])
+        self.reward_scaler.rms.load_state_dict(state["return_rms"])
