@@ -8,12 +8,14 @@ gets a one-line error and nothing is written.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -41,18 +43,35 @@ def main() -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     from rlrun.dispatch import execute, validate
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         plan = validate(cfg)
-    except ConfigError as error:
-        print(f"rlrun: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    log.info("%s on %s, seed %d, %d steps → %s", plan.algo_name, plan.run.env.id, plan.run.seed, plan.run.total_steps, run_dir)
-    summary = execute(plan, run_dir)
+        log.info("%s on %s, seed %d, %d steps → %s", plan.algo_name, plan.run.env.id, plan.run.seed, plan.run.total_steps, run_dir)
+        summary = execute(plan, run_dir)
+    except Exception as error:
+        if not multirun:
+            if isinstance(error, ConfigError):
+                print(f"rlrun: error: {error}", file=sys.stderr)
+                sys.exit(2)
+            raise
+        # One job's failure must not stop a sweep: record it, and let the sweep summary
+        # (rlrun/sweep.py) report it and exit non-zero once every job has run.
+        log.error("job failed: %s: %s", type(error).__name__, error, exc_info=not isinstance(error, ConfigError))
+        record_failure(run_dir, error)
+        return
     log.info(
         "done: eval return %.1f ± %.1f after %d steps, %.0f steps/s, %.0f s",
         summary["eval_return_mean"], summary["eval_return_std"], summary["total_steps"], summary["sps"], summary["wall_time_s"],
     )
+
+
+def record_failure(run_dir: Path, error: Exception) -> None:
+    """Make sure a failed job's summary.json says it failed and why."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {"status": "failed"}
+    summary["error"] = f"{type(error).__name__}: {error}"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def preflight(args: list[str]) -> list[str]:

@@ -19,6 +19,7 @@ CASES = [
     (["device=tpu"], ["device='tpu'", "auto, cpu, cuda"]),
     (["env=CartPole"], ["algo=sac needs a Box action space", "CartPole-v1", "discrete"]),
     (["algo.hidden_sizes=[]"], ["algo.hidden_sizes=[]"]),
+    (["env.id=no_such_module:Foo-v0"], ["env.id='no_such_module:Foo-v0'", "cannot import 'no_such_module'"]),
     (["progress=maybe"], ["progress must be true or false", "'maybe'"]),
 ]
 

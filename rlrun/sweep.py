@@ -1,0 +1,68 @@
+"""Multirun bookkeeping: one row per job in `sweep.csv`, a table on the console at the end,
+and a non-zero exit when any job failed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+COLUMNS = ["job", "overrides", "status", "eval_return_mean", "eval_return_std", "total_steps", "sps", "wall_time_s", "error"]
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """A row per job folder under `sweep_dir`, in job order, from its summary.json."""
+    rows = []
+    for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
+        job_dir = overrides_file.parent.parent
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        summary_file = job_dir / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "no summary.json"}
+        row = {"job": job_dir.name, "overrides": " ".join(overrides)}
+        row.update({key: summary.get(key) for key in COLUMNS[2:]})
+        rows.append(row)
+    return sorted(rows, key=lambda row: _job_number(row["job"]))
+
+
+def _job_number(name: str) -> int:
+    prefix = name.split("-", 1)[0]
+    return int(prefix) if prefix.isdigit() else sys.maxsize
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.1f}" if isinstance(value, float) else "" if value is None else str(value)
+
+    shown = ["overrides", "status", "eval_return_mean", "total_steps", "sps", "wall_time_s"]
+    cells = [shown] + [[cell(row[key]) for key in shown] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(shown))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in cells)
+
+
+class SweepSummary(Callback):
+    """Hydra callback (configs/config.yaml, hydra.callbacks) run once after all jobs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect(sweep_dir)
+        write_csv(rows, sweep_dir / "sweep.csv")
+        print(format_table(rows))
+        print(f"sweep summary: {sweep_dir / 'sweep.csv'}")
+        failed = [row for row in rows if row["status"] != "completed"]
+        if failed:
+            for row in failed:
+                print(f"rlrun: job {row['job']} {row['status']}: {row['error'] or 'see its rlrun.log'}", file=sys.stderr)
+            raise SystemExit(1)

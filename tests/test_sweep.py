@@ -1,0 +1,50 @@
+"""Multiruns: one folder per job named after its overrides, sweep.csv, the end-of-sweep table."""
+
+import csv
+
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+
+def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = rlrun(
+        "-m", "experiment=smoke", "algo=sac,td3", "env=Pendulum", "seed=0,1", "total_steps=250",
+        "algo.learning_starts=100", "eval.every=250", "checkpoint.every=250", "threads=1", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+
+    # Hydra's override_dirname: the job's overrides as sorted "key=value" strings.
+    rest = "checkpoint.every=250,env=Pendulum,eval.every=250,experiment=smoke"
+    expected = [f"{i}-algo.learning_starts=100,algo={a},{rest},seed={s},threads=1,total_steps=250"
+                for i, (a, s) in enumerate([("sac", 0), ("sac", 1), ("td3", 0), ("td3", 1)])]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == expected
+    with open(sweep_dir / "sweep.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["status"] for row in rows] == ["completed"] * 4
+    assert [("algo=sac" in r["overrides"], "seed=1" in r["overrides"]) for r in rows] == [
+        (True, False), (True, True), (False, False), (False, True)
+    ]
+    assert all(float(row["eval_return_mean"]) < 0 and row["total_steps"] == "250" for row in rows)
+    assert "eval_return_mean" in result.stdout and result.stdout.count("completed") == 4
+
+    # TensorBoard names each run by its folder, which spells out the job's overrides.
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(sweep_dir)).Reload()
+    runs = sorted(multiplexer.Runs())
+    assert len(runs) == 4
+    assert all("algo=" in run and "seed=" in run for run in runs)
+
+
+def test_a_crashing_job_does_not_stop_the_sweep(rlrun, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = rlrun(
+        "-m", "experiment=smoke", "algo=sac", "env=Pendulum", "env.id=tests.crashing_env:CrashingPendulum-v0,Pendulum-v1",
+        "total_steps=250", "algo.learning_starts=100", "eval.every=250", "checkpoint.every=250",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 1
+    assert "simulated crash at step 150" in result.stderr
+    with open(sweep_dir / "sweep.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["status"] for row in rows] == ["failed", "completed"]  # the second job still ran
+    assert "RuntimeError: simulated crash at step 150" in rows[0]["error"]
+    assert rows[1]["total_steps"] == "250" and float(rows[1]["eval_return_mean"]) < 0
