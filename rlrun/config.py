@@ -33,6 +33,14 @@ def in_range(path: str, value: float, low: float, high: float) -> None:
         raise ConfigError(f"{path}={value!r} must lie in [{low}, {high}]")
 
 
+def layer_sizes(path: str, sizes: tuple[int, ...]) -> None:
+    """Hidden layer sizes: at least one layer, each positive."""
+    if not sizes:
+        raise ConfigError(f"{path}=[] needs at least one layer, e.g. [64, 64]")
+    for i, size in enumerate(sizes):
+        positive(f"{path}[{i}]", size)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     every: int = 10_000

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from rlrun.buffers import Batch, ReplayBuffer
-from rlrun.config import ConfigError, in_range, non_negative, positive
+from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,7 @@ class OffPolicyConfig:
         if self.batch_size > self.buffer_size:
             raise ConfigError(f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}")
         non_negative("algo.learning_starts", self.learning_starts)
-        if not self.hidden_sizes:
-            raise ConfigError("algo.hidden_sizes=[] needs at least one layer, e.g. [256, 256]")
-        for i, size in enumerate(self.hidden_sizes):
-            positive(f"algo.hidden_sizes[{i}]", size)
+        layer_sizes("algo.hidden_sizes", self.hidden_sizes)
         positive("algo.updates_per_step", self.updates_per_step)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlrun.buffers import Batch, ReplayBuffer
-from rlrun.config import ConfigError, in_range, non_negative, positive
+from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import DuelingHead, NatureCNN, adam, gradient_step, mlp, nature_cnn_output_size, polyak_update
 
 
@@ -65,10 +65,7 @@ class DQNConfig:
         in_range("algo.exploration_fraction", self.exploration_fraction, 0.0, 1.0)
         if self.max_grad_norm is not None:
             positive("algo.max_grad_norm", self.max_grad_norm)
-        if not self.hidden_sizes:
-            raise ConfigError("algo.hidden_sizes=[] needs at least one layer, e.g. [120, 84]")
-        for i, size in enumerate(self.hidden_sizes):
-            positive(f"algo.hidden_sizes[{i}]", size)
+        layer_sizes("algo.hidden_sizes", self.hidden_sizes)
 
 
 def is_image(obs_space: gym.spaces.Box) -> bool:

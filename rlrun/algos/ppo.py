@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
-from rlrun.config import ConfigError, in_range, non_negative, positive
+from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import adam, gradient_step, mlp
 from rlrun.normalize import RewardScaler, RunningMeanStd
 
@@ -83,10 +83,7 @@ class PPOConfig:
         non_negative("algo.ent_coef", self.ent_coef)
         non_negative("algo.vf_coef", self.vf_coef)
         positive("algo.max_grad_norm", self.max_grad_norm)
-        if not self.hidden_sizes:
-            raise ConfigError("algo.hidden_sizes=[] needs at least one layer, e.g. [64, 64]")
-        for i, size in enumerate(self.hidden_sizes):
-            positive(f"algo.hidden_sizes[{i}]", size)
+        layer_sizes("algo.hidden_sizes", self.hidden_sizes)
 
 
 # ----- GAE ----------------------------------------------------------------------------------
