@@ -39,7 +39,8 @@ class Plan:
 
 def validate(cfg: DictConfig) -> Plan:
     """Check the composed config and the environment's spaces; raise ConfigError if unfit."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    config = dict(resolved)
     algo_values = dict(config.pop("algo"))
     algo_name = algo_values.pop("name", None)
     algo_class = get_algorithm(algo_name)
@@ -51,7 +52,7 @@ def validate(cfg: DictConfig) -> Plan:
     obs_space, action_space = env_spaces(run.env)
     _check_action_space(algo_name, algo_class, run.env.id, action_space)
     algo_class.check_spaces(algo, obs_space, action_space)
-    return Plan(run, algo_name, algo_class, algo, OmegaConf.to_container(cfg, resolve=True))
+    return Plan(run, algo_name, algo_class, algo, resolved)
 
 
 def _check_action_space(algo_name: str, algo_class: type, env_id: str, space: gym.Space) -> None:
