@@ -25,7 +25,7 @@ from rlrun.config import ConfigError
 CONFIG_MODULE = "rlrun.configs"
 log = logging.getLogger("rlrun")
 
-# Hydra's informational flags compose or print without running; leave them to Hydra.
+# The one Hydra flag the preflight runs with (see preflight).
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 _MAX_REPORTED_JOBS = 20
 
