@@ -7,9 +7,11 @@ gets a one-line error and nothing is written.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +49,12 @@ def _hydra_main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         plan = validate(cfg)
-        log.info("%s on %s, seed %d, %d steps → %s", plan.algo_name, plan.run.env.id, plan.run.seed, plan.run.total_steps, run_dir)
+        if plan.run.threads is None and (threads := _threads_per_parallel_job()) is not None:
+            plan = dataclasses.replace(plan, run=dataclasses.replace(plan.run, threads=threads))
+        log.info(
+            "%s on %s, seed %d, %d steps, pid %d, %s torch threads → %s", plan.algo_name, plan.run.env.id,
+            plan.run.seed, plan.run.total_steps, os.getpid(), plan.run.threads or "default", run_dir,
+        )
         summary = execute(plan, run_dir)
     except Exception as error:
         if not multirun:
@@ -64,6 +71,17 @@ def _hydra_main(cfg: DictConfig) -> None:
         "done: eval return %.1f ± %.1f after %d steps, %.0f steps/s, %.0f s",
         summary["eval_return_mean"], summary["eval_return_std"], summary["total_steps"], summary["sps"], summary["wall_time_s"],
     )
+
+
+def _threads_per_parallel_job() -> int | None:
+    """Cores ÷ parallel jobs when a launcher runs jobs side by side on this machine (joblib's
+    n_jobs), so that they do not oversubscribe the CPU; None otherwise."""
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if n_jobs is None:
+        return None
+    cores = os.cpu_count() or 1
+    parallel = cores if n_jobs < 0 else min(n_jobs, cores)  # joblib: -1 means one job per core
+    return max(1, cores // parallel)
 
 
 def record_failure(run_dir: Path, error: Exception) -> None:

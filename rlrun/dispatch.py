@@ -142,6 +142,7 @@ class Run:
             "eval_return_std": float(self.last_eval.std()) if evaluated else None,
             "wall_time_s": round(wall, 3),
             "sps": round(self.step / max(wall - self._paused_total, 1e-9), 2),
+            "torch_threads": torch.get_num_threads(),
         }
 
     def close(self) -> None:

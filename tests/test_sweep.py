@@ -1,6 +1,9 @@
 """Multiruns: one folder per job named after its overrides, sweep.csv, the end-of-sweep table."""
 
 import csv
+import json
+import os
+import re
 
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
@@ -48,3 +51,19 @@ def test_a_crashing_job_does_not_stop_the_sweep(rlrun, tmp_path):
     assert [row["status"] for row in rows] == ["failed", "completed"]  # the second job still ran
     assert "RuntimeError: simulated crash at step 150" in rows[0]["error"]
     assert rows[1]["total_steps"] == "250" and float(rows[1]["eval_return_mean"]) < 0
+
+
+def test_joblib_runs_jobs_in_separate_processes_with_a_share_of_the_cores(rlrun, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = rlrun(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=smoke", "algo=sac", "env=Pendulum",
+        "seed=0,1", "total_steps=250", "algo.learning_starts=100", "eval.every=250", "checkpoint.every=250",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+    job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    pids = {re.search(r"pid (\d+)", (job / "rlrun.log").read_text()).group(1) for job in job_dirs}
+    assert len(job_dirs) == 2 and len(pids) == 2 and str(os.getpid()) not in pids
+    expected_threads = max(1, (os.cpu_count() or 1) // 2)
+    for job in job_dirs:
+        assert json.loads((job / "summary.json").read_text())["torch_threads"] == expected_threads
