@@ -1,0 +1,251 @@
+"""rlrun against Stable-Baselines3, side by side, in one invocation.
+
+    python -m pip install -c constraints.txt -e '.[bench]'
+    python scripts/benchmark.py --algos sac,td3,ppo,dqn --steps 20000 --threads 1,2 --seeds 0
+
+For each algorithm, thread count and seed it runs rlrun, then SB3, one after the other
+(interleaved, so a noisy machine slows both alike), each in a fresh process so its peak RSS
+is its own. SB3 gets the hyperparameters of rlrun's composed config for the same algorithm
+and environment (tuned files included), mapped onto SB3's arguments below. Both evaluate the
+deterministic policy at the same step counts; evaluation time is left out of steps/s.
+
+Budgets should be multiples of PPO's rollout (num_envs × num_steps): rlrun stops at the
+budget, SB3 finishes its rollout; steps/s counts the steps each really ran ("steps_run").
+
+Writes <out>/benchmark.json (every run) and <out>/benchmark.md (a table with rlrun ÷ SB3
+ratios of training steps/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ENVS = {"sac": "HalfCheetah", "td3": "HalfCheetah", "ddpg": "HalfCheetah", "ppo": "HalfCheetah", "dqn": "CartPole"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--algos", default="sac,td3,ppo,dqn")
+    parser.add_argument("--env", default=None, help="one env for every algorithm (default: HalfCheetah, CartPole for dqn)")
+    parser.add_argument("--steps", type=int, default=20_000, help="environment steps per run")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: steps / 4)")
+    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--threads", default="1,2", help="torch thread counts to measure")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
+    parser.add_argument("--worker", choices=["sb3"], help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_sb3(json.loads(args.spec))))
+        return
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    eval_every = args.eval_every or max(1, args.steps // 4)
+    results = []
+    for algo in args.algos.split(","):
+        env = args.env or DEFAULT_ENVS[algo]
+        for threads in map(int, args.threads.split(",")):
+            for seed in map(int, args.seeds.split(",")):
+                spec = {"algo": algo, "env": env, "steps": args.steps, "threads": threads, "seed": seed,
+                        "eval_every": eval_every, "eval_episodes": args.eval_episodes}
+                for runner in (run_rlrun_process, run_sb3_process):
+                    result = {**spec, **runner(spec)}
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
+    (args.out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (args.out / "benchmark.md").write_text(table + "\n")
+    print(table)
+
+
+# ----- running each side in its own process -------------------------------------------------
+def _run(command: list[str], threads: int) -> tuple[str, float, int]:
+    """Run `command`; return its stdout, wall seconds and its own peak RSS in MiB."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env, cwd=REPO)
+        # wait4 gives this child's own resource usage (Linux: ru_maxrss in KiB).
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        out.seek(0), err.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[:5])} ... failed:\n{err.read()[-3000:]}")
+        return out.read(), wall, usage.ru_maxrss // 1024
+
+
+def run_rlrun_process(spec: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        command = [
+            sys.executable, "-m", "rlrun.cli", f"algo={spec['algo']}", f"env={spec['env']}", f"seed={spec['seed']}",
+            f"total_steps={spec['steps']}", f"threads={spec['threads']}", f"eval.every={spec['eval_every']}",
+            f"eval.episodes={spec['eval_episodes']}", f"checkpoint.every={spec['steps']}", "progress=false",
+            f"hydra.run.dir={run_dir}",
+        ]
+        _, wall, rss = _run(command, spec["threads"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        evals = {row["step"]: row["eval/return_mean"] for row in rows if "eval/return_mean" in row}
+    return {"runner": "rlrun", "train_sps": summary["sps"], "steps_run": summary["total_steps"], "wall_s": round(wall, 1),
+            "peak_rss_mib": rss, "eval_returns": evals}
+
+
+def run_sb3_process(spec: dict) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "sb3", "--spec", json.dumps(spec)]
+    stdout, wall, rss = _run(command, spec["threads"])
+    return {**json.loads(stdout.strip().splitlines()[-1]), "runner": "sb3", "wall_s": round(wall, 1), "peak_rss_mib": rss}
+
+
+# ----- the SB3 side ---------------------------------------------------------------------------
+def rlrun_config(algo: str, env: str) -> dict:
+    """rlrun's composed config for this pair, as plain values (tuned files applied)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("rlrun.configs", version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=[f"algo={algo}", f"env={env}"]), resolve=True)
+
+
+def sb3_model(algo: str, config: dict, env, seed: int):
+    """An SB3 model with the hyperparameters of rlrun's `config["algo"]`."""
+    import numpy as np
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.noise import NormalActionNoise
+    from torch import nn
+
+    a = config["algo"]
+    common = dict(gamma=a["gamma"], seed=seed, device="cpu", verbose=0)
+    if algo in ("sac", "td3", "ddpg"):
+        off_policy = dict(learning_rate=a["lr"], buffer_size=a["buffer_size"], learning_starts=a["learning_starts"],
+                          batch_size=a["batch_size"], tau=a["tau"], train_freq=1, gradient_steps=a["updates_per_step"],
+                          policy_kwargs=dict(net_arch=list(a["hidden_sizes"])), **common)
+        if algo == "sac":
+            return sb3.SAC("MlpPolicy", env, ent_coef=f"auto_{a['init_temperature']}", **off_policy)
+        # rlrun's noise is relative to the half-range of the action bounds.
+        half_range = (env.action_space.high - env.action_space.low) / 2
+        noise = NormalActionNoise(np.zeros_like(half_range), a["exploration_noise"] * half_range)
+        if algo == "td3":
+            return sb3.TD3("MlpPolicy", env, action_noise=noise, policy_delay=a["policy_delay"],
+                           target_policy_noise=a["policy_noise"], target_noise_clip=a["noise_clip"], **off_policy)
+        return sb3.DDPG("MlpPolicy", env, action_noise=noise, **off_policy)
+    if algo == "ppo":
+        lr = a["lr"]
+        return sb3.PPO(
+            "MlpPolicy", env, learning_rate=(lambda progress: progress * lr) if a["anneal_lr"] else lr,
+            n_steps=a["num_steps"], batch_size=a["num_envs"] * a["num_steps"] // a["num_minibatches"],
+            n_epochs=a["update_epochs"], gae_lambda=a["gae_lambda"], clip_range=a["clip_coef"],
+            clip_range_vf=a["clip_coef"] if a["clip_value_loss"] else None, ent_coef=a["ent_coef"],
+            vf_coef=a["vf_coef"] / 2,  # rlrun's value loss is ½·MSE, SB3's the plain MSE
+            max_grad_norm=a["max_grad_norm"], normalize_advantage=a["normalize_advantage"],
+            policy_kwargs=dict(net_arch=dict(pi=list(a["hidden_sizes"]), vf=list(a["hidden_sizes"])),
+                               activation_fn={"tanh": nn.Tanh, "relu": nn.ReLU}[a["activation"]],
+                               ortho_init=a["ortho_init"], log_std_init=a["log_std_init"]),
+            **common,
+        )
+    if algo == "dqn":
+        return sb3.DQN(
+            "MlpPolicy", env, learning_rate=a["lr"], buffer_size=a["buffer_size"], learning_starts=a["learning_starts"],
+            batch_size=a["batch_size"], tau=a["tau"], train_freq=a["train_every"], gradient_steps=a["gradient_steps"],
+            target_update_interval=a["target_update_every"], exploration_fraction=a["exploration_fraction"],
+            exploration_initial_eps=a["start_epsilon"], exploration_final_eps=a["end_epsilon"],
+            max_grad_norm=a["max_grad_norm"] or float("inf"), policy_kwargs=dict(net_arch=list(a["hidden_sizes"])),
+            **common,
+        )
+    raise ValueError(f"no SB3 mapping for {algo}")
+
+
+def run_sb3(spec: dict) -> dict:
+    """Train SB3 for spec["steps"], evaluating every spec["eval_every"] steps (timed apart)."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    torch.set_num_threads(spec["threads"])
+    config = rlrun_config(spec["algo"], spec["env"])
+    env_id = config["env"]["id"]
+    algo = config["algo"]
+    if spec["algo"] == "ppo":
+        env = DummyVecEnv([lambda: gym.make(env_id) for _ in range(algo["num_envs"])])
+        if algo["normalize_obs"] or algo["normalize_reward"]:
+            env = VecNormalize(env, norm_obs=algo["normalize_obs"], norm_reward=algo["normalize_reward"], gamma=algo["gamma"])
+    else:
+        env = gym.make(env_id)
+    model = sb3_model(spec["algo"], config, env, spec["seed"])
+    eval_env = gym.make(env_id)
+    evals: dict[int, float] = {}
+    eval_seconds = [0.0]
+
+    class Evaluate(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps // spec["eval_every"] > (self.num_timesteps - self.training_env.num_envs) // spec["eval_every"]:
+                start = time.perf_counter()
+                if isinstance(self.training_env, VecNormalize):
+                    self.training_env.training = False
+                policy = model if not isinstance(self.training_env, VecNormalize) else _Normalized(model, self.training_env)
+                mean, _ = evaluate_policy(policy, eval_env, n_eval_episodes=spec["eval_episodes"], deterministic=True)
+                if isinstance(self.training_env, VecNormalize):
+                    self.training_env.training = True
+                evals[self.num_timesteps] = float(mean)
+                eval_seconds[0] += time.perf_counter() - start
+            return True
+
+    start = time.perf_counter()
+    model.learn(total_timesteps=spec["steps"], callback=Evaluate())
+    train_seconds = time.perf_counter() - start - eval_seconds[0]
+    # SB3's PPO finishes its last rollout, so it may run past spec["steps"]; count what it ran.
+    return {"train_sps": round(model.num_timesteps / train_seconds, 2), "steps_run": model.num_timesteps,
+            "eval_returns": evals}
+
+
+class _Normalized:
+    """Evaluates `model` on raw observations, normalised with the frozen training statistics."""
+
+    def __init__(self, model, vec_normalize) -> None:
+        self.model, self.vec_normalize = model, vec_normalize
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+        return self.model.predict(self.vec_normalize.normalize_obs(obs), state, episode_start, deterministic)
+
+
+# ----- the table ------------------------------------------------------------------------------
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| algo | env | threads | rlrun steps/s | SB3 steps/s | ratio | rlrun final return | SB3 final return | rlrun peak RSS MiB | SB3 peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    keys = sorted({(r["algo"], r["env"], r["threads"]) for r in results}, key=lambda k: (k[0], k[2]))
+    for algo, env, threads in keys:
+        runs = {runner: [r for r in results if (r["algo"], r["env"], r["threads"], r["runner"]) == (algo, env, threads, runner)]
+                for runner in ("rlrun", "sb3")}
+
+        def mean(runner: str, key: str) -> float:
+            return statistics.mean(float(r[key]) for r in runs[runner])
+
+        def final(runner: str) -> float:
+            return statistics.mean(float(r["eval_returns"][max(r["eval_returns"], key=int)]) for r in runs[runner])
+
+        ratio = mean("rlrun", "train_sps") / mean("sb3", "train_sps")
+        lines.append(
+            f"| {algo} | {env} | {threads} | {mean('rlrun', 'train_sps'):.0f} | {mean('sb3', 'train_sps'):.0f} | "
+            f"{ratio:.2f}× | {final('rlrun'):.1f} | {final('sb3'):.1f} | {mean('rlrun', 'peak_rss_mib'):.0f} | "
+            f"{mean('sb3', 'peak_rss_mib'):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
