@@ -62,9 +62,11 @@ class LogConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 100_000
+    keep: int = 3
 
     def __post_init__(self) -> None:
         positive("checkpoint.every", self.every)
+        positive("checkpoint.keep", self.keep)
 
 
 @dataclass(frozen=True)

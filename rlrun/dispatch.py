@@ -74,7 +74,7 @@ class Run:
         self.device = resolve_device(plan.run.device)
         self.eval_env = make_env(plan.run.env, self.seed + EVAL_SEED_OFFSET, training=False)
         self.logger = RunLogger(run_dir, plan.run.total_steps, plan.run.progress)
-        self.checkpointer = Checkpointer(run_dir, plan.algo_name, plan.run.env.id, plan.config)
+        self.checkpointer = Checkpointer(run_dir, plan.algo_name, plan.run.env.id, plan.config, plan.run.checkpoint.keep)
         self.step = 0
         self.last_eval: np.ndarray | None = None
         self._start = self._last_log_time = time.perf_counter()
