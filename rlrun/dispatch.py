@@ -35,6 +35,8 @@ class Plan:
     algo_class: type
     algo: Any  # the algorithm's own Config dataclass
     config: dict  # the composed config, resolved, for checkpoints and hyperparameter logs
+    obs_space: gym.Space  # as the agent sees them (after any Atari preprocessing)
+    action_space: gym.Space
 
 
 def validate(cfg: DictConfig) -> Plan:
@@ -52,7 +54,7 @@ def validate(cfg: DictConfig) -> Plan:
     obs_space, action_space = env_spaces(run.env)
     _check_action_space(algo_name, algo_class, run.env.id, action_space)
     algo_class.check_spaces(algo, obs_space, action_space)
-    return Plan(run, algo_name, algo_class, algo, resolved)
+    return Plan(run, algo_name, algo_class, algo, resolved, obs_space, action_space)
 
 
 def _check_action_space(algo_name: str, algo_class: type, env_id: str, space: gym.Space) -> None:
@@ -157,8 +159,7 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
     if plan.run.threads is not None:
         torch.set_num_threads(plan.run.threads)
     run = Run(plan, run_dir)
-    obs_space, action_space = env_spaces(plan.run.env)
-    agent = plan.algo_class(plan.algo, obs_space, action_space, run.device, plan.run.seed)
+    agent = plan.algo_class(plan.algo, plan.obs_space, plan.action_space, run.device, plan.run.seed)
     run.logger.hyperparameters(_flatten(plan.config), ["eval/return_mean"])
     status = "failed"
     try:
