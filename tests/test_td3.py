@@ -89,8 +89,13 @@ def test_smoke_run(rlrun, tmp_path, algo):
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["algo"] == algo
-    state = checkpoint.load(run_dir / "checkpoints" / "step_000000600.pt")
-    assert state["algo"] == algo and "target_actor" in state["agent"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # Learning started before the end: losses were logged, after learning_starts=200.
+    loss_steps = [row["step"] for row in rows if "losses/critic" in row and "losses/actor" in row]
+    assert loss_steps and min(loss_steps) > 200 and max(loss_steps) == 600
+    assert [row["step"] for row in rows if "eval/return_mean" in row] == [300, 600]
+    state = checkpoint.load(run_dir / "checkpoints" / "step_000000600.pt", algo=algo)
+    assert state["step"] == 600 and "target_actor" in state["agent"]
 
 
 @pytest.mark.slow
