@@ -42,7 +42,9 @@ def main() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> dict | None:
+    """One job. Returns its summary (what summary.json holds), which sweepers read from
+    Hydra's JobReturn; None if the job failed."""
     from rlrun.dispatch import execute, validate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -66,11 +68,12 @@ def _hydra_main(cfg: DictConfig) -> None:
         # (rlrun/sweep.py) report it and exit non-zero once every job has run.
         log.error("job failed: %s: %s", type(error).__name__, error, exc_info=not isinstance(error, ConfigError))
         record_failure(run_dir, error)
-        return
+        return None
     log.info(
-        "done: eval return %.1f ± %.1f after %d steps, %.0f steps/s, %.0f s",
+        "%s: eval return %.1f ± %.1f after %d steps, %.0f steps/s, %.0f s", summary["status"],
         summary["eval_return_mean"], summary["eval_return_std"], summary["total_steps"], summary["sps"], summary["wall_time_s"],
     )
+    return summary
 
 
 def _threads_per_parallel_job() -> int | None:

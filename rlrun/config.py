@@ -105,6 +105,22 @@ class EnvConfig:
 
 
 @dataclass(frozen=True)
+class TrialConfig:
+    """The Optuna trial a job evaluates; set by rlrun's Optuna sweeper, not by hand.
+
+    The job reports each evaluation's mean return to the trial and stops early (status
+    "pruned") when the study's pruner says so.
+    """
+
+    storage: str  # the study's Optuna storage URL, e.g. sqlite:///multirun/.../study.db
+    study_name: str
+    number: int  # the trial's number in the study
+
+    def __post_init__(self) -> None:
+        non_negative("trial.number", self.number)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Settings of one run that every algorithm shares."""
 
@@ -117,6 +133,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    trial: TrialConfig | None = None
 
     def __post_init__(self) -> None:
         positive("total_steps", self.total_steps)

@@ -26,6 +26,15 @@ from rlrun.registry import ALGORITHMS, get_algorithm
 EVAL_SEED_OFFSET = 10_000  # the evaluation env's seed is seed + this, apart from training's
 
 
+class StopRun(Exception):
+    """Raised inside a training loop to end the run early but cleanly: the run's summary gets
+    `status` (e.g. "pruned" for an Optuna trial the study stopped) and the job does not fail."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(frozen=True)
 class Plan:
     """A validated run: everything needed to build it, as plain values."""
@@ -84,6 +93,11 @@ class Run:
         # Seconds spent evaluating and checkpointing, left out of the training SPS.
         self._paused_total = self._paused_since_log = 0.0
         self._envs: list[Any] = []
+        self.trial = None
+        if plan.run.trial is not None:  # only Optuna sweeps need optuna
+            from rlrun.tuning import TrialReporter
+
+            self.trial = TrialReporter(plan.run.trial)
 
     @cached_property
     def env(self) -> gym.Env:
@@ -120,6 +134,8 @@ class Run:
             self.last_eval = returns
             self.logger.scalars(step, {"eval/return_mean": returns.mean(), "eval/return_std": returns.std()})
             log.info("step %d: eval return %.1f ± %.1f", step, returns.mean(), returns.std())
+            if self.trial is not None:
+                self.trial.report(step, float(returns.mean()))  # raises TrialPruned to stop early
         if step // config.checkpoint.every > previous // config.checkpoint.every or last:
             with self._paused():
                 self.checkpointer.save(step, agent.state_dict())
@@ -165,6 +181,9 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
     try:
         agent.train(run)
         status = "completed"
+    except StopRun as stop:
+        status = stop.status
+        log.info("stopped at step %d: %s", run.step, stop)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
