@@ -1,27 +1,33 @@
-"""Checkpoint files: one self-describing torch file per save, written atomically."""
+"""Checkpoint files: one self-describing torch file per save, written atomically, holding
+everything a run needs to continue exactly where it was."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import rlrun
-from rlrun.config import ConfigError
+from rlrun.config import ConfigError, RunError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class Checkpointer:
-    """Saves `checkpoints/step_<N>.pt` in the run folder.
+    """Saves `checkpoints/step_<N>.pt` in the run folder and keeps the newest `keep`.
 
-    A file holds {"format", "rlrun_version", "algo", "env_id", "step", "config", "agent"},
-    where "agent" is the algorithm's state_dict (networks, targets, optimisers, temperature)
-    and "config" the composed config as plain values. Everything is tensors, numbers and
-    strings, so it loads with torch.load(weights_only=True).
+    A file holds {"format", "rlrun_version", "algo", "env_id", "step", "config", "agent",
+    "loop", "run"}: "agent" is the algorithm's state_dict (networks, targets, optimisers,
+    temperature, normalisation statistics), "loop" the training loop's own state (replay
+    buffer or rollout), "run" the rest (environment episode in progress, RNG states, logger
+    and clock), "config" the composed config as plain values. Everything is tensors,
+    numbers and strings, so it loads with torch.load(weights_only=True).
     """
 
     def __init__(self, run_dir: Path, algo: str, env_id: str, config: dict, keep: int) -> None:
@@ -30,25 +36,35 @@ class Checkpointer:
         self.header = {"format": FORMAT_VERSION, "rlrun_version": rlrun.__version__, "algo": algo, "env_id": env_id}
         self.config = config
 
-    def save(self, step: int, agent_state: dict[str, Any]) -> Path:
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Write step_<step>.pt through a temporary file, so that a crash or a full disk never
+        leaves a truncated checkpoint and never touches the previous ones."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"step_{step:09d}.pt"
         temporary = path.with_suffix(".pt.tmp")
-        torch.save({**self.header, "step": step, "config": self.config, "agent": agent_state}, temporary)
-        os.replace(temporary, path)  # a crash mid-write never leaves a truncated step_*.pt
+        try:
+            torch.save({**self.header, "step": step, "config": self.config, **state}, temporary)
+            os.replace(temporary, path)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            previous = latest(self.directory.parent)
+            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            reason = error.strerror or errno.errorcode.get(error.errno or 0, str(error))
+            raise RunError(f"cannot write checkpoint {path}: {reason}; {kept}") from error
         for old in sorted(self.directory.glob("step_*.pt"))[: -self.keep]:
             old.unlink()
         return path
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str | None = None) -> dict[str, Any]:
+def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str | None = None, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint without executing code from the file (weights_only=True).
 
     Raises ConfigError, naming the file, if it cannot be read (missing, truncated, not a
     torch file), is not an rlrun checkpoint, or was written by another algorithm than `algo`.
+    `mmap` maps tensors instead of reading them: a cheap check of a large file.
     """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise ConfigError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
     if not isinstance(state, dict) or "format" not in state or "agent" not in state:
@@ -58,6 +74,42 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str |
     return state
 
 
+def check_resumable(path: Path, algo: str, env_id: str) -> dict[str, Any]:
+    """Check that the checkpoint `path` can continue a run of `algo` on `env_id`; returns it
+    memory-mapped (cheap to open, even with a large replay buffer inside)."""
+    try:
+        state = load(path, algo=algo, mmap=True)
+    except ConfigError as error:
+        older = sorted(path.parent.glob("step_*.pt"))[:-1]
+        fallback = f"; delete it to continue from {older[-1].name}" if older else ""
+        raise ConfigError(f"{error}{fallback}") from None
+    if state["env_id"] != env_id:
+        raise ConfigError(f"checkpoint {path} is from env.id={state['env_id']}, not env.id={env_id}")
+    if state["format"] != FORMAT_VERSION:
+        raise ConfigError(f"checkpoint {path} has format {state['format']}; this rlrun reads format {FORMAT_VERSION} only")
+    return state
+
+
 def latest(run_dir: Path) -> Path | None:
     files = sorted((run_dir / "checkpoints").glob("step_*.pt"))
     return files[-1] if files else None
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states of Python, NumPy and torch (CPU and every CUDA device)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.copy()), "position": position, "has_gauss": has_gauss, "cached_gaussian": cached_gaussian},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy(), numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

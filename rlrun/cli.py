@@ -12,17 +12,20 @@ import difflib
 import json
 import logging
 import os
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from rlrun.config import ConfigError
+from rlrun.config import ConfigError, RunError
 
 CONFIG_MODULE = "rlrun.configs"
 log = logging.getLogger("rlrun")
@@ -33,12 +36,23 @@ _MAX_REPORTED_JOBS = 20
 
 
 def main() -> None:
-    errors = preflight(sys.argv[1:])
+    args = sys.argv[1:]
+    try:
+        args = expand_resume(args)
+    except ConfigError as error:
+        print(f"rlrun: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    errors = preflight(args)
     if errors:
         for line in errors:
             print(f"rlrun: error: {line}", file=sys.stderr)
         sys.exit(2)
-    _hydra_main()
+    sys.argv = [sys.argv[0], *args]  # what Hydra parses
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        print("rlrun: stopped at once by a second interrupt; the checkpoints written so far are kept", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
@@ -59,21 +73,64 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         )
         summary = execute(plan, run_dir)
     except Exception as error:
+        one_line = isinstance(error, (ConfigError, RunError)) and os.environ.get("HYDRA_FULL_ERROR") != "1"
         if not multirun:
-            if isinstance(error, ConfigError):
+            if one_line:
                 print(f"rlrun: error: {error}", file=sys.stderr)
-                sys.exit(2)
+                sys.exit(2 if isinstance(error, ConfigError) else 1)
             raise
         # One job's failure must not stop a sweep: record it, and let the sweep summary
         # (rlrun/sweep.py) report it and exit non-zero once every job has run.
-        log.error("job failed: %s: %s", type(error).__name__, error, exc_info=not isinstance(error, ConfigError))
+        log.error("job failed: %s: %s", type(error).__name__, error, exc_info=not one_line)
         record_failure(run_dir, error)
         return None
+    if summary["status"] == "interrupted":
+        # Stops a sweep too: Ctrl-C or a scheduler's SIGTERM means stop, not "next job".
+        print(
+            f"rlrun: {summary['signal']} at step {summary['total_steps']}: saved {summary['checkpoint']}; "
+            f"continue with: rlrun resume={run_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.Signals[summary["signal"]])
+    evaluated = summary["eval_return_mean"] is not None
     log.info(
-        "%s: eval return %.1f ± %.1f after %d steps, %.0f steps/s, %.0f s", summary["status"],
-        summary["eval_return_mean"], summary["eval_return_std"], summary["total_steps"], summary["sps"], summary["wall_time_s"],
+        "%s after %d steps: eval return %s, %s steps/s, %.0f s", summary["status"], summary["total_steps"],
+        f"{summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}" if evaluated else "none",
+        f"{summary['sps']:.0f}" if summary.get("sps") else "?", summary["wall_time_s"],
     )
     return summary
+
+
+def expand_resume(args: list[str]) -> list[str]:
+    """`resume=<run folder>` → that run's own overrides, then the command line's (which win),
+    with Hydra writing into the folder again and keeping its original .hydra/ config."""
+    resumes = [a for a in args if a.startswith("resume=")]
+    if not resumes:
+        return args
+    folder_text = resumes[-1].split("=", 1)[1]
+    folder = Path(folder_text)
+    if any(a in _MULTIRUN_FLAGS for a in args):
+        raise ConfigError("resume= continues one run; to continue a sweep, rerun its command with hydra.sweep.dir=<its folder>")
+    if not folder.is_dir():
+        raise ConfigError(f"resume={folder_text}: no such folder; give a run folder such as outputs/<date>/<time>")
+    saved_file = folder / ".hydra" / "overrides.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(f"resume={folder_text} is not an rlrun run folder (no .hydra/overrides.yaml)")
+    from rlrun.checkpoint import latest
+
+    if latest(folder) is None:
+        raise ConfigError(
+            f"resume={folder_text} has no checkpoint to continue from (checkpoints/step_*.pt is written every "
+            "checkpoint.every steps, at the end, and on Ctrl-C or SIGTERM)"
+        )
+    given = [a for a in args if not a.startswith("resume=")]
+    given_keys = {_override_key(a) for a in given}
+    saved = [o for o in yaml.safe_load(saved_file.read_text()) or [] if _override_key(o) not in given_keys | {"hydra.run.dir"}]
+    return [*saved, *given, f"hydra.run.dir={folder}", "hydra.output_subdir=null"]
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _threads_per_parallel_job() -> int | None:
@@ -118,13 +175,42 @@ def preflight(args: list[str]) -> list[str]:
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         for job in jobs:
             try:
-                validate(compose("config", overrides=job))
+                cfg = compose("config", overrides=job, return_hydra_config=True)
+                with open_dict(cfg):
+                    hydra_cfg = cfg.pop("hydra")
+                plan = validate(cfg)
+                if flags:
+                    _check_writable("hydra.sweep.dir", Path(hydra_cfg.sweep.dir))
+                else:
+                    _check_run_folder(Path(hydra_cfg.run.dir), plan.algo_name, plan.run.env.id)
             except (ConfigError, HydraException) as error:
                 prefix = f"job {' '.join(job)}: " if len(jobs) > 1 else ""
                 errors.append(prefix + _describe(error, job))
     if len(errors) > _MAX_REPORTED_JOBS:
         errors = errors[:_MAX_REPORTED_JOBS] + [f"... and {len(errors) - _MAX_REPORTED_JOBS} more bad jobs"]
     return errors
+
+
+def _check_run_folder(run_dir: Path, algo: str, env_id: str) -> None:
+    """The run folder must be writable, and a checkpoint already in it (a rerun or resume=)
+    must be one this run can continue; checked before Hydra writes anything there."""
+    _check_writable("hydra.run.dir", run_dir)
+    from rlrun.checkpoint import check_resumable, latest
+
+    if (checkpoint := latest(run_dir)) is not None:
+        check_resumable(checkpoint, algo, env_id)
+
+
+def _check_writable(key: str, folder: Path) -> None:
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={folder} cannot be created: {existing} is a file; choose another folder with {key}=<folder>")
+    try:  # a real probe: os.access says yes to root even on read-only file systems
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise ConfigError(
+            f"{key}={folder} is not writable ({error.strerror} in {existing}); choose another folder with {key}=<folder>"
+        ) from None
 
 
 def _expand(overrides: list[str]) -> list[list[str]]:

@@ -8,6 +8,7 @@ import logging
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from rlrun.config import ConfigError, EnvConfig
 
@@ -29,17 +30,15 @@ def check_env_id(env_id: str) -> None:
 
 
 def make_env(env: EnvConfig, seed: int, *, training: bool) -> gym.Env:
-    """One environment that records episode returns and lengths in `info["episode"]`.
+    """One environment that records episode returns and lengths in `info["episode"]` and can
+    be restored mid-episode (see EpisodeReplay).
 
     `training` picks the training variant: Atari rewards are clipped to their sign there (if
     `env.atari.clip_rewards`) and episodes may end at a life loss; the recorded episode return
-    is always the game's own score. The first reset must pass `seed`; later resets continue
-    the seeded RNG.
+    is always the game's own score. The first reset must pass `seed`; later resets draw
+    their seeds from it.
     """
-    wrapped = gym.wrappers.RecordEpisodeStatistics(_make(env, training))
-    if training and _is_atari(env.id) and env.atari.clip_rewards:
-        # Outside RecordEpisodeStatistics, so only the agent sees the clipped reward.
-        wrapped = gym.wrappers.TransformReward(wrapped, np.sign)
+    wrapped = _make_recorded(env, training)
     wrapped.action_space.seed(seed)
     wrapped.observation_space.seed(seed)
     return wrapped
@@ -53,13 +52,105 @@ def make_vector_env(
     Episode statistics arrive in `info["episode"]` with the mask `info["_episode"]`;
     `training` as for make_env.
     """
-    make = [lambda: _make(env, training) for _ in range(num_envs)]
+    make = [lambda: _make_recorded(env, training) for _ in range(num_envs)]
     vector_class = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    wrapped = gym.wrappers.vector.RecordEpisodeStatistics(vector_class(make))
+    vector = vector_class(make)
+    vector.action_space.seed(seed)
+    return vector
+
+
+def _make_recorded(env: EnvConfig, training: bool) -> gym.Env:
+    wrapped: gym.Env = gym.wrappers.RecordEpisodeStatistics(_make(env, training))
     if training and _is_atari(env.id) and env.atari.clip_rewards:
-        wrapped = gym.wrappers.vector.TransformReward(wrapped, np.sign)
-    wrapped.action_space.seed(seed)
-    return wrapped
+        # Outside RecordEpisodeStatistics, so only the agent sees the clipped reward.
+        wrapped = gym.wrappers.TransformReward(wrapped, np.sign)
+    return EpisodeReplay(wrapped)
+
+
+class EpisodeReplay(gym.Wrapper):
+    """Makes an environment's state restorable by replaying the episode in progress.
+
+    Every reset is seeded: by the caller's seed, or else by a seed drawn from a generator that
+    the caller's first seed started. The wrapper records the episode's seed and actions;
+    restoring resets a fresh environment with that seed and steps it through the same
+    actions, which rebuilds the simulator state and every wrapper's counters (time limit,
+    episode statistics, frame stacks) exactly, for any environment that is deterministic
+    given its seed (MuJoCo, classic control, ALE). A replay costs at most one episode of
+    steps. The state is plain numbers and tensors, so it can go into a weights-only
+    checkpoint.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._seeds = np.random.default_rng()  # reseeded by the first seeded reset
+        self._episode_seed: int | None = None
+        self._actions: list = []
+        self._done = False
+        self._reset_on_next_step = False  # a restored episode that had ended (vector autoreset)
+        # Set (through a vector env's set_attr) before restore_saved_episode() is called.
+        self.saved_episode: dict | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is None:
+            seed = int(self._seeds.integers(2**31))
+        else:
+            self._seeds = np.random.default_rng(seed)
+        self._episode_seed, self._actions, self._done = seed, [], False
+        self._reset_on_next_step = False
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self._reset_on_next_step:
+            # What a NEXT_STEP vector env would have done with this sub-env had the run not
+            # been restored: reset it and return (reset obs, 0, False, False, reset info).
+            obs, info = self.reset()
+            return obs, 0.0, False, False, info
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._actions.append(np.copy(action))
+        self._done = bool(terminated or truncated)
+        return obs, reward, terminated, truncated, info
+
+    def episode_state(self) -> dict:
+        """The seed generator's state, and the episode in progress: its seed and actions."""
+        if self._episode_seed is None:
+            raise RuntimeError("the environment was never reset; nothing to save")
+        actions = torch.from_numpy(np.stack(self._actions)) if self._actions else torch.zeros(0)
+        return {"seeds": self._seeds.bit_generator.state, "seed": self._episode_seed, "actions": actions, "done": self._done}
+
+    def restore_episode(self, state: dict):
+        """Replay a saved episode; returns the observation the episode had reached."""
+        obs, _ = self.env.reset(seed=state["seed"])
+        for action in state["actions"].numpy():
+            obs, *_ = self.env.step(action)
+        self._seeds = np.random.default_rng()
+        self._seeds.bit_generator.state = state["seeds"]
+        self._episode_seed, self._actions, self._done = state["seed"], list(state["actions"].numpy()), state["done"]
+        self._reset_on_next_step = state["done"]
+        return obs
+
+    def restore_saved_episode(self):
+        """restore_episode(self.saved_episode): the form a vector env's call() can reach, one
+        state per sub-environment."""
+        return self.restore_episode(self.saved_episode)
+
+
+def env_state(env: gym.Env | gym.vector.VectorEnv) -> dict:
+    """What `restore_env` needs to put a training env (single or vector) back exactly."""
+    if isinstance(env, gym.vector.VectorEnv):
+        episodes = list(env.call("episode_state"))
+    else:
+        episodes = [env.episode_state()]
+    return {"episodes": episodes, "action_space_rng": env.action_space.np_random.bit_generator.state}
+
+
+def restore_env(env: gym.Env | gym.vector.VectorEnv, state: dict) -> np.ndarray:
+    """Replay each (sub-)environment's episode in progress; returns the observation(s) it had
+    reached, batched for a vector env."""
+    env.action_space.np_random.bit_generator.state = state["action_space_rng"]
+    if not isinstance(env, gym.vector.VectorEnv):
+        return env.restore_episode(state["episodes"][0])
+    env.set_attr("saved_episode", state["episodes"])
+    return np.stack(env.call("restore_saved_episode"))
 
 
 def env_spaces(env: EnvConfig) -> tuple[gym.Space, gym.Space]:

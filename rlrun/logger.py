@@ -24,12 +24,23 @@ class RunLogger:
     hand over their on-device loss tensors at logging steps only.
     """
 
-    def __init__(self, run_dir: Path, total_steps: int, progress: bool) -> None:
-        # Flush often enough that TensorBoard shows curves while the run goes on.
-        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=10)
-        self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+    def __init__(self, run_dir: Path, total_steps: int, progress: bool, start_step: int = 0) -> None:
+        """`start_step` is where the run starts: 0, or the step of the checkpoint it continues
+        from. Whatever an earlier attempt in this folder logged after it is dropped, since
+        this run logs it again."""
+        # Flush often enough that TensorBoard shows curves while the run goes on. purge_step
+        # makes TensorBoard discard the old events after start_step.
+        self.reused_folder = any(run_dir.glob("events.out.tfevents.*"))  # a rerun or a resume
+        purge_step = start_step + 1 if self.reused_folder else None
+        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=10, purge_step=purge_step)
+        metrics_path = run_dir / "metrics.jsonl"
+        if metrics_path.exists():
+            _truncate_metrics(metrics_path, start_step)
+        self.metrics_file = open(metrics_path, "a", encoding="utf-8")
         # disable=None hides the bar when the console is not a terminal (CI, Slurm logs).
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=None if progress else True)
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=None if progress else True
+        )
         self.latest_return: float | None = None
 
     def scalars(self, step: int, values: Mapping[str, Scalar]) -> None:
@@ -60,7 +71,27 @@ class RunLogger:
             postfix["return"] = f"{self.latest_return:.1f}"
         self.bar.set_postfix(postfix, refresh=False)
 
+    def flush(self) -> None:
+        self.writer.flush()
+        self.metrics_file.flush()
+
     def close(self) -> None:
         self.bar.close()
         self.writer.close()
         self.metrics_file.close()
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the rows of metrics.jsonl up to `last_step`; drop later ones and a row cut short
+    by a crash."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= last_step:
+            kept.append(line + "\n")
+    temporary = path.with_suffix(".jsonl.tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    temporary.replace(path)

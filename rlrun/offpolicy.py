@@ -88,10 +88,11 @@ def train_off_policy(agent: OffPolicyAgent, run: Any, config: OffPolicyConfig) -
     buffer = ReplayBuffer(
         min(config.buffer_size, run.total_steps), env.observation_space.shape, env.action_space.shape, agent.device, agent.seed
     )
-    metrics = None
+    obs, step, metrics = run.start(agent, buffer=buffer)
+    # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
+    warmup = max(1, min(config.learning_starts, buffer.capacity))
 
-    obs, _ = env.reset(seed=run.seed)
-    for step in range(1, run.total_steps + 1):
+    for step in range(step + 1, run.total_steps + 1):
         if step <= config.learning_starts:
             action = agent.actions.to_unit(env.action_space.sample())
         else:
@@ -103,7 +104,7 @@ def train_off_policy(agent: OffPolicyAgent, run: Any, config: OffPolicyConfig) -
             run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
             obs, _ = env.reset()
 
-        if step > config.learning_starts:
+        if step > config.learning_starts and len(buffer) >= warmup:
             for _ in range(config.updates_per_step):
                 metrics = agent.update(buffer.sample(config.batch_size))
-        run.after_step(step, agent, metrics)
+        run.after_step(step, metrics)

@@ -61,7 +61,8 @@ class SweepSummary(Callback):
         write_csv(rows, sweep_dir / "sweep.csv")
         print(format_table(rows))
         print(f"sweep summary: {sweep_dir / 'sweep.csv'}")
-        failed = [row for row in rows if row["status"] != "completed"]
+        # A pruned Optuna trial ended as its study asked: not a failure.
+        failed = [row for row in rows if row["status"] not in ("completed", "pruned")]
         if failed:
             for row in failed:
                 print(f"rlrun: job {row['job']} {row['status']}: {row['error'] or 'see its rlrun.log'}", file=sys.stderr)

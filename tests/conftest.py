@@ -8,15 +8,32 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_rlrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the installed `rlrun` entry point the way a user would, capturing its output."""
+def _env() -> dict:
     # One torch thread per run: tests run beside each other on small CI machines, where
     # several multi-threaded processes contend badly.
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "rlrun.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+    return env
+
+
+def _command(args: tuple[str, ...], patch: str | None) -> list[str]:
+    """`python -m rlrun.cli args`, or with `patch` (Python source) run first in the same
+    process: how tests inject faults (a full disk, a NaN) into a real command-line run."""
+    if patch is None:
+        return [sys.executable, "-m", "rlrun.cli", *args]
+    code = f"{patch}\nimport sys\nfrom rlrun.cli import main\nsys.argv = ['rlrun', *{list(args)!r}]\nmain()\n"
+    return [sys.executable, "-c", code]
+
+
+def run_rlrun(*args: str, timeout: float = 300, patch: str | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `rlrun` entry point the way a user would, capturing its output."""
+    return subprocess.run(_command(args, patch), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
+
+
+def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:
+    """Start `rlrun` in the background (to be signalled or killed); stdout/stderr are piped."""
+    return subprocess.Popen(
+        _command(args, patch), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO
     )
 
 

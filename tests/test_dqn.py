@@ -160,10 +160,11 @@ def test_atari_env_preprocessing_and_training_only_reward_clipping():
     train_env = make_env(env_config, seed=0, training=True)
     eval_env = make_env(env_config, seed=0, training=False)
     try:
-        # Clipping sits outside the episode statistics, so recorded returns are game scores.
-        assert isinstance(train_env, gym.wrappers.TransformReward)
-        assert isinstance(train_env.env, gym.wrappers.RecordEpisodeStatistics)
-        assert isinstance(eval_env, gym.wrappers.RecordEpisodeStatistics)
+        # Clipping sits outside the episode statistics, so recorded returns are game scores
+        # (the outermost wrapper, EpisodeReplay, only records seeds and actions).
+        assert isinstance(train_env.env, gym.wrappers.TransformReward)
+        assert isinstance(train_env.env.env, gym.wrappers.RecordEpisodeStatistics)
+        assert isinstance(eval_env.env, gym.wrappers.RecordEpisodeStatistics)
         assert train_env.unwrapped._frameskip == 1  # AtariPreprocessing does the skipping
         obs, _ = train_env.reset(seed=0)
         assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8

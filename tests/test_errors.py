@@ -1,5 +1,7 @@
 """Every config mistake a user can make gets one line naming the bad value, before any run."""
 
+import shutil
+
 import pytest
 
 CASES = [
@@ -46,3 +48,75 @@ def test_every_bad_job_of_a_sweep_is_reported_before_any_runs(rlrun, tmp_path):
     assert len(lines) == 2
     assert "total_steps=0" in lines[0] and "total_steps=-1" in lines[1]
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished SAC Pendulum smoke run (checkpoints at steps 300 and 600)."""
+    from conftest import run_rlrun
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    result = run_rlrun("experiment=smoke", "algo=sac", "env=Pendulum", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def _copy_without_checkpoints(run_dir, target):
+    shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns("checkpoints"))
+    return target
+
+
+def _copy_with_truncated_checkpoint(run_dir, target):
+    shutil.copytree(run_dir, target)
+    latest = target / "checkpoints" / "step_000000600.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    return target
+
+
+def _snapshot(folder):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")} if folder.exists() else {}
+
+
+# (arguments with {run}/{tmp} placeholders, how to prepare {run} from the finished run, words)
+FOLDER_CASES = [
+    (["resume={tmp}/nowhere"], None, ["resume={tmp}/nowhere: no such folder"]),
+    (["resume={tmp}"], None, ["resume={tmp} is not an rlrun run folder"]),
+    (["resume={run}"], _copy_without_checkpoints, ["has no checkpoint to continue from"]),
+    (["resume={run}"], _copy_with_truncated_checkpoint,
+     ["cannot read checkpoint {run}/checkpoints/step_000000600.pt", "delete it to continue from step_000000300.pt"]),
+    (["resume={run}", "algo=td3"], shutil.copytree, ["checkpoint {run}/checkpoints/step_000000600.pt is from algo=sac, not algo=td3"]),
+    (["resume={run}", "env=MountainCarContinuous"], shutil.copytree,
+     ["is from env.id=Pendulum-v1, not env.id=MountainCarContinuous-v0"]),
+    (["-m", "resume={run}"], shutil.copytree, ["resume= continues one run", "hydra.sweep.dir"]),
+    (["algo=sac", "env=Pendulum", "hydra.run.dir=/proc/rlrun-run"], None, ["hydra.run.dir=/proc/rlrun-run is not writable"]),
+    (["algo=sac", "env=Pendulum", "hydra.run.dir={tmp}/a-file/run"], None, ["cannot be created: {tmp}/a-file is a file"]),
+    (["algo=sac", "env=Pendulum", "env.id=NoSuchEnv-v0"], None, ["env.id='NoSuchEnv-v0' is not a registered Gymnasium environment"]),
+]
+
+
+@pytest.mark.parametrize("args,prepare,words", FOLDER_CASES, ids=[" ".join(c[0]) + (f" ({c[1].__name__})" if c[1] else "") for c in FOLDER_CASES])
+def test_bad_folders_and_resumes_fail_with_one_line_and_touch_nothing(rlrun, finished_run, tmp_path, args, prepare, words):
+    run_dir = tmp_path / "run"
+    if prepare is not None:
+        prepare(finished_run, run_dir)
+    (tmp_path / "a-file").write_text("in the way")
+    before = _snapshot(tmp_path)
+    fill = lambda text: text.format(run=run_dir, tmp=tmp_path)  # noqa: E731
+    result = rlrun(*map(fill, args))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rlrun: error: "), result.stderr
+    for word in words:
+        assert fill(word) in lines[0]
+    assert _snapshot(tmp_path) == before  # nothing written, nothing lost
+
+
+def test_an_atari_game_without_the_atari_extra_names_the_install_command(rlrun, tmp_path):
+    hide_ale = "import sys\nsys.modules['ale_py'] = None  # as if ale-py were not installed"
+    result = rlrun("algo=dqn", "env=Pong", f"hydra.run.dir={tmp_path / 'run'}", patch=hide_ale)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "rlrun: error: env.id='ALE/Pong-v5' needs the Atari extra (ale_py is missing): "
+        "pip install -c constraints.txt -e '.[atari]'"
+    ]
+    assert not (tmp_path / "run").exists()

@@ -28,7 +28,7 @@ def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):
         (True, False), (True, True), (False, False), (False, True)
     ]
     assert all(float(row["eval_return_mean"]) < 0 and row["total_steps"] == "250" for row in rows)
-    assert "eval_return_mean" in result.stdout and result.stdout.count("completed") == 4
+    assert "eval_return_mean" in result.stdout and result.stdout.count("completed  ") == 4  # table cells
 
     # TensorBoard names each run by its folder, which spells out the job's overrides.
     multiplexer = EventMultiplexer().AddRunsFromDirectory(str(sweep_dir)).Reload()

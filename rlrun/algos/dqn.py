@@ -169,10 +169,12 @@ class DQN:
             capacity, self.obs_shape, (), self.device, self.seed, obs_dtype=self.obs_dtype, action_dtype=torch.int64
         )
         exploration_steps = config.exploration_fraction * run.total_steps
-        metrics: dict = {}
+        obs, step, metrics = run.start(self, buffer=buffer)
+        metrics = dict(metrics or {})
+        # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
+        warmup = max(1, min(config.learning_starts, capacity))
 
-        obs, _ = env.reset(seed=run.seed)
-        for step in range(1, run.total_steps + 1):
+        for step in range(step + 1, run.total_steps + 1):
             # ε-greedy: a uniform random action with probability ε, else the greedy one.
             epsilon = linear_epsilon(step - 1, config.start_epsilon, config.end_epsilon, exploration_steps)
             if self.rng.random() < epsilon:
@@ -186,7 +188,7 @@ class DQN:
                 run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
                 obs, _ = env.reset()
 
-            if step > config.learning_starts:
+            if step > config.learning_starts and len(buffer) >= warmup:
                 if step % config.train_every == 0:
                     for _ in range(config.gradient_steps):
                         metrics = self.update(buffer.sample(config.batch_size))
@@ -194,7 +196,7 @@ class DQN:
                 if step % config.target_update_every == 0:
                     polyak_update(self.target_q, self.q, config.tau)
             metrics["train/epsilon"] = epsilon
-            run.after_step(step, self, metrics)
+            run.after_step(step, metrics)
 
     # ----- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -202,9 +204,11 @@ class DQN:
             "q": self.q.state_dict(),
             "target_q": self.target_q.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.q.load_state_dict(state["q"])
         self.target_q.load_state_dict(state["target_q"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]

@@ -165,6 +165,42 @@ class ActorCritic(nn.Module):
         return out.argmax(-1) if self.discrete else out
 
 
+class Rollout:
+    """One rollout's storage, (T, N, ...) on the device, and how far it is filled; a
+    checkpoint taken mid-rollout saves it so that a resumed run finishes the same rollout."""
+
+    def __init__(
+        self, T: int, N: int, obs_shape: tuple, action_shape: tuple, action_dtype: torch.dtype, device: torch.device
+    ) -> None:
+        self.obs = torch.zeros((T, N, *obs_shape), device=device)
+        self.actions = torch.zeros((T, N, *action_shape), dtype=action_dtype, device=device)
+        self.log_probs = torch.zeros((T, N), device=device)
+        self.values = torch.zeros((T, N), device=device)
+        self.rewards = torch.zeros((T, N), device=device)
+        self.terminated = torch.zeros((T, N), dtype=torch.bool, device=device)
+        self.dones = torch.zeros((T, N), dtype=torch.bool, device=device)
+        # Host-side: True where the step is a NEXT_STEP autoreset, i.e. not a real transition.
+        self.autoreset = np.zeros((T, N), dtype=bool)
+        self.next_autoreset = np.zeros(N, dtype=bool)  # sub-envs whose next step only resets them
+        self.filled = 0  # steps of this rollout collected so far
+
+    _TENSORS = ("obs", "actions", "log_probs", "values", "rewards", "terminated", "dones")
+
+    def state_dict(self) -> dict:
+        state = {name: getattr(self, name) for name in self._TENSORS}
+        state.update(
+            autoreset=torch.from_numpy(self.autoreset), next_autoreset=torch.from_numpy(self.next_autoreset), filled=self.filled
+        )
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self._TENSORS:
+            getattr(self, name).copy_(state[name])
+        self.autoreset = state["autoreset"].numpy().copy()
+        self.next_autoreset = state["next_autoreset"].numpy().copy()
+        self.filled = state["filled"]
+
+
 class PPO:
     Config = PPOConfig
     action_spaces = (gym.spaces.Box, gym.spaces.Discrete)
@@ -297,36 +333,26 @@ class PPO:
         config = self.config
         T, N = config.num_steps, config.num_envs
         envs = run.make_vector_env(N, config.async_envs)
-
-        # Rollout storage, (T, N, ...) on the device.
-        obs_buf = torch.zeros((T, N, *self.obs_shape), device=self.device)
         action_dtype = torch.long if self.discrete else torch.float32
-        actions_buf = torch.zeros((T, N, *self.action_shape), dtype=action_dtype, device=self.device)
-        log_probs_buf = torch.zeros((T, N), device=self.device)
-        values_buf = torch.zeros((T, N), device=self.device)
-        rewards_buf = torch.zeros((T, N), device=self.device)
-        terminated_buf = torch.zeros((T, N), dtype=torch.bool, device=self.device)
-        dones_buf = torch.zeros((T, N), dtype=torch.bool, device=self.device)
-        # Host-side: True where the step is a NEXT_STEP autoreset, i.e. not a real transition.
-        autoreset_buf = np.zeros((T, N), dtype=bool)
-
+        rollout = Rollout(T, N, self.obs_shape, self.action_shape, action_dtype, self.device)
         num_iterations = math.ceil(run.total_steps / config.batch_size)
-        step, metrics = 0, None
-        obs_np, _ = envs.reset(seed=run.seed)  # sub-env i is seeded seed + i
-        obs = self.normalize_obs(obs_np, update=True)
-        autoreset = np.zeros(N, dtype=bool)  # sub-envs whose next step only resets them
-        for iteration in range(num_iterations):
+
+        obs_np, step, metrics = run.start(self, rollout=rollout)  # a new run: sub-env i seeded seed + i
+        # A resumed run's statistics already include this observation.
+        obs = self.normalize_obs(obs_np, update=step == 0)
+        # A resumed run continues the iteration whose rollout it was collecting (or training on).
+        for iteration in range((step - rollout.filled * N) // config.batch_size, num_iterations):
             if config.anneal_lr:  # linear from lr to lr/num_iterations over the run (CleanRL)
                 self.optimizer.param_groups[0]["lr"] = config.lr * (1.0 - iteration / num_iterations)
 
-            for t in range(T):
+            for t in range(rollout.filled, T):  # from 0, or where a resumed rollout stopped
                 with torch.no_grad():
                     dist = self.model.distribution(obs)
                     action = dist.sample()
                     log_prob, _ = self.model.log_prob_entropy(dist, action)
-                    values_buf[t] = self.model.value(obs)
-                obs_buf[t], actions_buf[t], log_probs_buf[t] = obs, action, log_prob
-                autoreset_buf[t] = autoreset
+                    rollout.values[t] = self.model.value(obs)
+                rollout.obs[t], rollout.actions[t], rollout.log_probs[t] = obs, action, log_prob
+                autoreset = rollout.autoreset[t] = rollout.next_autoreset
 
                 next_obs_np, reward, terminated, truncated, info = envs.step(self.to_env(action))
                 step += N  # autoreset steps count too, as in CleanRL and SB3's step counting
@@ -338,38 +364,40 @@ class PPO:
                 if config.normalize_reward:
                     active = torch.as_tensor(~autoreset, device=self.device)
                     reward_t = self.reward_scaler(reward_t, done_t, active)
-                rewards_buf[t] = reward_t
-                terminated_buf[t] = torch.as_tensor(terminated, device=self.device)
-                dones_buf[t] = done_t
-                autoreset = done
+                rollout.rewards[t] = reward_t
+                rollout.terminated[t] = torch.as_tensor(terminated, device=self.device)
+                rollout.dones[t] = done_t
+                rollout.next_autoreset = done  # sub-envs whose next step only resets them
+                rollout.filled = t + 1
 
                 if "_episode" in info:
                     for i in np.flatnonzero(info["_episode"]):
                         run.episode_end(step, info["episode"]["r"][i], info["episode"]["l"][i])
-                run.after_step(step, self, metrics)
+                run.after_step(step, metrics)
                 if step >= run.total_steps:
                     return  # a partial last rollout is not trained on: nothing would evaluate it
 
             with torch.no_grad():
                 # V(s_{t+1}) is the next stored value; after a done that observation is the final
                 # one (NEXT_STEP autoreset), so truncations bootstrap from the real final state.
-                next_values = torch.cat([values_buf[1:], self.model.value(obs)[None]])
+                next_values = torch.cat([rollout.values[1:], self.model.value(obs)[None]])
             advantages = compute_gae(
-                rewards_buf, values_buf, next_values, terminated_buf, dones_buf, config.gamma, config.gae_lambda
+                rollout.rewards, rollout.values, next_values, rollout.terminated, rollout.dones, config.gamma, config.gae_lambda
             )
-            returns = advantages + values_buf
+            returns = advantages + rollout.values
             # Only real transitions are trained on; autoreset steps (final obs → reset obs, the
             # action ignored) are left out. The mask is on the host, so this costs no device sync.
-            indices = torch.as_tensor(np.flatnonzero(~autoreset_buf.reshape(-1)), device=self.device)
+            indices = torch.as_tensor(np.flatnonzero(~rollout.autoreset.reshape(-1)), device=self.device)
             metrics = self.update(
-                obs_buf.reshape(T * N, *self.obs_shape),
-                actions_buf.reshape(T * N, *self.action_shape),
-                log_probs_buf.reshape(-1),
-                values_buf.reshape(-1),
+                rollout.obs.reshape(T * N, *self.obs_shape),
+                rollout.actions.reshape(T * N, *self.action_shape),
+                rollout.log_probs.reshape(-1),
+                rollout.values.reshape(-1),
                 advantages.reshape(-1),
                 returns.reshape(-1),
                 indices,
             )
+            rollout.filled = 0
 
     # ----- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -378,6 +406,7 @@ class PPO:
             "optimizer": self.optimizer.state_dict(),
             "obs_rms": self.obs_rms.state_dict(),
             "return_rms": self.reward_scaler.rms.state_dict(),
+            "discounted_returns": self.reward_scaler.returns.clone(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -385,3 +414,4 @@ class PPO:
         self.optimizer.load_state_dict(state["optimizer"])
         self.obs_rms.load_state_dict(state["obs_rms"])
         self.reward_scaler.rms.load_state_dict(state["return_rms"])
+        self.reward_scaler.returns = state["discounted_returns"].to(self.device, torch.float64)

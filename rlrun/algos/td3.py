@@ -128,6 +128,7 @@ class TD3:
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "critic_updates": self.critic_updates,
+            "actor_loss": self.actor_loss,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -138,3 +139,4 @@ class TD3:
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.critic_updates = state["critic_updates"]
+        self.actor_loss = state["actor_loss"].to(self.device)
