@@ -66,7 +66,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str |
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise ConfigError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+        reason = str(error).splitlines()[0].split(". ")[0]  # torch's messages run on for lines
+        raise ConfigError(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(state, dict) or "format" not in state or "agent" not in state:
         raise ConfigError(f"{path} is not an rlrun checkpoint")
     if algo is not None and state["algo"] != algo:
@@ -78,13 +79,16 @@ def check_resumable(path: Path, algo: str, env_id: str) -> dict[str, Any]:
     """Check that the checkpoint `path` can continue a run of `algo` on `env_id`; returns it
     memory-mapped (cheap to open, even with a large replay buffer inside)."""
     try:
-        state = load(path, algo=algo, mmap=True)
+        state = load(path, mmap=True)
     except ConfigError as error:
         older = sorted(path.parent.glob("step_*.pt"))[:-1]
         fallback = f"; delete it to continue from {older[-1].name}" if older else ""
         raise ConfigError(f"{error}{fallback}") from None
+    same_run = "a run continues with the algorithm and environment it started with; start a new run folder otherwise"
+    if state["algo"] != algo:
+        raise ConfigError(f"checkpoint {path} is from algo={state['algo']}, not algo={algo}; {same_run}")
     if state["env_id"] != env_id:
-        raise ConfigError(f"checkpoint {path} is from env.id={state['env_id']}, not env.id={env_id}")
+        raise ConfigError(f"checkpoint {path} is from env.id={state['env_id']}, not env.id={env_id}; {same_run}")
     if state["format"] != FORMAT_VERSION:
         raise ConfigError(f"checkpoint {path} has format {state['format']}; this rlrun reads format {FORMAT_VERSION} only")
     return state

@@ -209,7 +209,8 @@ def _check_writable(key: str, folder: Path) -> None:
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as error:
         raise ConfigError(
-            f"{key}={folder} is not writable ({error.strerror} in {existing}); choose another folder with {key}=<folder>"
+            f"{key}={folder} is not writable ({error.strerror} when creating a file in {existing}); "
+            f"choose another folder with {key}=<folder>"
         ) from None
 
 
