@@ -1,10 +1,13 @@
 """A Gymnasium environment that raises mid-run, registered for sweep fault-isolation tests
-(`env.id=tests.crashing_env:CrashingPendulum-v0`)."""
+(`env.id=tests.crashing_env:CrashingPendulum-v0`). RLRUN_TEST_CRASH_AT=0 turns the crash off
+(the fault is gone when the sweep is rerun)."""
+
+import os
 
 import gymnasium as gym
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
-CRASH_AT_STEP = 150
+CRASH_AT_STEP = int(os.environ.get("RLRUN_TEST_CRASH_AT", 150))
 
 
 class CrashingPendulum(PendulumEnv):

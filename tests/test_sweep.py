@@ -53,6 +53,27 @@ def test_a_crashing_job_does_not_stop_the_sweep(rlrun, tmp_path):
     assert rows[1]["total_steps"] == "250" and float(rows[1]["eval_return_mean"]) < 0
 
 
+def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_the_failed_one(rlrun, tmp_path, monkeypatch):
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        "-m", "experiment=smoke", "algo=sac", "env=Pendulum", "env.id=tests.crashing_env:CrashingPendulum-v0,Pendulum-v1",
+        "total_steps=300", "algo.learning_starts=100", "eval.every=300", "checkpoint.every=100",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    assert rlrun(*command).returncode == 1  # the first job crashes at step 150, after its checkpoint at 100
+    crashed, finished = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    finished_checkpoints = {p.name: p.stat().st_mtime_ns for p in (finished / "checkpoints").iterdir()}
+
+    monkeypatch.setenv("RLRUN_TEST_CRASH_AT", "0")  # the fault is gone
+    again = rlrun(*command)
+    assert again.returncode == 0, again.stderr
+    with open(sweep_dir / "sweep.csv") as file:
+        assert [row["status"] for row in csv.DictReader(file)] == ["completed", "completed"]
+    assert "resumed from step 100" in (crashed / "rlrun.log").read_text()
+    assert "nothing to do" in (finished / "rlrun.log").read_text()
+    assert {p.name: p.stat().st_mtime_ns for p in (finished / "checkpoints").iterdir()} == finished_checkpoints
+
+
 def test_joblib_runs_jobs_in_separate_processes_with_a_share_of_the_cores(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = rlrun(
