@@ -1,0 +1,28 @@
+"""The Launcher class Hydra instantiates; the work is in _core.py (imported when jobs launch)."""
+
+from typing import Any, Optional, Sequence
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class RlrunRayLauncher(Launcher):
+    """Each job a ray.remote task on an existing Ray cluster; settings in config.py."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.task_function = task_function
+        self.hydra_context = hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from ._core import launch
+
+        return launch(self, job_overrides, initial_job_idx)
