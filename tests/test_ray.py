@@ -92,3 +92,4 @@ def test_two_jobs_run_as_tasks_on_a_local_ray_head(ray_head, tmp_path):
     config = (jobs[0] / ".hydra" / "hydra.yaml").read_text()
     assert "RlrunRayLauncher" in config
     assert (sweep_dir / "sweep.csv").exists()  # the sweep summary ran in the driver
+    assert [s["torch_threads"] for s in summaries] == [1, 1]  # one per CPU a job holds (num_cpus=1)

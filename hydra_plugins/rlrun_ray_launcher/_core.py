@@ -53,17 +53,21 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         sweep_config = context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.num = idx
-        refs.append(task.remote(context, sweep_config, launcher.task_function, Singleton.get_state(), os.getcwd()))
+        refs.append(task.remote(context, sweep_config, launcher.task_function, Singleton.get_state(), os.getcwd(), settings["num_cpus"]))
     return ray.get(refs)
 
 
 def _run_job(
-    context: HydraContext, sweep_config: DictConfig, task_function: TaskFunction, singleton_state: dict, cwd: str
+    context: HydraContext, sweep_config: DictConfig, task_function: TaskFunction, singleton_state: dict, cwd: str,
+    num_cpus: float,
 ) -> JobReturn:
     """One job inside a Ray worker. It works in the driver's directory when this node has it (one
-    machine, or a shared file system), so that relative paths such as hydra.sweep.dir mean the same."""
+    machine, or a shared file system), so that relative paths such as hydra.sweep.dir mean the same.
+    torch gets one thread per CPU the job holds (a job's `threads=` still decides)."""
     import ray
+    import torch
 
+    torch.set_num_threads(max(1, int(num_cpus)))  # a reused worker may have run a job of another size
     setup_globals()
     Singleton.set_state(singleton_state)
     with open_dict(sweep_config):

@@ -12,7 +12,7 @@ class RlrunRayLauncherConf:
     # The cluster to join: "auto" (RAY_ADDRESS, or the cluster `ray start` runs on this machine),
     # or host:port of its head (GCS port, 6379 by default); null starts a private Ray for this sweep.
     address: Optional[str] = "auto"
-    # CPUs each job takes; Ray sets OMP_NUM_THREADS to it, so torch uses that many threads.
+    # CPUs each job takes; torch uses that many threads (unless the job sets threads=).
     num_cpus: float = 1
     # GPUs each job takes (fractions share a GPU).
     num_gpus: float = 0
