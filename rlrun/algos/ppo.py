@@ -324,7 +324,7 @@ class PPO:
             "losses/entropy": mean["entropy"],
             "train/approx_kl": mean["approx_kl"],
             "train/clip_fraction": mean["clip_fraction"],
-            "train/learning_rate": torch.tensor(self.optimizer.param_groups[0]["lr"], device=self.device),
+            "train/learning_rate": torch.tensor(self.optimizer.lr, device=self.device),
             "train/explained_variance": explained_variance,
         }
 
@@ -343,7 +343,7 @@ class PPO:
         # A resumed run continues the iteration whose rollout it was collecting (or training on).
         for iteration in range((step - rollout.filled * N) // config.batch_size, num_iterations):
             if config.anneal_lr:  # linear from lr to lr/num_iterations over the run (CleanRL)
-                self.optimizer.param_groups[0]["lr"] = config.lr * (1.0 - iteration / num_iterations)
+                self.optimizer.lr = config.lr * (1.0 - iteration / num_iterations)
 
             for t in range(rollout.filled, T):  # from 0, or where a resumed rollout stopped
                 with torch.no_grad():
