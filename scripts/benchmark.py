@@ -41,6 +41,10 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--threads", default="1,2", help="torch thread counts to measure")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="rlrun overrides for both sides, e.g. algo.learning_starts=1000 (a short run then measures mostly updates)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     parser.add_argument("--worker", choices=["sb3"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -57,7 +61,7 @@ def main() -> None:
         for threads in map(int, args.threads.split(",")):
             for seed in map(int, args.seeds.split(",")):
                 spec = {"algo": algo, "env": env, "steps": args.steps, "threads": threads, "seed": seed,
-                        "eval_every": eval_every, "eval_episodes": args.eval_episodes}
+                        "eval_every": eval_every, "eval_episodes": args.eval_episodes, "overrides": args.set}
                 for runner in (run_rlrun_process, run_sb3_process):
                     result = {**spec, **runner(spec)}
                     print(json.dumps(result), flush=True)
@@ -92,7 +96,7 @@ def run_rlrun_process(spec: dict) -> dict:
             sys.executable, "-m", "rlrun.cli", f"algo={spec['algo']}", f"env={spec['env']}", f"seed={spec['seed']}",
             f"total_steps={spec['steps']}", f"threads={spec['threads']}", f"eval.every={spec['eval_every']}",
             f"eval.episodes={spec['eval_episodes']}", f"checkpoint.every={spec['steps']}", "progress=false",
-            f"hydra.run.dir={run_dir}",
+            f"hydra.run.dir={run_dir}", *spec["overrides"],
         ]
         _, wall, rss = _run(command, spec["threads"])
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -109,13 +113,14 @@ def run_sb3_process(spec: dict) -> dict:
 
 
 # ----- the SB3 side ---------------------------------------------------------------------------
-def rlrun_config(algo: str, env: str) -> dict:
-    """rlrun's composed config for this pair, as plain values (tuned files applied)."""
+def rlrun_config(algo: str, env: str, overrides: list[str]) -> dict:
+    """rlrun's composed config for this pair, as plain values (tuned files and overrides applied)."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
     with initialize_config_module("rlrun.configs", version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=[f"algo={algo}", f"env={env}"]), resolve=True)
+        config = compose("config", overrides=[f"algo={algo}", f"env={env}", *overrides])
+        return OmegaConf.to_container(config, resolve=True)
 
 
 def sb3_model(algo: str, config: dict, env, seed: int):
@@ -175,7 +180,7 @@ def run_sb3(spec: dict) -> dict:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     torch.set_num_threads(spec["threads"])
-    config = rlrun_config(spec["algo"], spec["env"])
+    config = rlrun_config(spec["algo"], spec["env"], spec["overrides"])
     env_id = config["env"]["id"]
     algo = config["algo"]
     if spec["algo"] == "ppo":
