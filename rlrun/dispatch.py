@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -103,6 +103,7 @@ class Run:
         self.last_checkpoint: Path | None = latest(run_dir)
         self._checkpointed_step = self.step if resumed else None
         self.stop_signal: str | None = None  # set by a SIGINT/SIGTERM handler (see execute)
+        self.requeue: Callable[[int, Any], None] | None = None  # submitit's SIGUSR2 handler, if any
         self._start = time.perf_counter() - clock["elapsed"]  # wall time counts across resumes
         self._last_log_time = time.perf_counter()
         self._last_log_step = self.step
@@ -327,13 +328,18 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
             summary["error"] = str(error)
         _write_summary(run_dir, summary)
         run.close()
+    if run.stop_signal == "SIGUSR2" and run.requeue is not None:
+        run.requeue(signal.SIGUSR2, None)  # submitit requeues the job; it will resume from the checkpoint
     return summary
 
 
 @contextmanager
 def _stop_on_signals(run: Run) -> Iterator[None]:
     """SIGINT and SIGTERM ask the run to stop after the current step with a checkpoint (see
-    Run.after_step); a second one stops it at once."""
+    Run.after_step); a second one stops it at once. Under submitit (hydra/launcher=slurm),
+    whose handler for SIGUSR2 (Slurm's time-limit and preemption warning) requeues the job,
+    SIGUSR2 does the same first, and `run.requeue` is that handler, for execute to call once
+    the checkpoint and summary are written."""
 
     def request_stop(signum: int, frame: Any) -> None:
         if run.stop_signal is not None:
@@ -341,8 +347,12 @@ def _stop_on_signals(run: Run) -> Iterator[None]:
         run.stop_signal = signal.Signals(signum).name
         log.warning("%s: stopping after this step with a checkpoint (Ctrl-C again stops at once)", run.stop_signal)
 
+    signals = [signal.SIGINT, signal.SIGTERM]
+    if callable(requeue := signal.getsignal(signal.SIGUSR2)):
+        signals.append(signal.SIGUSR2)
+        run.requeue = requeue
     try:
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, request_stop) for sig in signals}
     except ValueError:  # not the main thread (some launchers): keep the default handlers
         previous = {}
     try:
