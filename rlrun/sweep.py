@@ -24,7 +24,9 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = yaml.safe_load(overrides_file.read_text()) or []
         summary_file = job_dir / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "no summary.json"}
-        row = {"job": job_dir.name, "overrides": " ".join(overrides)}
+        # An Optuna trial's `trial={storage: ...}` override is bookkeeping, not a setting.
+        shown = [o for o in overrides if not o.startswith("trial=")]
+        row = {"job": job_dir.name, "overrides": " ".join(shown)}
         row.update({key: summary.get(key) for key in COLUMNS[2:]})
         rows.append(row)
     return sorted(rows, key=lambda row: _job_number(row["job"]))

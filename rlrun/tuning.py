@@ -2,7 +2,7 @@
 it, and stops early (status "pruned") when the study's pruner says so.
 
 rlrun's Optuna sweeper (hydra_plugins/rlrun_optuna_sweeper, `hydra/sweeper=rlrun_optuna`)
-starts such runs with `trial.storage=... trial.study_name=... trial.number=N`; dispatch's Run
+starts such runs with the override `trial={storage: ..., study_name: ..., number: N}`; dispatch's Run
 builds a TrialReporter from them and calls `report` after every evaluation. The pruner's
 settings travel in the study itself (a user attribute), so every job prunes alike.
 
