@@ -67,7 +67,7 @@ def main() -> None:
                     print(json.dumps(result), flush=True)
                     results.append(result)
     (args.out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
+    table = markdown(results) + "\n\n" + learning_markdown(results)
     (args.out / "benchmark.md").write_text(table + "\n")
     print(table)
 
@@ -249,6 +249,47 @@ def markdown(results: list[dict]) -> str:
             f"{ratio:.2f}× | {final('rlrun'):.1f} | {final('sb3'):.1f} | {mean('rlrun', 'peak_rss_mib'):.0f} | "
             f"{mean('sb3', 'peak_rss_mib'):.0f} |"
         )
+    return "\n".join(lines)
+
+
+def iqm(values: list[float]) -> float:
+    """Interquartile mean: the mean of the middle half (Agarwal et al. 2021, "Deep RL at the
+    Edge of the Statistical Precipice"); for n not divisible by 4 the cut points are weighted."""
+    ordered = sorted(values)
+    n = len(ordered)
+    low, high = n / 4, 3 * n / 4
+    total = 0.0
+    for i, value in enumerate(ordered):
+        weight = max(0.0, min(i + 1, high) - max(i, low))  # how much of [i, i+1) lies in the middle half
+        total += weight * value
+    return total / (high - low)
+
+
+def bootstrap_interval(values: list[float], statistic=iqm, level: float = 0.95, resamples: int = 10_000, seed: int = 0):
+    """Percentile bootstrap confidence interval of `statistic` over runs (seeds)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    data = np.asarray(values, dtype=float)
+    draws = [statistic(list(rng.choice(data, size=len(data), replace=True))) for _ in range(resamples)]
+    return float(np.quantile(draws, (1 - level) / 2)), float(np.quantile(draws, (1 + level) / 2))
+
+
+def learning_markdown(results: list[dict]) -> str:
+    """Final eval returns across seeds: IQM and a bootstrap 95% interval per runner."""
+    lines = ["| algo | env | runner | seeds | final eval returns | IQM | 95% bootstrap CI |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for algo, env in sorted({(r["algo"], r["env"]) for r in results}):
+        for runner in ("rlrun", "sb3"):
+            # One result per seed: the first thread count's (returns do not depend on threads).
+            runs = {r["seed"]: r for r in results if (r["algo"], r["env"], r["runner"]) == (algo, env, runner)}
+            finals = [float(r["eval_returns"][max(r["eval_returns"], key=int)]) for r in runs.values()]
+            if not finals:
+                continue
+            low, high = bootstrap_interval(finals)
+            lines.append(
+                f"| {algo} | {env} | {runner} | {len(finals)} | {', '.join(f'{v:.1f}' for v in finals)} | "
+                f"{iqm(finals):.1f} | [{low:.1f}, {high:.1f}] |"
+            )
     return "\n".join(lines)
 
 
