@@ -39,6 +39,10 @@ class StopRun(Exception):
         self.status = status
 
 
+class DivergenceError(RunError):
+    """A NaN or infinity in a metric, parameter or optimiser state; the message names it."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """A validated run: everything needed to build it, as plain values."""
@@ -226,7 +230,7 @@ class Run:
             "optimiser state: a gradient was not finite" if "optimizer" in bad else "a network parameter"
         )
         kept = f"the last good checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no checkpoint had been written"
-        raise RunError(f"training diverged by step {step}: {bad.split('.', 1)[1]} is NaN or infinite ({what}); {kept}")
+        raise DivergenceError(f"training diverged by step {step}: {bad.split('.', 1)[1]} is NaN or infinite ({what}); {kept}")
 
     @contextmanager
     def _paused(self) -> Iterator[None]:
@@ -318,7 +322,7 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
         status = "interrupted"
         raise
     except RunError as failure:
-        status, error = ("diverged" if "diverged" in str(failure) else "failed"), failure
+        status, error = ("diverged" if isinstance(failure, DivergenceError) else "failed"), failure
         raise
     finally:
         summary = {"algo": plan.algo_name, "env_id": plan.run.env.id, "seed": plan.run.seed, **run.summary(status)}
@@ -347,7 +351,8 @@ def _stop_on_signals(run: Run) -> Iterator[None]:
         run.stop_signal = signal.Signals(signum).name
         log.warning("%s: stopping after this step with a checkpoint (Ctrl-C again stops at once)", run.stop_signal)
 
-    signals = [signal.SIGINT, signal.SIGTERM]
+    # A signal ignored by whoever started us (nohup, a shell's background job) stays ignored.
+    signals = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
     if callable(requeue := signal.getsignal(signal.SIGUSR2)):
         signals.append(signal.SIGUSR2)
         run.requeue = requeue

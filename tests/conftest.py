@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,12 @@ def run_rlrun(*args: str, timeout: float = 300, patch: str | None = None) -> sub
 
 
 def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:
-    """Start `rlrun` in the background (to be signalled or killed); stdout/stderr are piped."""
+    """Start `rlrun` in the background (to be signalled or killed); stdout/stderr are piped.
+    SIGINT is handled as in a terminal even when the tests run as a shell's background job
+    (which starts children with SIGINT ignored)."""
     return subprocess.Popen(
-        _command(args, patch), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO
+        _command(args, patch), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -45,13 +45,18 @@ def test_a_signal_checkpoints_flushes_and_exits_with_one_line(tmp_path, sig):
 
 
 def test_a_second_interrupt_stops_at_once():
-    run = types.SimpleNamespace(stop_signal=None)
-    with _stop_on_signals(run):
-        os.kill(os.getpid(), signal.SIGINT)
-        assert run.stop_signal == "SIGINT"  # the first asks for a clean stop
-        with pytest.raises(KeyboardInterrupt):
+    run = types.SimpleNamespace(stop_signal=None, requeue=None)
+    # As in a terminal (a shell's background job starts with SIGINT ignored, which rlrun keeps).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _stop_on_signals(run):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+            assert run.stop_signal == "SIGINT"  # the first asks for a clean stop
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 # Training that turns NaN after 350 updates: every reward is NaN from then on.
