@@ -1,12 +1,17 @@
-"""Running statistics for observation and reward normalisation, kept as tensors on the device.
+"""Running statistics for observation and reward normalisation, kept on the host in float64.
 
 Both follow Stable-Baselines3's VecNormalize and Gymnasium's NormalizeObservation /
 NormalizeReward: observations are standardised by their running mean and std, rewards are
 divided by the running std of the discounted return, and both are clipped to ±clip.
+
+They work on NumPy arrays: observations and rewards arrive from the environment on the host,
+and a vector step's few numbers cost microseconds in NumPy but several times that as torch
+ops; the normalised batch then goes to the training device once.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 EPSILON = 1e-8  # added to the variance under the square root, as in SB3 and Gymnasium
@@ -22,44 +27,43 @@ class RunningMeanStd:
     normalising before the first update is the identity. Statistics are float64.
     """
 
-    def __init__(self, shape: tuple[int, ...] = (), device: torch.device | str = "cpu", epsilon: float = 1e-4) -> None:
-        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.var = torch.ones(shape, dtype=torch.float64, device=device)
-        self.count = torch.tensor(epsilon, dtype=torch.float64, device=device)
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = float(epsilon)
 
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: np.ndarray) -> None:
         """Merge a batch `x` of shape (B, *shape); an empty batch changes nothing."""
         batch_count = x.shape[0]
         if batch_count == 0:
             return
-        x = x.to(torch.float64)
-        batch_mean, batch_var = x.mean(dim=0), x.var(dim=0, correction=0)
+        x = np.asarray(x, dtype=np.float64)
+        batch_mean, batch_var = x.mean(axis=0), x.var(axis=0)
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
         self.var = (self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total
         self.count = total
 
-    def std(self) -> torch.Tensor:
-        return torch.sqrt(self.var + EPSILON)
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.var + EPSILON)
 
-    def normalize(self, x: torch.Tensor, clip: float) -> torch.Tensor:
-        """(x − μ) / √(σ² + ε), clipped to [−clip, clip], in x's dtype."""
-        return ((x - self.mean) / self.std()).clamp(-clip, clip).to(x.dtype)
+    def normalize(self, x: np.ndarray, clip: float) -> np.ndarray:
+        """(x − μ) / √(σ² + ε), clipped to [−clip, clip], in float64."""
+        return np.clip((x - self.mean) / self.std(), -clip, clip)
 
-    def scale(self, x: torch.Tensor, clip: float) -> torch.Tensor:
-        """x / √(σ² + ε), clipped to [−clip, clip], in x's dtype (no centring: for rewards)."""
-        return (x / self.std()).clamp(-clip, clip).to(x.dtype)
+    def scale(self, x: np.ndarray, clip: float) -> np.ndarray:
+        """x / √(σ² + ε), clipped to [−clip, clip], in float64 (no centring: for rewards)."""
+        return np.clip(x / self.std(), -clip, clip)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count.clone()}
+        return {"mean": torch.tensor(np.asarray(self.mean)), "var": torch.tensor(np.asarray(self.var)),
+                "count": torch.tensor(self.count, dtype=torch.float64)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        device = self.mean.device
-        self.mean = state["mean"].to(device, torch.float64)
-        self.var = state["var"].to(device, torch.float64)
-        self.count = state["count"].to(device, torch.float64)
+        self.mean = state["mean"].cpu().numpy().astype(np.float64)
+        self.var = state["var"].cpu().numpy().astype(np.float64)
+        self.count = float(state["count"])
 
 
 class RewardScaler:
@@ -69,12 +73,12 @@ class RewardScaler:
     (and Gymnasium's NormalizeReward), the return is not centred, only its scale is used.
     """
 
-    def __init__(self, num_envs: int, gamma: float, clip: float, device: torch.device | str = "cpu") -> None:
+    def __init__(self, num_envs: int, gamma: float, clip: float) -> None:
         self.gamma, self.clip = gamma, clip
-        self.rms = RunningMeanStd((), device)
-        self.returns = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.rms = RunningMeanStd(())
+        self.returns = np.zeros(num_envs, dtype=np.float64)
 
-    def __call__(self, rewards: torch.Tensor, dones: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Scaled rewards for one vector step; all arguments have shape (num_envs,).
 
         Entries where `active` is False (a NEXT_STEP autoreset step: reward 0, not a real
@@ -82,6 +86,6 @@ class RewardScaler:
         """
         self.returns = self.returns * self.gamma + rewards
         self.rms.update(self.returns[active])
-        scaled = self.rms.scale(rewards, self.clip)
-        self.returns = self.returns.masked_fill(dones, 0.0)
+        scaled = self.rms.scale(np.asarray(rewards, dtype=np.float64), self.clip)
+        self.returns[dones] = 0.0
         return scaled

@@ -52,11 +52,11 @@ def test_running_mean_std_matches_numpy_on_random_chunks():
     rms = RunningMeanStd((3,), epsilon=1e-12)
     chunks = [rng.normal([1.0, -5.0, 100.0], [0.1, 2.0, 30.0], size=(n, 3)) for n in (1, 0, 7, 64, 2, 500)]
     for chunk in chunks:
-        rms.update(torch.as_tensor(chunk))
+        rms.update(chunk)
     data = np.concatenate(chunks)
-    np.testing.assert_allclose(rms.mean.numpy(), data.mean(axis=0), rtol=1e-9)
-    np.testing.assert_allclose(rms.var.numpy(), data.var(axis=0), rtol=1e-9)
-    assert rms.count.item() == pytest.approx(len(data))
+    np.testing.assert_allclose(rms.mean, data.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(rms.var, data.var(axis=0), rtol=1e-9)
+    assert rms.count == pytest.approx(len(data))
 
 
 def test_reward_scaler_uses_the_std_of_the_discounted_return_and_skips_autoreset_steps():
@@ -66,17 +66,17 @@ def test_reward_scaler_uses_the_std_of_the_discounted_return_and_skips_autoreset
     # Episode r = 1, 2, 4 (done), then an autoreset step (reward 0, inactive), then r = 3.
     steps = [(1.0, False, True), (2.0, False, True), (4.0, True, True), (0.0, False, False), (3.0, False, True)]
     for reward, done, active in steps:
-        scaled = scaler(torch.tensor([reward], dtype=torch.float64), torch.tensor([done]), torch.tensor([active]))
+        scaled = scaler(np.array([reward]), np.array([done]), np.array([active]))
     returns = np.array([1.0, 2.5, 5.25, 3.0])  # R = γR + r, restarted after the done; autoreset step left out
-    np.testing.assert_allclose(scaler.rms.var.item(), returns.var(), rtol=1e-9)
-    assert scaled.item() == pytest.approx(3.0 / np.sqrt(scaler.rms.var.item() + 1e-8))
+    np.testing.assert_allclose(scaler.rms.var, returns.var(), rtol=1e-9)
+    assert scaled.item() == pytest.approx(3.0 / np.sqrt(scaler.rms.var + 1e-8))
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_policy_applies_the_observation_stats_frozen(env_id):
     env = gym.make(env_id)
     agent = PPO(PPOConfig(normalize_obs=True), env.observation_space, env.action_space, torch.device("cpu"), 0)
-    agent.obs_rms.update(torch.randn(100, *env.observation_space.shape, dtype=torch.float64) * 3 + 2)
+    agent.obs_rms.update(np.random.default_rng(0).normal(2.0, 3.0, size=(100, *env.observation_space.shape)))
     before = agent.obs_rms.state_dict()
     obs, _ = env.reset(seed=0)
 
@@ -131,7 +131,7 @@ def test_smoke_run_on_cartpole_saves_the_normalisation_stats(rlrun, tmp_path):
     assert state["agent"]["obs_rms"]["count"].item() == pytest.approx(8 + 600 + 1e-4)
     assert 1e-4 < state["agent"]["return_rms"]["count"].item() <= 600 + 1e-4  # autoreset steps left out
     assert state["agent"]["obs_rms"]["var"].shape == (4,)
-    torch.testing.assert_close(agent.obs_rms.mean, state["agent"]["obs_rms"]["mean"])
+    np.testing.assert_array_equal(agent.obs_rms.mean, state["agent"]["obs_rms"]["mean"].numpy())
     torch.testing.assert_close(agent.model.state_dict(), state["agent"]["model"])
 
 

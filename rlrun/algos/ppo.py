@@ -230,19 +230,18 @@ class PPO:
         self.optimizer = adam(self.model.parameters(), config.lr, eps=1e-5)
         # Stats live here, not in an env wrapper, so they are checkpointed and reused frozen
         # by `policy` at evaluation. Both exist even when switched off (then left untouched).
-        self.obs_rms = RunningMeanStd(obs_space.shape, device)
-        self.reward_scaler = RewardScaler(config.num_envs, config.gamma, NORMALIZE_CLIP, device)
+        self.obs_rms = RunningMeanStd(obs_space.shape)
+        self.reward_scaler = RewardScaler(config.num_envs, config.gamma, NORMALIZE_CLIP)
 
     # ----- acting ---------------------------------------------------------------------------
     def normalize_obs(self, obs: np.ndarray, update: bool) -> torch.Tensor:
         """A float32 observation batch on the device; standardised if `normalize_obs` is on,
         after merging this batch into the running stats when `update`."""
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        if not self.config.normalize_obs:
-            return obs_t
-        if update:
-            self.obs_rms.update(obs_t)
-        return self.obs_rms.normalize(obs_t, NORMALIZE_CLIP)
+        if self.config.normalize_obs:
+            if update:
+                self.obs_rms.update(obs)
+            obs = self.obs_rms.normalize(obs, NORMALIZE_CLIP)
+        return torch.as_tensor(obs, dtype=torch.float32, device=self.device)
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
         """Policy actions → environment actions: clipped to the bounds for Box."""
@@ -359,14 +358,11 @@ class PPO:
                 done = terminated | truncated
                 # Stored observations are normalised with the stats at collection time.
                 obs = self.normalize_obs(next_obs_np, update=True)
-                reward_t = torch.as_tensor(reward, dtype=torch.float64, device=self.device)
-                done_t = torch.as_tensor(done, device=self.device)
                 if config.normalize_reward:
-                    active = torch.as_tensor(~autoreset, device=self.device)
-                    reward_t = self.reward_scaler(reward_t, done_t, active)
-                rollout.rewards[t] = reward_t
+                    reward = self.reward_scaler(reward, done, active=~autoreset)
+                rollout.rewards[t] = torch.as_tensor(reward, device=self.device)
                 rollout.terminated[t] = torch.as_tensor(terminated, device=self.device)
-                rollout.dones[t] = done_t
+                rollout.dones[t] = torch.as_tensor(done, device=self.device)
                 rollout.next_autoreset = done  # sub-envs whose next step only resets them
                 rollout.filled = t + 1
 
@@ -406,7 +402,7 @@ class PPO:
             "optimizer": self.optimizer.state_dict(),
             "obs_rms": self.obs_rms.state_dict(),
             "return_rms": self.reward_scaler.rms.state_dict(),
-            "discounted_returns": self.reward_scaler.returns.clone(),
+            "discounted_returns": torch.from_numpy(self.reward_scaler.returns.copy()),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -414,4 +410,4 @@ class PPO:
         self.optimizer.load_state_dict(state["optimizer"])
         self.obs_rms.load_state_dict(state["obs_rms"])
         self.reward_scaler.rms.load_state_dict(state["return_rms"])
-        self.reward_scaler.returns = state["discounted_returns"].to(self.device, torch.float64)
+        self.reward_scaler.returns = state["discounted_returns"].cpu().numpy().astype(np.float64)
