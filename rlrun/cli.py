@@ -7,6 +7,7 @@ gets a one-line error and nothing is written.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import difflib
 import json
@@ -36,6 +37,7 @@ _MAX_REPORTED_JOBS = 20
 
 
 def main() -> None:
+    _keep_freed_memory()
     args = sys.argv[1:]
     try:
         args = expand_resume(args)
@@ -53,6 +55,23 @@ def main() -> None:
     except KeyboardInterrupt:
         print("rlrun: stopped at once by a second interrupt; the checkpoints written so far are kept", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+
+
+def _keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of handing it back to the OS.
+
+    Every update allocates and frees the same few-hundred-KB activations; by default glibc
+    serves such blocks with fresh pages (mmap, or a heap trimmed after each free), and the
+    page faults cost about 15% of a SAC update on one thread here. Blocks over 32 MB (replay
+    buffers) are still mapped lazily. Other C libraries: nothing to do."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's mallopt parameters
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 256 << 20)
+    libc.mallopt(m_top_pad, 64 << 20)
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
