@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlrun.config import ConfigError, RunError
 
 CONFIG_MODULE = "rlrun.configs"
+SLURM_INSTALL = "python -m pip install -c constraints.txt -e '.[slurm]'"
 log = logging.getLogger("rlrun")
 
 # The one Hydra flag the preflight runs with (see preflight).
@@ -248,6 +249,9 @@ def _describe(error: Exception, overrides: list[str]) -> str:
     """One line for a composition or validation error, naming the bad value."""
     if isinstance(error, ConfigError):
         return str(error)
+    missing = error.missing_cfg_file if isinstance(error, MissingConfigException) else None
+    if missing and missing.startswith("hydra/launcher/submitit_"):  # the plugin's own configs, absent without it
+        return f"hydra/launcher={missing.rpartition('/')[2]} needs the slurm extra (hydra-submitit-launcher): {SLURM_INSTALL}"
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, value = error.missing_cfg_file.rpartition("/")
         extra = "; or keep env= and set env.id=<any Gymnasium id>" if group == "env" else ""

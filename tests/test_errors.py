@@ -120,3 +120,16 @@ def test_an_atari_game_without_the_atari_extra_names_the_install_command(rlrun, 
         "pip install -c constraints.txt -e '.[atari]'"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_launcher_whose_extra_is_missing_names_the_install_command():
+    from hydra.errors import MissingConfigException
+
+    from rlrun.cli import _describe
+
+    # What Hydra raises for hydra/launcher=slurm when hydra-submitit-launcher is not installed.
+    error = MissingConfigException("Could not load 'hydra/launcher/submitit_slurm'.", "hydra/launcher/submitit_slurm")
+    assert _describe(error, ["hydra/launcher=slurm"]) == (
+        "hydra/launcher=submitit_slurm needs the slurm extra (hydra-submitit-launcher): "
+        "python -m pip install -c constraints.txt -e '.[slurm]'"
+    )
