@@ -65,7 +65,7 @@ def instrument() -> None:
     import rlrun.algos.td3
     import rlrun.dispatch
     import rlrun.envs
-    from rlrun import buffers, nets
+    from rlrun import buffers
 
     def gradient_step(optimizer, loss, max_grad_norm=None):
         optimizer.zero_grad()
