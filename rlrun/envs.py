@@ -85,6 +85,7 @@ class EpisodeReplay(gym.Wrapper):
         self._seeds = np.random.default_rng()  # reseeded by the first seeded reset
         self._episode_seed: int | None = None
         self._actions: list = []
+        self._last_obs = None
         self._done = False
         self._reset_on_next_step = False  # a restored episode that had ended (vector autoreset)
         # Set (through a vector env's set_attr) before restore_saved_episode() is called.
@@ -97,7 +98,9 @@ class EpisodeReplay(gym.Wrapper):
             self._seeds = np.random.default_rng(seed)
         self._episode_seed, self._actions, self._done = seed, [], False
         self._reset_on_next_step = False
-        return self.env.reset(seed=seed, options=options)
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._last_obs = obs
+        return obs, info
 
     def step(self, action):
         if self._reset_on_next_step:
@@ -106,6 +109,7 @@ class EpisodeReplay(gym.Wrapper):
             obs, info = self.reset()
             return obs, 0.0, False, False, info
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self._last_obs = obs
         self._actions.append(np.copy(action))
         self._done = bool(terminated or truncated)
         return obs, reward, terminated, truncated, info
@@ -115,13 +119,22 @@ class EpisodeReplay(gym.Wrapper):
         if self._episode_seed is None:
             raise RuntimeError("the environment was never reset; nothing to save")
         actions = torch.from_numpy(np.stack(self._actions)) if self._actions else torch.zeros(0)
-        return {"seeds": self._seeds.bit_generator.state, "seed": self._episode_seed, "actions": actions, "done": self._done}
+        return {
+            "seeds": self._seeds.bit_generator.state, "seed": self._episode_seed, "actions": actions, "done": self._done,
+            "obs": torch.as_tensor(np.asarray(self._last_obs)),  # to check the replay against
+        }
 
     def restore_episode(self, state: dict):
         """Replay a saved episode; returns the observation the episode had reached."""
         obs, _ = self.env.reset(seed=state["seed"])
         for action in state["actions"].numpy():
             obs, *_ = self.env.step(action)
+        if not np.array_equal(np.asarray(obs), state["obs"].cpu().numpy()):
+            log.warning(
+                "%s did not replay to its saved state (it is not deterministic given its seed); "
+                "the resumed run continues from the replayed one", self.spec.id if self.spec else "the environment",
+            )
+        self._last_obs = obs
         self._seeds = np.random.default_rng()
         self._seeds.bit_generator.state = state["seeds"]
         self._episode_seed, self._actions, self._done = state["seed"], list(state["actions"].numpy()), state["done"]

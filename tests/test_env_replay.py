@@ -65,3 +65,16 @@ def test_a_restored_vector_env_continues_including_pending_autoresets(asynchrono
         assert np.array_equal(expected[4].get("_episode", False), actual[4].get("_episode", False))
     original.close()
     restored.close()
+
+
+def test_a_replay_that_diverges_is_reported(caplog):
+    config = EnvConfig(id="Pendulum-v1", total_steps=1)
+    original = make_env(config, seed=0, training=True)
+    original.reset(seed=0)
+    for _ in range(20):
+        original.step(original.action_space.sample())
+    state = env_state(original)
+    state["episodes"][0]["obs"] = state["episodes"][0]["obs"] + 1.0  # as if the env were not deterministic
+    with caplog.at_level("WARNING", logger="rlrun"):
+        restore_env(make_env(config, seed=0, training=True), state)
+    assert "did not replay to its saved state" in caplog.text
