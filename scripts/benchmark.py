@@ -14,6 +14,10 @@ budget, SB3 finishes its rollout; steps/s counts the steps each really ran ("ste
 
 Writes <out>/benchmark.json (every run) and <out>/benchmark.md (a table with rlrun ÷ SB3
 ratios of training steps/s).
+
+Long learning comparisons can use both cores by running each side in its own invocation
+(`--runners rlrun --out a` and `--runners sb3 --out b` at once), then
+`--merge a b --out both` writes the tables for the two together.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ def main() -> None:
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="rlrun overrides for both sides, e.g. algo.learning_starts=1000 (a short run then measures mostly updates)",
     )
+    parser.add_argument("--runners", default="rlrun,sb3", help="which sides to run (one side: merge later with --merge)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR", help="only write the tables for these earlier --out folders")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     parser.add_argument("--worker", choices=["sb3"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -54,6 +60,13 @@ def main() -> None:
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        write_tables([run for folder in args.merge for run in json.loads((folder / "benchmark.json").read_text())], args.out)
+        return
+    runners = {"rlrun": run_rlrun_process, "sb3": run_sb3_process}
+    unknown = set(args.runners.split(",")) - set(runners)
+    if unknown:
+        parser.error(f"--runners {args.runners}: unknown {sorted(unknown)}; valid: rlrun, sb3")
     eval_every = args.eval_every or max(1, args.steps // 4)
     results = []
     for algo in args.algos.split(","):
@@ -62,13 +75,19 @@ def main() -> None:
             for seed in map(int, args.seeds.split(",")):
                 spec = {"algo": algo, "env": env, "steps": args.steps, "threads": threads, "seed": seed,
                         "eval_every": eval_every, "eval_episodes": args.eval_episodes, "overrides": args.set}
-                for runner in (run_rlrun_process, run_sb3_process):
-                    result = {**spec, **runner(spec)}
+                for name in args.runners.split(","):
+                    result = {**spec, **runners[name](spec)}
                     print(json.dumps(result), flush=True)
                     results.append(result)
-    (args.out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+                    # Written after every run, so a long comparison cut short keeps what it measured.
+                    (args.out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_tables(results, args.out)
+
+
+def write_tables(results: list[dict], out: Path) -> None:
+    (out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results) + "\n\n" + learning_markdown(results)
-    (args.out / "benchmark.md").write_text(table + "\n")
+    (out / "benchmark.md").write_text(table + "\n")
     print(table)
 
 
@@ -236,6 +255,8 @@ def markdown(results: list[dict]) -> str:
     for algo, env, threads in keys:
         runs = {runner: [r for r in results if (r["algo"], r["env"], r["threads"], r["runner"]) == (algo, env, threads, runner)]
                 for runner in ("rlrun", "sb3")}
+        if not runs["rlrun"] or not runs["sb3"]:
+            continue  # one side only: nothing to compare
 
         def mean(runner: str, key: str) -> float:
             return statistics.mean(float(r[key]) for r in runs[runner])
