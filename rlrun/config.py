@@ -138,6 +138,8 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None
     progress: bool = True
+    compile: bool = False
+    precision: Literal["float32", "bfloat16"] = "float32"
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

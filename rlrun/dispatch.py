@@ -25,6 +25,7 @@ from rlrun.config import ConfigError, RunConfig, RunError, from_mapping
 from rlrun.envs import check_env_id, env_spaces, env_state, make_env, make_vector_env, restore_env, space_name
 from rlrun.evaluate import evaluate
 from rlrun.logger import RunLogger, log
+from rlrun.nets import bfloat16_updates, compile_networks
 from rlrun.registry import ALGORITHMS, get_algorithm
 
 EVAL_SEED_OFFSET = 10_000  # the evaluation env's seed is seed + this, apart from training's
@@ -67,6 +68,8 @@ def validate(cfg: DictConfig) -> Plan:
     run = from_mapping(RunConfig, config)
     if run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but CUDA is not available here; use device=cpu or device=auto")
+    if run.precision == "bfloat16" and resolve_device(run.device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision=bfloat16 but this GPU has no bfloat16 support; use precision=float32")
     check_env_id(run.env.id)
     obs_space, action_space = env_spaces(run.env)
     _check_action_space(algo_name, algo_class, run.env.id, action_space)
@@ -307,6 +310,10 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(plan.run.threads)
     run = Run(plan, run_dir, resumed)
     agent = plan.algo_class(plan.algo, plan.obs_space, plan.action_space, run.device, plan.run.seed)
+    if plan.run.compile:
+        compile_networks(agent)
+    if plan.run.precision == "bfloat16":
+        bfloat16_updates(agent)
     if not run.logger.reused_folder:
         run.logger.hyperparameters(_flatten(plan.config), ["eval/return_mean"])
     del resumed  # the run holds it until the loop has restored itself

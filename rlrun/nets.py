@@ -191,10 +191,37 @@ def gradient_step(optimizer: Adam, loss: torch.Tensor, max_grad_norm: float | No
     """One optimiser step on `loss`; if `max_grad_norm` is set, the gradient of all the
     optimiser's parameters together is first rescaled to at most that L2 norm."""
     optimizer.zero_grad()
-    loss.backward()
+    # Under mixed precision (precision=bfloat16) only forward passes autocast; backward ops
+    # follow the dtypes the forward chose, as PyTorch's AMP recipe has it.
+    with torch.autocast(loss.device.type, enabled=False):
+        loss.backward()
     if max_grad_norm is not None:
         nn.utils.clip_grad_norm_(optimizer.params, max_grad_norm, foreach=True)
     optimizer.step()
+
+
+def compile_networks(agent: object) -> None:
+    """torch.compile, in place, every network the agent holds. A module without a forward of
+    its own (PPO's ActorCritic, whose methods call its sub-networks) has those compiled instead.
+    In-place compilation keeps parameter names, so checkpoints do not change."""
+
+    def visit(module: nn.Module) -> None:
+        if type(module).forward is nn.Module.forward:
+            for child in module.children():
+                visit(child)
+        else:
+            module.compile()
+
+    for value in vars(agent).values():
+        if isinstance(value, nn.Module):
+            visit(value)
+
+
+def bfloat16_updates(agent: object) -> None:
+    """Mixed precision for the agent's gradient updates (every algorithm's `update`): their
+    forward passes run under bfloat16 autocast; weights and optimiser state stay float32, and
+    gradient_step keeps backward passes out of autocast. Acting and evaluation stay float32."""
+    agent.update = torch.autocast(agent.device.type, dtype=torch.bfloat16)(agent.update)
 
 
 @torch.no_grad()

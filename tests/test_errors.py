@@ -25,6 +25,7 @@ CASES = [
     (["algo.hidden_sizes=[]"], ["algo.hidden_sizes=[]"]),
     (["env.id=no_such_module:Foo-v0"], ["env.id='no_such_module:Foo-v0'", "cannot import 'no_such_module'"]),
     (["progress=maybe"], ["progress must be true or false", "'maybe'"]),
+    (["precision=fp16"], ["precision='fp16' is not valid", "float32, bfloat16"]),
 ]
 
 

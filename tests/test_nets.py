@@ -83,3 +83,81 @@ def test_our_adam_matches_torch_fused_adam_bit_for_bit(max_grad_norm):
             our_optimizer.lr = their_optimizer.param_groups[0]["lr"] = 3e-3
     for mine, reference in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(mine, reference)
+
+
+def _sac_agent(seed: int = 0):
+    import gymnasium as gym
+    import numpy as np
+
+    from rlrun.algos.sac import SAC, SACConfig
+
+    torch.manual_seed(seed)
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    return SAC(SACConfig(hidden_sizes=(32, 32)), obs_space, action_space, torch.device("cpu"), seed)
+
+
+def _batch(n: int = 64):
+    from rlrun.buffers import Batch
+
+    generator = torch.Generator().manual_seed(1)
+    return Batch(obs=torch.randn(n, 5, generator=generator), actions=torch.rand(n, 2, generator=generator) * 2 - 1,
+                 rewards=torch.randn(n, generator=generator), next_obs=torch.randn(n, 5, generator=generator),
+                 terminated=(torch.rand(n, generator=generator) < 0.1).float())
+
+
+def test_compile_networks_compiles_each_network_and_keeps_checkpoint_names():
+    import gymnasium as gym
+    import numpy as np
+
+    from rlrun.algos.ppo import PPO, PPOConfig
+    from rlrun.nets import compile_networks
+
+    sac = _sac_agent()
+    ppo = PPO(PPOConfig(), gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2), torch.device("cpu"), 0)
+    names = (list(sac.critic.state_dict()), list(ppo.model.state_dict()))
+    compile_networks(sac)
+    compile_networks(ppo)
+    for network in (sac.actor, sac.critic, sac.target_critic, ppo.model.actor, ppo.model.critic):
+        assert network._compiled_call_impl is not None
+    # PPO's ActorCritic has no forward: its sub-networks are compiled, not the container.
+    assert ppo.model._compiled_call_impl is None
+    assert (list(sac.critic.state_dict()), list(ppo.model.state_dict())) == names
+
+
+def test_bfloat16_updates_autocast_the_update_only_and_keep_float32_weights():
+    from rlrun.nets import bfloat16_updates
+
+    exact, mixed = _sac_agent(), _sac_agent()
+    bfloat16_updates(mixed)
+    batch = _batch()
+    torch.manual_seed(2)
+    exact_metrics = exact.update(batch)
+    torch.manual_seed(2)
+    mixed_metrics = mixed.update(batch)
+    # bfloat16 keeps 8 bits of mantissa: close to the float32 update, but not equal to it.
+    loss, mixed_loss = exact_metrics["losses/critic"].item(), mixed_metrics["losses/critic"].float().item()
+    assert loss != mixed_loss
+    assert mixed_loss == pytest.approx(loss, rel=0.05)
+    assert all(p.dtype == torch.float32 for p in mixed.critic.parameters())
+    for exact_p, mixed_p in zip(exact.critic.parameters(), mixed.critic.parameters()):
+        torch.testing.assert_close(mixed_p, exact_p, atol=1e-3, rtol=0)  # one Adam step of lr 3e-4 apart at most
+    # Acting is untouched.
+    obs = torch.randn(5).numpy()
+    assert mixed.policy(obs).dtype == exact.policy(obs).dtype
+
+
+def test_compiled_networks_train_like_eager_ones():
+    from rlrun.nets import compile_networks
+
+    eager, compiled = _sac_agent(), _sac_agent()
+    compile_networks(compiled)
+    for step in range(2):
+        batch = _batch()
+        torch.manual_seed(step)
+        eager_metrics = eager.update(batch)
+        torch.manual_seed(step)
+        compiled_metrics = compiled.update(batch)
+        torch.testing.assert_close(compiled_metrics["losses/critic"], eager_metrics["losses/critic"], rtol=1e-4, atol=1e-5)
+    for eager_p, compiled_p in zip(eager.actor.parameters(), compiled.actor.parameters()):
+        torch.testing.assert_close(compiled_p, eager_p, rtol=1e-4, atol=1e-5)
