@@ -45,14 +45,17 @@ def main() -> None:
     except ConfigError as error:
         print(f"rlrun: error: {error}", file=sys.stderr)
         sys.exit(2)
-    errors = preflight(args)
-    if errors:
-        for line in errors:
-            print(f"rlrun: error: {line}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv = [sys.argv[0], *args]  # what Hydra parses
     try:
-        _hydra_main()
+        if not any(a.startswith("-") for a in args):
+            _run_one(args)
+        else:
+            errors = preflight(args)
+            if errors:
+                for line in errors:
+                    print(f"rlrun: error: {line}", file=sys.stderr)
+                sys.exit(2)
+            sys.argv = [sys.argv[0], *args]  # what Hydra parses
+            _hydra_main()
     except KeyboardInterrupt:
         print("rlrun: stopped at once by a second interrupt; the checkpoints written so far are kept", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
@@ -75,16 +78,59 @@ def _keep_freed_memory() -> None:
     libc.mallopt(m_top_pad, 64 << 20)
 
 
+def _run_one(overrides: list[str]) -> None:
+    """A single run (no -m, no Hydra flags): what Hydra's own `run` does, with the config
+    composed once instead of three times (Hydra composes it once more just to learn the run
+    mode); each composition costs a few tenths of a second of start-up. Bad values get one
+    line before Hydra creates the run folder."""
+    from hydra import initialize_config_module
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.utils import run_and_report
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+
+    from rlrun.dispatch import validate
+
+    with initialize_config_module(CONFIG_MODULE, job_name="rlrun", version_base="1.3"):
+        hydra_app = GlobalHydra.instance().hydra
+        try:
+            cfg = hydra_app.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=True)
+            job_cfg = cfg.copy()
+            with open_dict(job_cfg):
+                job_cfg.pop("hydra")
+            plan = validate(job_cfg)
+            _check_run_folder(Path(cfg.hydra.run.dir), plan.algo_name, plan.run.env.id)
+        except (ConfigError, HydraException) as error:
+            print(f"rlrun: error: {_describe(error, overrides)}", file=sys.stderr)
+            sys.exit(2)
+        cfg.hydra.mode = RunMode.RUN
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name="config")
+        result = run_job(
+            hydra_context=HydraContext(config_loader=hydra_app.config_loader, callbacks=callbacks),
+            task_function=lambda job_cfg: _job(job_cfg, plan), config=cfg,
+            job_dir_key="hydra.run.dir", job_subdir_key=None,
+        )
+        callbacks.on_run_end(config=cfg, config_name="config", job_return=result)
+        run_and_report(lambda: result.return_value)  # a crash: Hydra's short traceback, exit 1
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict | None:
+    """One job of a sweep (or of a command with Hydra flags); see _job."""
+    return _job(cfg)
+
+
+def _job(cfg: DictConfig, plan=None) -> dict | None:
     """One job. Returns its summary (what summary.json holds), which sweepers read from
-    Hydra's JobReturn; None if the job failed."""
+    Hydra's JobReturn; None if the job failed. `plan` is `cfg` already validated, if it was."""
     from rlrun.dispatch import execute, validate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        plan = validate(cfg)
+        plan = plan or validate(cfg)
         if plan.run.threads is None and (threads := _threads_per_parallel_job()) is not None:
             plan = dataclasses.replace(plan, run=dataclasses.replace(plan.run, threads=threads))
         log.info(

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 log = logging.getLogger("rlrun")
@@ -21,18 +19,21 @@ class RunLogger:
     """Writes every scalar to TensorBoard and to metrics.jsonl in the run folder.
 
     Tensor values are converted with a single host transfer per call, so algorithms can
-    hand over their on-device loss tensors at logging steps only.
+    hand over their on-device loss tensors at logging steps only. The TensorBoard writer is
+    created at the first write: importing it takes about half a second that training need
+    not wait for.
     """
 
     def __init__(self, run_dir: Path, total_steps: int, progress: bool, start_step: int = 0) -> None:
         """`start_step` is where the run starts: 0, or the step of the checkpoint it continues
         from. Whatever an earlier attempt in this folder logged after it is dropped, since
         this run logs it again."""
-        # Flush often enough that TensorBoard shows curves while the run goes on. purge_step
-        # makes TensorBoard discard the old events after start_step.
+        self.run_dir = run_dir
         self.reused_folder = any(run_dir.glob("events.out.tfevents.*"))  # a rerun or a resume
-        purge_step = start_step + 1 if self.reused_folder else None
-        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=10, purge_step=purge_step)
+        # purge_step makes TensorBoard discard the old events after start_step.
+        self.purge_step = start_step + 1 if self.reused_folder else None
+        self._writer = None
+        self._hyperparameters: tuple[dict, list[str]] | None = None  # for the writer's first events
         metrics_path = run_dir / "metrics.jsonl"
         if metrics_path.exists():
             _truncate_metrics(metrics_path, start_step)
@@ -42,6 +43,21 @@ class RunLogger:
             total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=None if progress else True
         )
         self.latest_return: float | None = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # Flushed often enough that TensorBoard shows curves while the run goes on.
+            self._writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=10, purge_step=self.purge_step)
+            if self._hyperparameters is not None:
+                from torch.utils.tensorboard.summary import hparams
+
+                values, metric_names = self._hyperparameters
+                for summary in hparams(values, {name: float("nan") for name in metric_names}):
+                    self._writer.file_writer.add_summary(summary)
+        return self._writer
 
     def scalars(self, step: int, values: Mapping[str, Scalar]) -> None:
         row = {name: float(v) for name, v in values.items() if not isinstance(v, torch.Tensor)}
@@ -61,8 +77,7 @@ class RunLogger:
     def hyperparameters(self, flat_config: Mapping[str, object], metric_names: list[str]) -> None:
         """Record the run's settings in TensorBoard's HPARAMS tab, next to the given metrics."""
         values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_config.items()}
-        for summary in hparams(values, {name: float("nan") for name in metric_names}):
-            self.writer.file_writer.add_summary(summary)
+        self._hyperparameters = (values, metric_names)  # written with the writer's first events
 
     def progress(self, step: int, sps: float) -> None:
         self.bar.update(step - self.bar.n)
@@ -72,12 +87,14 @@ class RunLogger:
         self.bar.set_postfix(postfix, refresh=False)
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
         self.metrics_file.flush()
 
     def close(self) -> None:
         self.bar.close()
-        self.writer.close()
+        if self._writer is not None or self._hyperparameters is not None:
+            self.writer.close()
         self.metrics_file.close()
 
 
