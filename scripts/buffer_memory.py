@@ -1,0 +1,69 @@
+"""Memory of a full replay buffer: rlrun's against Stable-Baselines3's (bench extra).
+
+    python scripts/buffer_memory.py                         # 1e6 HalfCheetah-v5 transitions
+    python scripts/buffer_memory.py --env Hopper-v5 --transitions 200000
+
+Each side runs in a fresh process that builds the buffer, writes every slot (so every page is
+really resident) and reports its peak RSS and how much the buffer added to it, next to the
+raw float32 size of the transitions (observation, next observation, action, reward, done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure(side: str, env_id: str, transitions: int) -> dict:
+    import numpy as np
+    import torch
+
+    from rlrun.config import EnvConfig
+    from rlrun.envs import env_spaces
+
+    obs_space, action_space = env_spaces(EnvConfig(id=env_id, total_steps=transitions))
+    before = peak_rss_mib()
+    if side == "rlrun":
+        from rlrun.buffers import ReplayBuffer
+
+        buffer = ReplayBuffer(transitions, obs_space.shape, action_space.shape, torch.device("cpu"), seed=0)
+        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
+            getattr(buffer, name).fill_(1)
+    else:
+        from stable_baselines3.common.buffers import ReplayBuffer
+
+        buffer = ReplayBuffer(transitions, obs_space, action_space, device="cpu", handle_timeout_termination=True)
+        for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+            getattr(buffer, name).fill(1)
+    obs_dim, action_dim = int(np.prod(obs_space.shape)), int(np.prod(action_space.shape))
+    raw_mib = transitions * (2 * obs_dim + action_dim + 2) * 4 / 2**20
+    return {"side": side, "raw_mib": round(raw_mib, 1), "buffer_mib": round(peak_rss_mib() - before, 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="HalfCheetah-v5")
+    parser.add_argument("--transitions", type=int, default=1_000_000)
+    parser.add_argument("--side", choices=["rlrun", "sb3"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(measure(args.side, args.env, args.transitions)))
+        return
+    print(f"{args.env}, {args.transitions} transitions")
+    print("| buffer | raw float32 MiB | added to RSS MiB | process peak RSS MiB |\n| --- | --- | --- | --- |")
+    for side in ("rlrun", "sb3"):
+        command = [sys.executable, __file__, "--side", side, "--env", args.env, "--transitions", str(args.transitions)]
+        result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        print(f"| {side} | {result['raw_mib']} | {result['buffer_mib']} | {result['peak_rss_mib']} |")
+
+
+if __name__ == "__main__":
+    main()
