@@ -46,7 +46,8 @@ def main() -> None:
         print(f"rlrun: error: {error}", file=sys.stderr)
         sys.exit(2)
     try:
-        if not any(a.startswith("-") for a in args):
+        # Flags (-m, --cfg, ...) and hydra.mode= are Hydra's to handle; a plain run is ours.
+        if not any(a.startswith("-") or _override_key(a) == "hydra.mode" for a in args):
             _run_one(args)
         else:
             errors = preflight(args)
@@ -57,7 +58,9 @@ def main() -> None:
             sys.argv = [sys.argv[0], *args]  # what Hydra parses
             _hydra_main()
     except KeyboardInterrupt:
-        print("rlrun: stopped at once by a second interrupt; the checkpoints written so far are kept", file=sys.stderr)
+        # Training's handler turns the first Ctrl-C into a checkpoint; this is a second one, or
+        # one before training started.
+        print("rlrun: stopped at once by an interrupt; the checkpoints written so far are kept", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
 
 
@@ -80,9 +83,9 @@ def _keep_freed_memory() -> None:
 
 def _run_one(overrides: list[str]) -> None:
     """A single run (no -m, no Hydra flags): what Hydra's own `run` does, with the config
-    composed once instead of three times (Hydra composes it once more just to learn the run
-    mode); each composition costs a few tenths of a second of start-up. Bad values get one
-    line before Hydra creates the run folder."""
+    composed once, where the preflight and Hydra's `run` composed it three times (Hydra
+    once just to learn the run mode), a few tenths of a second each. Bad values get one line
+    before Hydra creates the run folder."""
     from hydra import initialize_config_module
     from hydra._internal.callbacks import Callbacks
     from hydra._internal.utils import run_and_report
@@ -229,7 +232,8 @@ def preflight(args: list[str]) -> list[str]:
         return []
     overrides = [a for a in args if not a.startswith("-")]
     try:
-        jobs = _expand(overrides) if flags else [overrides]
+        multirun = bool(flags) or "hydra.mode=MULTIRUN" in overrides
+        jobs = _expand(overrides) if multirun else [overrides]
     except HydraException as error:
         return [_describe(error, overrides)]
 
@@ -245,7 +249,7 @@ def preflight(args: list[str]) -> list[str]:
                 with open_dict(cfg):
                     hydra_cfg = cfg.pop("hydra")
                 plan = validate(cfg)
-                if flags:
+                if multirun:
                     _check_writable("hydra.sweep.dir", Path(hydra_cfg.sweep.dir))
                 else:
                     _check_run_folder(Path(hydra_cfg.run.dir), plan.algo_name, plan.run.env.id)

@@ -93,8 +93,8 @@ class RunLogger:
 
     def close(self) -> None:
         self.bar.close()
-        if self._writer is not None or self._hyperparameters is not None:
-            self.writer.close()
+        if self._writer is not None:  # a run that logged nothing leaves no TensorBoard file
+            self._writer.close()
         self.metrics_file.close()
 
 

@@ -10,16 +10,38 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def mlp(
-    in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU
-) -> nn.Sequential:
-    """in → [Linear, activation] per hidden size → Linear → out."""
+def hidden_layers(in_dim: int, hidden_sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """in → [Linear, activation] per hidden size: a torso whose output is features."""
     layers: list[nn.Module] = []
     for size in hidden_sizes:
         layers += [nn.Linear(in_dim, size), activation()]
         in_dim = size
-    layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
+
+
+def mlp(
+    in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
+    """in → [Linear, activation] per hidden size → OutputLinear → out."""
+    torso = hidden_layers(in_dim, hidden_sizes, activation)
+    return nn.Sequential(*torso, OutputLinear(hidden_sizes[-1] if hidden_sizes else in_dim, out_dim))
+
+
+def in_float32(forward, x: torch.Tensor) -> torch.Tensor:
+    """`forward(x)` computed in float32, also under bfloat16 autocast (precision=bfloat16)."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return forward(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return forward(x.float())
+
+
+class OutputLinear(nn.Linear):
+    """A network's last layer: float32 even under bfloat16 autocast. Its outputs are values,
+    logits, means and log-stds, and bfloat16's 8-bit mantissa would round a Q-value near 500
+    to a multiple of 4; hidden layers are where mixed precision saves time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return in_float32(super().forward, x)
 
 
 class EnsembleLinear(nn.Module):
@@ -52,7 +74,7 @@ class QEnsemble(nn.Module):
         x = torch.cat([obs, action], dim=-1).expand(self.n, -1, -1)
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
-        return self.layers[-1](x).squeeze(-1)
+        return in_float32(self.layers[-1], x).squeeze(-1)  # see OutputLinear
 
 
 class NatureCNN(nn.Module):
@@ -94,8 +116,8 @@ class DuelingHead(nn.Module):
 
     def __init__(self, in_dim: int, num_actions: int) -> None:
         super().__init__()
-        self.value = nn.Linear(in_dim, 1)
-        self.advantage = nn.Linear(in_dim, num_actions)
+        self.value = OutputLinear(in_dim, 1)
+        self.advantage = OutputLinear(in_dim, num_actions)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         advantage = self.advantage(features)
@@ -123,11 +145,11 @@ class TanhGaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int]) -> None:
         super().__init__()
-        self.trunk = mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1])
-        self.head = nn.Linear(hidden_sizes[-1], 2 * action_dim)
+        self.trunk = hidden_layers(obs_dim, hidden_sizes)
+        self.head = OutputLinear(hidden_sizes[-1], 2 * action_dim)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.head(F.relu(self.trunk(obs))).chunk(2, dim=-1)
+        mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,10 +240,14 @@ def compile_networks(agent: object) -> None:
 
 
 def bfloat16_updates(agent: object) -> None:
-    """Mixed precision for the agent's gradient updates (every algorithm's `update`): their
-    forward passes run under bfloat16 autocast; weights and optimiser state stay float32, and
-    gradient_step keeps backward passes out of autocast. Acting and evaluation stay float32."""
-    agent.update = torch.autocast(agent.device.type, dtype=torch.bfloat16)(agent.update)
+    """Mixed precision for the agent's gradient updates (every algorithm's `update`): hidden
+    layers run under bfloat16 autocast, output layers in float32 (OutputLinear); weights and
+    optimiser state stay float32. Acting and evaluation stay float32.
+
+    Autocast's cache of bfloat16 weight copies is off: it lives until the autocast region
+    ends, so PPO's many optimiser steps inside one `update` would otherwise all use the
+    weights from before the first."""
+    agent.update = torch.autocast(agent.device.type, dtype=torch.bfloat16, cache_enabled=False)(agent.update)
 
 
 @torch.no_grad()

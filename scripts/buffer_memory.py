@@ -29,16 +29,16 @@ def measure(side: str, env_id: str, transitions: int) -> dict:
     from rlrun.envs import env_spaces
 
     obs_space, action_space = env_spaces(EnvConfig(id=env_id, total_steps=transitions))
-    before = peak_rss_mib()
     if side == "rlrun":
         from rlrun.buffers import ReplayBuffer
-
+    else:
+        from stable_baselines3.common.buffers import ReplayBuffer
+    before = peak_rss_mib()  # after the imports: only the buffer counts
+    if side == "rlrun":
         buffer = ReplayBuffer(transitions, obs_space.shape, action_space.shape, torch.device("cpu"), seed=0)
         for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
             getattr(buffer, name).fill_(1)
     else:
-        from stable_baselines3.common.buffers import ReplayBuffer
-
         buffer = ReplayBuffer(transitions, obs_space, action_space, device="cpu", handle_timeout_termination=True)
         for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
             getattr(buffer, name).fill(1)

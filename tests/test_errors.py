@@ -42,8 +42,9 @@ def test_bad_config_fails_before_training_with_one_line(rlrun, tmp_path, overrid
     assert not run_dir.exists()  # failed before Hydra made a run folder
 
 
-def test_every_bad_job_of_a_sweep_is_reported_before_any_runs(rlrun, tmp_path):
-    result = rlrun("-m", "algo=sac", "env=Pendulum", "total_steps=100,0,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+@pytest.mark.parametrize("multirun", ["-m", "hydra.mode=MULTIRUN"])
+def test_every_bad_job_of_a_sweep_is_reported_before_any_runs(rlrun, tmp_path, multirun):
+    result = rlrun(multirun, "algo=sac", "env=Pendulum", "total_steps=100,0,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2

@@ -135,16 +135,56 @@ def test_bfloat16_updates_autocast_the_update_only_and_keep_float32_weights():
     exact_metrics = exact.update(batch)
     torch.manual_seed(2)
     mixed_metrics = mixed.update(batch)
-    # bfloat16 keeps 8 bits of mantissa: close to the float32 update, but not equal to it.
-    loss, mixed_loss = exact_metrics["losses/critic"].item(), mixed_metrics["losses/critic"].float().item()
+    # Hidden layers in bfloat16 (8 bits of mantissa): close to the float32 update, not equal.
+    loss, mixed_loss = exact_metrics["losses/critic"].item(), mixed_metrics["losses/critic"].item()
     assert loss != mixed_loss
     assert mixed_loss == pytest.approx(loss, rel=0.05)
+    # Output layers stay float32, and so do weights.
+    assert mixed_metrics["train/q_mean"].dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in mixed.critic.parameters())
     for exact_p, mixed_p in zip(exact.critic.parameters(), mixed.critic.parameters()):
         torch.testing.assert_close(mixed_p, exact_p, atol=1e-3, rtol=0)  # one Adam step of lr 3e-4 apart at most
     # Acting is untouched.
     obs = torch.randn(5).numpy()
     assert mixed.policy(obs).dtype == exact.policy(obs).dtype
+
+
+def test_output_layers_compute_in_float32_under_autocast():
+    from rlrun.nets import mlp
+
+    torch.manual_seed(0)
+    net, ensemble = mlp(4, (16,), 3), QEnsemble(obs_dim=4, action_dim=2, hidden_sizes=(16,), n=2)
+    x = torch.randn(8, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = net[:-1](x)
+        out, q = net(x), ensemble(x, torch.randn(8, 2))
+    assert hidden.dtype == torch.bfloat16
+    assert out.dtype == q.dtype == torch.float32
+    torch.testing.assert_close(out, net[-1](hidden.float()))  # the last layer itself is exact
+
+
+def test_bfloat16_updates_see_weights_changed_within_the_same_update():
+    """PPO takes many optimiser steps in one `update`: each forward must use the current
+    weights, not autocast's cached bfloat16 copy from the first."""
+    from rlrun.nets import bfloat16_updates
+
+    class TwoSteps:
+        device = torch.device("cpu")
+
+        def __init__(self) -> None:
+            self.layer = nn.Linear(4, 4)
+
+        def update(self, x):
+            before = self.layer(x)
+            with torch.no_grad():
+                self.layer.weight.add_(1.0)
+            return before, self.layer(x)
+
+    agent = TwoSteps()
+    bfloat16_updates(agent)
+    before, after = agent.update(torch.ones(2, 4))
+    assert before.dtype == torch.bfloat16
+    assert not torch.equal(before, after)
 
 
 def test_compiled_networks_train_like_eager_ones():

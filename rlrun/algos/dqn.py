@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from rlrun.buffers import Batch, ReplayBuffer
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
-from rlrun.nets import DuelingHead, NatureCNN, adam, gradient_step, mlp, nature_cnn_output_size, polyak_update
+from rlrun.nets import DuelingHead, NatureCNN, OutputLinear, adam, gradient_step, hidden_layers, nature_cnn_output_size, polyak_update
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,10 @@ class QNetwork(nn.Module):
             self.torso: nn.Module = NatureCNN(*obs_space.shape)
             features = NatureCNN.out_dim
         else:
-            self.torso = nn.Sequential(mlp(obs_space.shape[0], hidden_sizes[:-1], hidden_sizes[-1]), nn.ReLU())
+            # Nested: the parameter names (torso.0.*) stay those of earlier checkpoints.
+            self.torso = nn.Sequential(hidden_layers(obs_space.shape[0], hidden_sizes))
             features = hidden_sizes[-1]
-        self.head = DuelingHead(features, num_actions) if dueling else nn.Linear(features, num_actions)
+        self.head = DuelingHead(features, num_actions) if dueling else OutputLinear(features, num_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.torso(obs))
