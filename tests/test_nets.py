@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from rlrun.nets import QEnsemble, mlp, polyak_update
+from test_sac_math import batch, make_agent
 
 
 def separate_critics(ensemble: QEnsemble) -> list[nn.Sequential]:
@@ -85,27 +86,6 @@ def test_our_adam_matches_torch_fused_adam_bit_for_bit(max_grad_norm):
         assert torch.equal(mine, reference)
 
 
-def _sac_agent(seed: int = 0):
-    import gymnasium as gym
-    import numpy as np
-
-    from rlrun.algos.sac import SAC, SACConfig
-
-    torch.manual_seed(seed)
-    obs_space = gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-    return SAC(SACConfig(hidden_sizes=(32, 32)), obs_space, action_space, torch.device("cpu"), seed)
-
-
-def _batch(n: int = 64):
-    from rlrun.buffers import Batch
-
-    generator = torch.Generator().manual_seed(1)
-    return Batch(obs=torch.randn(n, 5, generator=generator), actions=torch.rand(n, 2, generator=generator) * 2 - 1,
-                 rewards=torch.randn(n, generator=generator), next_obs=torch.randn(n, 5, generator=generator),
-                 terminated=(torch.rand(n, generator=generator) < 0.1).float())
-
-
 def test_compile_networks_compiles_each_network_and_keeps_checkpoint_names():
     import gymnasium as gym
     import numpy as np
@@ -113,7 +93,7 @@ def test_compile_networks_compiles_each_network_and_keeps_checkpoint_names():
     from rlrun.algos.ppo import PPO, PPOConfig
     from rlrun.nets import compile_networks
 
-    sac = _sac_agent()
+    sac = make_agent()
     ppo = PPO(PPOConfig(), gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2), torch.device("cpu"), 0)
     names = (list(sac.critic.state_dict()), list(ppo.model.state_dict()))
     compile_networks(sac)
@@ -128,13 +108,13 @@ def test_compile_networks_compiles_each_network_and_keeps_checkpoint_names():
 def test_bfloat16_updates_autocast_the_update_only_and_keep_float32_weights():
     from rlrun.nets import bfloat16_updates
 
-    exact, mixed = _sac_agent(), _sac_agent()
+    exact, mixed = make_agent(), make_agent()
     bfloat16_updates(mixed)
-    batch = _batch()
+    transitions = batch([0.0] * 60 + [1.0] * 4)
     torch.manual_seed(2)
-    exact_metrics = exact.update(batch)
+    exact_metrics = exact.update(transitions)
     torch.manual_seed(2)
-    mixed_metrics = mixed.update(batch)
+    mixed_metrics = mixed.update(transitions)
     # Hidden layers in bfloat16 (8 bits of mantissa): close to the float32 update, not equal.
     loss, mixed_loss = exact_metrics["losses/critic"].item(), mixed_metrics["losses/critic"].item()
     assert loss != mixed_loss
@@ -145,7 +125,7 @@ def test_bfloat16_updates_autocast_the_update_only_and_keep_float32_weights():
     for exact_p, mixed_p in zip(exact.critic.parameters(), mixed.critic.parameters()):
         torch.testing.assert_close(mixed_p, exact_p, atol=1e-3, rtol=0)  # one Adam step of lr 3e-4 apart at most
     # Acting is untouched.
-    obs = torch.randn(5).numpy()
+    obs = torch.randn(3).numpy()
     assert mixed.policy(obs).dtype == exact.policy(obs).dtype
 
 
@@ -190,14 +170,14 @@ def test_bfloat16_updates_see_weights_changed_within_the_same_update():
 def test_compiled_networks_train_like_eager_ones():
     from rlrun.nets import compile_networks
 
-    eager, compiled = _sac_agent(), _sac_agent()
+    eager, compiled = make_agent(), make_agent()
     compile_networks(compiled)
     for step in range(2):
-        batch = _batch()
+        transitions = batch([0.0] * 60 + [1.0] * 4)
         torch.manual_seed(step)
-        eager_metrics = eager.update(batch)
+        eager_metrics = eager.update(transitions)
         torch.manual_seed(step)
-        compiled_metrics = compiled.update(batch)
+        compiled_metrics = compiled.update(transitions)
         torch.testing.assert_close(compiled_metrics["losses/critic"], eager_metrics["losses/critic"], rtol=1e-4, atol=1e-5)
     for eager_p, compiled_p in zip(eager.actor.parameters(), compiled.actor.parameters()):
         torch.testing.assert_close(compiled_p, eager_p, rtol=1e-4, atol=1e-5)
