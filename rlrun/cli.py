@@ -93,17 +93,11 @@ def _run_one(overrides: list[str]) -> None:
     from hydra.core.utils import run_job
     from hydra.types import HydraContext
 
-    from rlrun.dispatch import validate
-
     with initialize_config_module(CONFIG_MODULE, job_name="rlrun", version_base="1.3"):
         hydra_app = GlobalHydra.instance().hydra
         try:
             cfg = hydra_app.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=True)
-            job_cfg = cfg.copy()
-            with open_dict(job_cfg):
-                job_cfg.pop("hydra")
-            plan = validate(job_cfg)
-            _check_run_folder(Path(cfg.hydra.run.dir), plan.algo_name, plan.run.env.id)
+            plan = _check_job(cfg, multirun=False)
         except (ConfigError, HydraException) as error:
             print(f"rlrun: error: {_describe(error, overrides)}", file=sys.stderr)
             sys.exit(2)
@@ -239,26 +233,33 @@ def preflight(args: list[str]) -> list[str]:
 
     from hydra import compose, initialize_config_module
 
-    from rlrun.dispatch import validate
-
     errors = []
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         for job in jobs:
             try:
-                cfg = compose("config", overrides=job, return_hydra_config=True)
-                with open_dict(cfg):
-                    hydra_cfg = cfg.pop("hydra")
-                plan = validate(cfg)
-                if multirun:
-                    _check_writable("hydra.sweep.dir", Path(hydra_cfg.sweep.dir))
-                else:
-                    _check_run_folder(Path(hydra_cfg.run.dir), plan.algo_name, plan.run.env.id)
+                _check_job(compose("config", overrides=job, return_hydra_config=True), multirun)
             except (ConfigError, HydraException) as error:
                 prefix = f"job {' '.join(job)}: " if len(jobs) > 1 else ""
                 errors.append(prefix + _describe(error, job))
     if len(errors) > _MAX_REPORTED_JOBS:
         errors = errors[:_MAX_REPORTED_JOBS] + [f"... and {len(errors) - _MAX_REPORTED_JOBS} more bad jobs"]
     return errors
+
+
+def _check_job(cfg: DictConfig, multirun: bool):
+    """Validate one composed job (`cfg` with its hydra node, left as it is) and the folder it
+    will write to; returns its Plan or raises ConfigError."""
+    from rlrun.dispatch import validate
+
+    job_cfg = cfg.copy()
+    with open_dict(job_cfg):
+        hydra_cfg = job_cfg.pop("hydra")
+    plan = validate(job_cfg)
+    if multirun:
+        _check_writable("hydra.sweep.dir", Path(hydra_cfg.sweep.dir))
+    else:
+        _check_run_folder(Path(hydra_cfg.run.dir), plan.algo_name, plan.run.env.id)
+    return plan
 
 
 def _check_run_folder(run_dir: Path, algo: str, env_id: str) -> None:
