@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -60,6 +61,10 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def member(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Member `index` alone: (B, in) → (B, out)."""
+        return torch.addmm(self.bias[index], x, self.weight[index])
+
 
 class QEnsemble(nn.Module):
     """`n` state-action value functions Q_i(s, a), evaluated together; returns shape (n, B)."""
@@ -75,6 +80,14 @@ class QEnsemble(nn.Module):
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
         return in_float32(self.layers[-1], x).squeeze(-1)  # see OutputLinear
+
+    def member(self, index: int, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q_index(s, a) alone, shape (B,), at 1/n of the ensemble's cost: TD3's actor loss
+        needs only Q_1, and evaluating every member would double its critic passes."""
+        x = torch.cat([obs, action], dim=-1)
+        for layer in self.layers[:-1]:
+            x = F.relu(layer.member(index, x))
+        return in_float32(partial(self.layers[-1].member, index), x).squeeze(-1)
 
 
 class NatureCNN(nn.Module):

@@ -44,6 +44,24 @@ def test_ensemble_critic_matches_separate_critics_in_values_and_gradients():
             torch.testing.assert_close(layer.bias.grad[member, 0], linear.bias.grad)
 
 
+def test_one_ensemble_member_alone_matches_the_whole_ensemble_in_values_and_gradients():
+    torch.manual_seed(0)
+    ensemble = QEnsemble(obs_dim=5, action_dim=2, hidden_sizes=(32, 16), n=2)
+    obs = torch.randn(64, 5)
+    action_alone = torch.randn(64, 2, requires_grad=True)
+    action_all = action_alone.detach().clone().requires_grad_(True)
+
+    for member in range(ensemble.n):
+        q_alone = ensemble.member(member, obs, action_alone)
+        q_all = ensemble(obs, action_all)[member]
+        torch.testing.assert_close(q_alone, q_all)
+        # TD3's actor loss differentiates Q_1 with respect to the action.
+        (grad_alone,) = torch.autograd.grad(q_alone.mean(), action_alone)
+        (grad_all,) = torch.autograd.grad(q_all.mean(), action_all)
+        torch.testing.assert_close(grad_alone, grad_all)
+        assert not torch.equal(grad_alone, torch.zeros_like(grad_alone))
+
+
 def test_ensemble_members_are_initialised_independently():
     ensemble = QEnsemble(obs_dim=3, action_dim=1, hidden_sizes=(8,), n=2)
     weight = ensemble.layers[0].weight

@@ -107,7 +107,7 @@ class TD3:
         # Actor and targets every policy_delay critic updates: J = −E[Q_1(s, μ(s))].
         if self.critic_updates % self.config.policy_delay == 0:
             self.critic.requires_grad_(False)  # no critic weight gradients from the actor loss
-            actor_loss = -self.critic(batch.obs, self.actor(batch.obs))[0].mean()
+            actor_loss = -self.critic.member(0, batch.obs, self.actor(batch.obs)).mean()
             self.critic.requires_grad_(True)
             gradient_step(self.actor_optimizer, actor_loss)
             self.actor_loss = actor_loss.detach()
