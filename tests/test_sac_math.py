@@ -51,6 +51,17 @@ def batch(terminated: list[float]) -> Batch:
                  torch.tensor(terminated))
 
 
+def test_exploration_draws_the_action_that_sample_draws():
+    agent = make_agent()
+    obs = np.array([0.1, -0.4, 0.7], dtype=np.float32)
+    torch.manual_seed(3)
+    action = agent.explore(obs)
+    torch.manual_seed(3)
+    expected, _ = agent.actor.sample(torch.as_tensor(obs).unsqueeze(0))
+    np.testing.assert_array_equal(action, expected[0].detach().numpy())
+    assert not np.array_equal(action, agent.explore(obs))  # and it is random
+
+
 def test_critic_target_bootstraps_on_truncation_but_not_on_termination():
     agent = make_agent(gamma=0.9)
     data = batch([1.0, 0.0])

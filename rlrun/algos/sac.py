@@ -69,7 +69,7 @@ class SAC:
     @torch.no_grad()
     def explore(self, obs: np.ndarray) -> np.ndarray:
         """A stochastic unit action for training."""
-        return self.actor.sample(obs_batch(obs, self.device))[0][0].cpu().numpy()
+        return self.actor.sample_action(obs_batch(obs, self.device))[0].cpu().numpy()
 
     @torch.no_grad()
     def policy(self, obs: np.ndarray) -> np.ndarray:
