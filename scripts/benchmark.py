@@ -15,6 +15,9 @@ budget, SB3 finishes its rollout; steps/s counts the steps each really ran ("ste
 Writes <out>/benchmark.json (every run) and <out>/benchmark.md (a table with rlrun ÷ SB3
 ratios of training steps/s).
 
+On a shared machine one pair of short runs can be off by ±20%: `--repeats N` runs each pair N
+times, and the table's ratio is then the median of the pairs' ratios, with their range.
+
 Long learning comparisons can use both cores by running each side in its own invocation
 (`--runners rlrun --out a` and `--runners sb3 --out b` at once), then
 `--merge a b --out both` writes the tables for the two together.
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--threads", default="1,2", help="torch thread counts to measure")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--repeats", type=int, default=1, help="rlrun/SB3 pairs per algorithm, thread count and seed")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="rlrun overrides for both sides, e.g. algo.learning_starts=1000 (a short run then measures mostly updates)",
@@ -73,14 +77,16 @@ def main() -> None:
         env = args.env or DEFAULT_ENVS[algo]
         for threads in map(int, args.threads.split(",")):
             for seed in map(int, args.seeds.split(",")):
-                spec = {"algo": algo, "env": env, "steps": args.steps, "threads": threads, "seed": seed,
-                        "eval_every": eval_every, "eval_episodes": args.eval_episodes, "overrides": args.set}
-                for name in args.runners.split(","):
-                    result = {**spec, **runners[name](spec)}
-                    print(json.dumps(result), flush=True)
-                    results.append(result)
-                    # Written after every run, so a long comparison cut short keeps what it measured.
-                    (args.out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+                for repeat in range(args.repeats):
+                    spec = {"algo": algo, "env": env, "steps": args.steps, "threads": threads, "seed": seed,
+                            "repeat": repeat, "eval_every": eval_every, "eval_episodes": args.eval_episodes,
+                            "overrides": args.set}
+                    for name in args.runners.split(","):
+                        result = {**spec, **runners[name](spec)}
+                        print(json.dumps(result), flush=True)
+                        results.append(result)
+                        # Written after every run, so a long comparison cut short keeps what it measured.
+                        (args.out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     write_tables(results, args.out)
 
 
@@ -248,8 +254,8 @@ class _Normalized:
 # ----- the table ------------------------------------------------------------------------------
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| algo | env | threads | rlrun steps/s | SB3 steps/s | ratio | rlrun final return | SB3 final return | rlrun peak RSS MiB | SB3 peak RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| algo | env | threads | rlrun steps/s | SB3 steps/s | ratio | pairs: ratio range | rlrun final return | SB3 final return | rlrun peak RSS MiB | SB3 peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     keys = sorted({(r["algo"], r["env"], r["threads"]) for r in results}, key=lambda k: (k[0], k[2]))
     for algo, env, threads in keys:
@@ -264,13 +270,21 @@ def markdown(results: list[dict]) -> str:
         def final(runner: str) -> float:
             return statistics.mean(float(r["eval_returns"][max(r["eval_returns"], key=int)]) for r in runs[runner])
 
-        ratio = mean("rlrun", "train_sps") / mean("sb3", "train_sps")
+        ratios = pair_ratios(runs["rlrun"], runs["sb3"])
+        spread = f"{len(ratios)}: {min(ratios):.2f}–{max(ratios):.2f}×" if len(ratios) > 1 else "1"
         lines.append(
             f"| {algo} | {env} | {threads} | {mean('rlrun', 'train_sps'):.0f} | {mean('sb3', 'train_sps'):.0f} | "
-            f"{ratio:.2f}× | {final('rlrun'):.1f} | {final('sb3'):.1f} | {mean('rlrun', 'peak_rss_mib'):.0f} | "
-            f"{mean('sb3', 'peak_rss_mib'):.0f} |"
+            f"{statistics.median(ratios):.2f}× | {spread} | {final('rlrun'):.1f} | {final('sb3'):.1f} | "
+            f"{mean('rlrun', 'peak_rss_mib'):.0f} | {mean('sb3', 'peak_rss_mib'):.0f} |"
         )
     return "\n".join(lines)
+
+
+def pair_ratios(rlrun_runs: list[dict], sb3_runs: list[dict]) -> list[float]:
+    """rlrun ÷ SB3 training steps/s of each pair run back to back (same seed and repeat).
+    Runs without a partner (one side of a merge cut short) are left out."""
+    sb3 = {(r["seed"], r.get("repeat", 0)): r["train_sps"] for r in sb3_runs}
+    return [r["train_sps"] / sb3[key] for r in rlrun_runs if (key := (r["seed"], r.get("repeat", 0))) in sb3]
 
 
 def iqm(values: list[float]) -> float:
