@@ -38,7 +38,7 @@ _MAX_REPORTED_JOBS = 20
 
 
 def main() -> None:
-    _keep_freed_memory()
+    keep_freed_memory()
     args = sys.argv[1:]
     try:
         args = expand_resume(args)
@@ -64,7 +64,7 @@ def main() -> None:
         sys.exit(128 + signal.SIGINT)
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of handing it back to the OS.
 
     Every update allocates and frees the same few-hundred-KB activations; by default glibc

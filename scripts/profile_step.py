@@ -96,8 +96,10 @@ def instrument() -> None:
 def main(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_module
 
+    from rlrun.cli import keep_freed_memory
     from rlrun.dispatch import execute, validate
 
+    keep_freed_memory()  # as the rlrun command does: without it, page faults inflate the update
     with initialize_config_module("rlrun.configs", version_base="1.3"):
         plan = validate(compose("config", overrides=["progress=false", *overrides]))
     instrument()
