@@ -1,0 +1,29 @@
+"""The measuring scripts in scripts/ run and report what they promise."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_profile_step_accounts_for_a_training_run(algo):
+    output = subprocess.run(
+        [sys.executable, str(SCRIPTS / "profile_step.py"), "experiment=smoke", f"algo={algo}", "env=Pendulum"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    assert f"{algo} on Pendulum-v1: 600 steps" in output.stdout
+    shares = {}
+    for line in output.stdout.splitlines():
+        parts = line.rsplit(None, 4)
+        if len(parts) == 5 and parts[2].endswith("%"):
+            shares[parts[0]] = float(parts[2].rstrip("%"))
+    for part in ("environment step", "acting", "update: backward", "update: optimiser step"):
+        assert shares.get(part, 0.0) > 0.0, (part, output.stdout)
+    # The parts and the untimed rest add up to the run's wall time.
+    assert sum(shares.values()) + float(output.stdout.split("(untimed)")[1].split()[1].rstrip("%")) == pytest.approx(100, abs=1)
