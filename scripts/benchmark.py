@@ -271,6 +271,8 @@ def markdown(results: list[dict]) -> str:
             return statistics.mean(float(r["eval_returns"][max(r["eval_returns"], key=int)]) for r in runs[runner])
 
         ratios = pair_ratios(runs["rlrun"], runs["sb3"])
+        if not ratios:
+            continue  # no seed run by both sides
         spread = f"{len(ratios)}: {min(ratios):.2f}–{max(ratios):.2f}×" if len(ratios) > 1 else "1"
         lines.append(
             f"| {algo} | {env} | {threads} | {mean('rlrun', 'train_sps'):.0f} | {mean('sb3', 'train_sps'):.0f} | "

@@ -35,3 +35,5 @@ def test_speed_ratio_is_the_median_of_back_to_back_pairs():
     assert benchmark.pair_ratios(results[0::2], results[1::2]) == [1.5, 1.5, 1.25]
     row = benchmark.markdown(results).splitlines()[-1]
     assert "| 1.50× | 3: 1.25–1.50× |" in row
+    # Sides with no seed in common make no row (rather than a ratio of unrelated runs).
+    assert benchmark.markdown([run("rlrun", 1, 0, 90), run("sb3", 2, 0, 80)]).count("\n") == 1
