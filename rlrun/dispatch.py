@@ -255,6 +255,7 @@ class Run:
             "eval_return_std": float(self.last_eval.std()) if evaluated else None,
             "wall_time_s": round(wall, 3),
             "sps": round(self.step / max(wall - self._paused_total, 1e-9), 2),
+            "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
         }
@@ -296,7 +297,6 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
     A run folder that already holds a checkpoint continues from it (resume=, a rerun sweep, a
     requeued Slurm job); one whose checkpoint reached total_steps is left as it is.
     """
-    device = resolve_device(plan.run.device)
     checkpoint_path = latest(run_dir)
     resumed = None
     if checkpoint_path is not None:
@@ -304,7 +304,9 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
         if header["step"] >= plan.run.total_steps:
             log.info("nothing to do: %s already reached total_steps=%d", checkpoint_path, plan.run.total_steps)
             return _completed_summary(plan, run_dir, header, checkpoint_path)
-        resumed = load(checkpoint_path, map_location=device, algo=plan.algo_name)
+        # Loaded to the host: the agent and the loop's parts copy their tensors to the device,
+        # and RNG states and host-side arrays must stay on the host.
+        resumed = load(checkpoint_path, algo=plan.algo_name)
     seed_everything(plan.run.seed)
     if plan.run.threads is not None:
         torch.set_num_threads(plan.run.threads)
