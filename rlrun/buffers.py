@@ -8,6 +8,13 @@ import numpy as np
 import torch
 
 
+def to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host array as a tensor on `device`, without waiting for the device: the copy is
+    queued (non_blocking), and CUDA stages pageable memory before returning, so the array may
+    be reused at once. On the CPU it is just the conversion."""
+    return torch.as_tensor(array, dtype=dtype).to(device, non_blocking=True)
+
+
 class Batch(NamedTuple):
     obs: torch.Tensor  # (B, *obs_shape), in the buffer's obs_dtype
     actions: torch.Tensor  # (B, *action_shape), in the buffer's action_dtype
@@ -50,14 +57,25 @@ class ReplayBuffer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def add(
-        self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminated: bool
+        self,
+        obs: torch.Tensor | np.ndarray,
+        action: torch.Tensor | np.ndarray | int,
+        reward: float,
+        next_obs: torch.Tensor | np.ndarray,
+        terminated: bool,
     ) -> None:
+        """Store one transition. The training loops pass the observations as tensors already
+        on the device (the ones they act on), so storing never waits for the device. Scalars
+        are filled in place: on a GPU that is a kernel argument, not a copy from the host."""
         i = self.position
-        self.obs[i] = torch.as_tensor(obs)
-        self.actions[i] = torch.as_tensor(action)
-        self.rewards[i] = float(reward)
-        self.next_obs[i] = torch.as_tensor(next_obs)
-        self.terminated[i] = float(terminated)
+        self.obs[i] = to_device(obs, self.device)
+        if np.isscalar(action):  # DQN's random actions
+            self.actions[i].fill_(action)
+        else:
+            self.actions[i] = to_device(action, self.device)
+        self.rewards[i].fill_(float(reward))
+        self.next_obs[i] = to_device(next_obs, self.device)
+        self.terminated[i].fill_(float(terminated))
         self.position = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 

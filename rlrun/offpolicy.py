@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlrun.buffers import Batch, ReplayBuffer
+from rlrun.buffers import Batch, ReplayBuffer, to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 
 
@@ -60,8 +60,8 @@ def check_continuous_spaces(algo: str, obs_space: gym.Space, action_space: gym.s
         raise ConfigError(f"algo={algo} needs flat vector observations, got {obs_space}")
 
 
-def obs_batch(obs: np.ndarray, device: torch.device) -> torch.Tensor:
-    """One observation as a float32 batch of one on `device`."""
+def obs_batch(obs: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One observation (a host array, or a tensor already on `device`) as a float32 batch of one."""
     return torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
 
 
@@ -70,8 +70,9 @@ class OffPolicyAgent(Protocol):
     device: torch.device
     seed: int
 
-    def explore(self, obs: np.ndarray) -> np.ndarray:
-        """A training action in [-1, 1]^|A| for one observation, exploration included."""
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """A training action in [-1, 1]^|A| for one observation on the device, exploration
+        included; the action stays on the device (the replay buffer stores it there)."""
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step; returns on-device metrics."""
@@ -92,17 +93,22 @@ def train_off_policy(agent: OffPolicyAgent, run: Any, config: OffPolicyConfig) -
     # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
     warmup = max(1, min(config.learning_starts, buffer.capacity))
 
+    # Each observation crosses to the device once, to be both acted on and stored; the action
+    # comes back to the host for the env. On a GPU those are the loop's only per-step copies.
+    obs = to_device(obs, agent.device, torch.float32)
     for step in range(step + 1, run.total_steps + 1):
         if step <= config.learning_starts:
-            action = agent.actions.to_unit(env.action_space.sample())
+            unit_action = action = agent.actions.to_unit(env.action_space.sample())
         else:
             action = agent.explore(obs)
-        next_obs, reward, terminated, truncated, info = env.step(agent.actions.to_env(action))
+            unit_action = action.cpu().numpy()
+        next_obs, reward, terminated, truncated, info = env.step(agent.actions.to_env(unit_action))
+        next_obs = to_device(next_obs, agent.device, torch.float32)
         buffer.add(obs, action, reward, next_obs, terminated)
         obs = next_obs
         if terminated or truncated:
             run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
-            obs, _ = env.reset()
+            obs = to_device(env.reset()[0], agent.device, torch.float32)
 
         if step > config.learning_starts and len(buffer) >= warmup:
             for _ in range(config.updates_per_step):

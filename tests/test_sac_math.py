@@ -53,13 +53,13 @@ def batch(terminated: list[float]) -> Batch:
 
 def test_exploration_draws_the_action_that_sample_draws():
     agent = make_agent()
-    obs = np.array([0.1, -0.4, 0.7], dtype=np.float32)
+    obs = torch.tensor([0.1, -0.4, 0.7])
     torch.manual_seed(3)
     action = agent.explore(obs)
     torch.manual_seed(3)
-    expected, _ = agent.actor.sample(torch.as_tensor(obs).unsqueeze(0))
-    np.testing.assert_array_equal(action, expected[0].detach().numpy())
-    assert not np.array_equal(action, agent.explore(obs))  # and it is random
+    expected, _ = agent.actor.sample(obs.unsqueeze(0))
+    torch.testing.assert_close(action, expected[0].detach(), rtol=0, atol=0)
+    assert not torch.equal(action, agent.explore(obs))  # and it is random
 
 
 def test_critic_target_bootstraps_on_truncation_but_not_on_termination():

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlrun.buffers import Batch, ReplayBuffer
+from rlrun.buffers import Batch, ReplayBuffer, to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import DuelingHead, NatureCNN, OutputLinear, adam, gradient_step, hidden_layers, nature_cnn_output_size, polyak_update
 
@@ -128,10 +128,13 @@ class DQN:
 
     # ----- acting ---------------------------------------------------------------------------
     @torch.no_grad()
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        """argmax_a Q(s, a) for one un-batched observation on the device, as a device scalar."""
+        return self.q(obs.unsqueeze(0)).argmax(dim=1)[0]
+
     def policy(self, obs: np.ndarray) -> int:
-        """The greedy action argmax_a Q(s, a) for one un-batched observation (evaluation)."""
-        q = self.q(torch.as_tensor(obs, dtype=self.obs_dtype, device=self.device).unsqueeze(0))
-        return int(q.argmax(dim=1)[0])  # the env needs the action on the host: one sync per step
+        """The greedy action for one host observation (evaluation)."""
+        return int(self.greedy(to_device(obs, self.device, self.obs_dtype)))
 
     # ----- learning -------------------------------------------------------------------------
     @torch.no_grad()
@@ -175,19 +178,24 @@ class DQN:
         # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
         warmup = max(1, min(config.learning_starts, capacity))
 
+        # Each observation crosses to the device once, to be both acted on and stored; a greedy
+        # action comes back to the host for the env. On a GPU those are the per-step copies.
+        obs = to_device(obs, self.device, self.obs_dtype)
         for step in range(step + 1, run.total_steps + 1):
             # ε-greedy: a uniform random action with probability ε, else the greedy one.
             epsilon = linear_epsilon(step - 1, config.start_epsilon, config.end_epsilon, exploration_steps)
             if self.rng.random() < epsilon:
-                action = env.action_space.sample()
+                action = env_action = env.action_space.sample()
             else:
-                action = self.policy(obs)
-            next_obs, reward, terminated, truncated, info = env.step(action)
+                action = self.greedy(obs)
+                env_action = int(action)
+            next_obs, reward, terminated, truncated, info = env.step(env_action)
+            next_obs = to_device(next_obs, self.device, self.obs_dtype)
             buffer.add(obs, action, reward, next_obs, terminated)
             obs = next_obs
             if terminated or truncated:
                 run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
-                obs, _ = env.reset()
+                obs = to_device(env.reset()[0], self.device, self.obs_dtype)
 
             if step > config.learning_starts and len(buffer) >= warmup:
                 if step % config.train_every == 0:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
+from rlrun.buffers import to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import adam, gradient_step, mlp
 from rlrun.normalize import RewardScaler, RunningMeanStd
@@ -153,6 +154,11 @@ class ActorCritic(nn.Module):
             return Categorical(logits=out, validate_args=False)
         return Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
 
+    def sample(self, dist: Distribution) -> torch.Tensor:
+        """An action from π(·|s). For Box, the reparameterised draw μ + σ·ε: the same numbers as
+        Normal.sample, without its check that σ ≥ 0, which waits for the device every call."""
+        return dist.sample() if self.discrete else dist.rsample()
+
     def log_prob_entropy(self, dist: Distribution, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log π(a|s) and the entropy H[π(·|s)], summed over action dimensions for Box."""
         if self.discrete:
@@ -241,7 +247,7 @@ class PPO:
             if update:
                 self.obs_rms.update(obs)
             obs = self.obs_rms.normalize(obs, NORMALIZE_CLIP)
-        return torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return to_device(obs, self.device, torch.float32)
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
         """Policy actions → environment actions: clipped to the bounds for Box."""
@@ -323,7 +329,7 @@ class PPO:
             "losses/entropy": mean["entropy"],
             "train/approx_kl": mean["approx_kl"],
             "train/clip_fraction": mean["clip_fraction"],
-            "train/learning_rate": torch.tensor(self.optimizer.lr, device=self.device),
+            "train/learning_rate": torch.full((), self.optimizer.lr, device=self.device),  # a fill, not a copy
             "train/explained_variance": explained_variance,
         }
 
@@ -347,7 +353,7 @@ class PPO:
             for t in range(rollout.filled, T):  # from 0, or where a resumed rollout stopped
                 with torch.no_grad():
                     dist = self.model.distribution(obs)
-                    action = dist.sample()
+                    action = self.model.sample(dist)
                     log_prob, _ = self.model.log_prob_entropy(dist, action)
                     rollout.values[t] = self.model.value(obs)
                 rollout.obs[t], rollout.actions[t], rollout.log_probs[t] = obs, action, log_prob
@@ -360,9 +366,9 @@ class PPO:
                 obs = self.normalize_obs(next_obs_np, update=True)
                 if config.normalize_reward:
                     reward = self.reward_scaler(reward, done, active=~autoreset)
-                rollout.rewards[t] = torch.as_tensor(reward, device=self.device)
-                rollout.terminated[t] = torch.as_tensor(terminated, device=self.device)
-                rollout.dones[t] = torch.as_tensor(done, device=self.device)
+                rollout.rewards[t] = to_device(reward, self.device)
+                rollout.terminated[t] = to_device(terminated, self.device)
+                rollout.dones[t] = to_device(done, self.device)
                 rollout.next_autoreset = done  # sub-envs whose next step only resets them
                 rollout.filled = t + 1
 
@@ -383,7 +389,7 @@ class PPO:
             returns = advantages + rollout.values
             # Only real transitions are trained on; autoreset steps (final obs → reset obs, the
             # action ignored) are left out. The mask is on the host, so this costs no device sync.
-            indices = torch.as_tensor(np.flatnonzero(~rollout.autoreset.reshape(-1)), device=self.device)
+            indices = to_device(np.flatnonzero(~rollout.autoreset.reshape(-1)), self.device)
             metrics = self.update(
                 rollout.obs.reshape(T * N, *self.obs_shape),
                 rollout.actions.reshape(T * N, *self.action_shape),

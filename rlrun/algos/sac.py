@@ -67,9 +67,9 @@ class SAC:
 
     # ----- acting ---------------------------------------------------------------------------
     @torch.no_grad()
-    def explore(self, obs: np.ndarray) -> np.ndarray:
-        """A stochastic unit action for training."""
-        return self.actor.sample_action(obs_batch(obs, self.device))[0].cpu().numpy()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """A stochastic unit action for training, on the device."""
+        return self.actor.sample_action(obs_batch(obs, self.device))[0]
 
     @torch.no_grad()
     def policy(self, obs: np.ndarray) -> np.ndarray:

@@ -72,11 +72,11 @@ class TD3:
 
     # ----- acting ---------------------------------------------------------------------------
     @torch.no_grad()
-    def explore(self, obs: np.ndarray) -> np.ndarray:
-        """μ(s) + N(0, σ²), clipped to the action bounds."""
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """μ(s) + N(0, σ²), clipped to the action bounds, on the device."""
         action = self.actor(obs_batch(obs, self.device))[0]
         noise = torch.randn_like(action) * self.config.exploration_noise
-        return (action + noise).clamp(-1.0, 1.0).cpu().numpy()
+        return (action + noise).clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def policy(self, obs: np.ndarray) -> np.ndarray:
