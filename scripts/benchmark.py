@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: steps / 4)")
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--threads", default="1,2", help="torch thread counts to measure")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both sides train")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--repeats", type=int, default=1, help="rlrun/SB3 pairs per algorithm, thread count and seed")
     parser.add_argument(
@@ -79,8 +80,8 @@ def main() -> None:
             for seed in map(int, args.seeds.split(",")):
                 for repeat in range(args.repeats):
                     spec = {"algo": algo, "env": env, "steps": args.steps, "threads": threads, "seed": seed,
-                            "repeat": repeat, "eval_every": eval_every, "eval_episodes": args.eval_episodes,
-                            "overrides": args.set}
+                            "repeat": repeat, "device": args.device, "eval_every": eval_every,
+                            "eval_episodes": args.eval_episodes, "overrides": args.set}
                     for name in args.runners.split(","):
                         result = {**spec, **runners[name](spec)}
                         print(json.dumps(result), flush=True)
@@ -121,7 +122,7 @@ def run_rlrun_process(spec: dict) -> dict:
             sys.executable, "-m", "rlrun.cli", f"algo={spec['algo']}", f"env={spec['env']}", f"seed={spec['seed']}",
             f"total_steps={spec['steps']}", f"threads={spec['threads']}", f"eval.every={spec['eval_every']}",
             f"eval.episodes={spec['eval_episodes']}", f"checkpoint.every={spec['steps']}", "progress=false",
-            f"hydra.run.dir={run_dir}", *spec["overrides"],
+            f"device={spec.get('device', 'cpu')}", f"hydra.run.dir={run_dir}", *spec["overrides"],
         ]
         _, wall, rss = _run(command, spec["threads"])
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -148,7 +149,7 @@ def rlrun_config(algo: str, env: str, overrides: list[str]) -> dict:
         return OmegaConf.to_container(config, resolve=True)
 
 
-def sb3_model(algo: str, config: dict, env, seed: int):
+def sb3_model(algo: str, config: dict, env, seed: int, device: str = "cpu"):
     """An SB3 model with the hyperparameters of rlrun's `config["algo"]`."""
     import numpy as np
     import stable_baselines3 as sb3
@@ -156,7 +157,7 @@ def sb3_model(algo: str, config: dict, env, seed: int):
     from torch import nn
 
     a = config["algo"]
-    common = dict(gamma=a["gamma"], seed=seed, device="cpu", verbose=0)
+    common = dict(gamma=a["gamma"], seed=seed, device=device, verbose=0)
     if algo in ("sac", "td3", "ddpg"):
         off_policy = dict(learning_rate=a["lr"], buffer_size=a["buffer_size"], learning_starts=a["learning_starts"],
                           batch_size=a["batch_size"], tau=a["tau"], train_freq=1, gradient_steps=a["updates_per_step"],
@@ -214,7 +215,7 @@ def run_sb3(spec: dict) -> dict:
             env = VecNormalize(env, norm_obs=algo["normalize_obs"], norm_reward=algo["normalize_reward"], gamma=algo["gamma"])
     else:
         env = gym.make(env_id)
-    model = sb3_model(spec["algo"], config, env, spec["seed"])
+    model = sb3_model(spec["algo"], config, env, spec["seed"], spec.get("device", "cpu"))
     eval_env = gym.make(env_id)
     evals: dict[int, float] = {}
     eval_seconds = [0.0]
@@ -254,12 +255,15 @@ class _Normalized:
 # ----- the table ------------------------------------------------------------------------------
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| algo | env | threads | rlrun steps/s | SB3 steps/s | ratio | pairs: ratio range | rlrun final return | SB3 final return | rlrun peak RSS MiB | SB3 peak RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| algo | env | device | threads | rlrun steps/s | SB3 steps/s | ratio | pairs: ratio range | rlrun final return | SB3 final return | rlrun peak RSS MiB | SB3 peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    keys = sorted({(r["algo"], r["env"], r["threads"]) for r in results}, key=lambda k: (k[0], k[2]))
-    for algo, env, threads in keys:
-        runs = {runner: [r for r in results if (r["algo"], r["env"], r["threads"], r["runner"]) == (algo, env, threads, runner)]
+
+    def key(r: dict) -> tuple:
+        return r["algo"], r["env"], r.get("device", "cpu"), r["threads"]  # runs from before --device were on the CPU
+
+    for algo, env, device, threads in sorted({key(r) for r in results}, key=lambda k: (k[0], k[2], k[3])):
+        runs = {runner: [r for r in results if key(r) == (algo, env, device, threads) and r["runner"] == runner]
                 for runner in ("rlrun", "sb3")}
         if not runs["rlrun"] or not runs["sb3"]:
             continue  # one side only: nothing to compare
@@ -275,7 +279,7 @@ def markdown(results: list[dict]) -> str:
             continue  # no seed run by both sides
         spread = f"{len(ratios)}: {min(ratios):.2f}–{max(ratios):.2f}×" if len(ratios) > 1 else "1"
         lines.append(
-            f"| {algo} | {env} | {threads} | {mean('rlrun', 'train_sps'):.0f} | {mean('sb3', 'train_sps'):.0f} | "
+            f"| {algo} | {env} | {device} | {threads} | {mean('rlrun', 'train_sps'):.0f} | {mean('sb3', 'train_sps'):.0f} | "
             f"{statistics.median(ratios):.2f}× | {spread} | {final('rlrun'):.1f} | {final('sb3'):.1f} | "
             f"{mean('rlrun', 'peak_rss_mib'):.0f} | {mean('sb3', 'peak_rss_mib'):.0f} |"
         )
