@@ -222,9 +222,11 @@ def test_dqn_learns_cartpole(rlrun, tmp_path):
     # ε decays over the first 3,200 steps). Measured on this 2-core machine, one thread, while
     # other jobs shared the CPU: 53-83 s. Seeds 0, 1, 2 evaluated at step 20,000: 154, 500, 168;
     # the best evaluation of each run: 212, 500, 359. A policy that has not learnt scores ~10.
+    # On the CPU, where the bars were set: a GPU draws other random numbers, so seed 0 takes
+    # another path (final returns over seeds 0-5 on an H200: mean 148 on CUDA, 190 on its CPU).
     run_dir = tmp_path / "run"
     result = rlrun(
-        "algo=dqn", "env=CartPole", "total_steps=20000", "eval.every=1000", "threads=1", "progress=false",
+        "algo=dqn", "env=CartPole", "total_steps=20000", "eval.every=1000", "threads=1", "device=cpu", "progress=false",
         f"hydra.run.dir={run_dir}", timeout=600,
     )
     assert result.returncode == 0, result.stderr

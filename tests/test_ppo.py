@@ -171,11 +171,13 @@ def test_ppo_learns_cartpole(rlrun, tmp_path):
     # Budget: 30,000 steps with the tuned RL Zoo settings (configs/tuned/ppo-CartPole.yaml; the
     # lr anneals over these 30k steps), 5 eval episodes every 1,000 steps. Measured: 35-40 s
     # wall on one core of this 2-core machine (~1,100-1,300 training steps/s). Seed 0: eval 15.8
-    # at step 1,000, 500 from step 13,000 on; seeds 1, 2, 3 ended at 422.6, 500, 500.
+    # at step 1,000, 500 from step 13,000 on; seeds 1, 2, 3 ended at 422.6, 500, 500. On the CPU,
+    # where the bar was set: a GPU draws other random numbers, so seed 0 takes another path
+    # (final returns over seeds 0-5 on an H200: mean 386 on CUDA, 424 on its CPU).
     run_dir = tmp_path / "run"
     result = rlrun(
-        "algo=ppo", "env=CartPole", "total_steps=30000", "eval.every=1000", "eval.episodes=5", "threads=1", "progress=false",
-        f"hydra.run.dir={run_dir}", timeout=600,
+        "algo=ppo", "env=CartPole", "total_steps=30000", "eval.every=1000", "eval.episodes=5", "threads=1", "device=cpu",
+        "progress=false", f"hydra.run.dir={run_dir}", timeout=600,
     )
     assert result.returncode == 0, result.stderr
     evals = [row["eval/return_mean"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
