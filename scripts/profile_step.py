@@ -82,7 +82,7 @@ def instrument() -> None:
             wrap(module, "polyak_update", "update: target networks")
     for cls in (rlrun.algos.sac.SAC, rlrun.algos.td3.TD3, rlrun.algos.dqn.DQN, rlrun.algos.ppo.PPO):
         wrap(cls, "update", "update: forward passes and losses")
-        for method in ("explore", "policy"):
+        for method in ("explore", "greedy", "policy"):
             if hasattr(cls, method):
                 wrap(cls, method, "acting")
     wrap(buffers.ReplayBuffer, "add", "replay buffer: add")
