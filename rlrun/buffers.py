@@ -9,9 +9,10 @@ import torch
 
 
 def to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A host array as a tensor on `device`, without waiting for the device: the copy is
-    queued (non_blocking), and CUDA stages pageable memory before returning, so the array may
-    be reused at once. On the CPU it is just the conversion."""
+    """A host array as a tensor on `device`. The copy is non_blocking, so PyTorch adds no sync
+    of its own; from pageable memory CUDA consumes the source before returning (the array may be
+    reused at once), after the work already queued: in the loops usually none, since they copy
+    right after reading an action back. On the CPU it is just the conversion."""
     return torch.as_tensor(array, dtype=dtype).to(device, non_blocking=True)
 
 

@@ -122,7 +122,7 @@ def run_rlrun_process(spec: dict) -> dict:
             sys.executable, "-m", "rlrun.cli", f"algo={spec['algo']}", f"env={spec['env']}", f"seed={spec['seed']}",
             f"total_steps={spec['steps']}", f"threads={spec['threads']}", f"eval.every={spec['eval_every']}",
             f"eval.episodes={spec['eval_episodes']}", f"checkpoint.every={spec['steps']}", "progress=false",
-            f"device={spec.get('device', 'cpu')}", f"hydra.run.dir={run_dir}", *spec["overrides"],
+            f"device={spec['device']}", f"hydra.run.dir={run_dir}", *spec["overrides"],
         ]
         _, wall, rss = _run(command, spec["threads"])
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -215,7 +215,7 @@ def run_sb3(spec: dict) -> dict:
             env = VecNormalize(env, norm_obs=algo["normalize_obs"], norm_reward=algo["normalize_reward"], gamma=algo["gamma"])
     else:
         env = gym.make(env_id)
-    model = sb3_model(spec["algo"], config, env, spec["seed"], spec.get("device", "cpu"))
+    model = sb3_model(spec["algo"], config, env, spec["seed"], spec["device"])
     eval_env = gym.make(env_id)
     evals: dict[int, float] = {}
     eval_seconds = [0.0]
