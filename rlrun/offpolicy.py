@@ -62,7 +62,7 @@ def check_continuous_spaces(algo: str, obs_space: gym.Space, action_space: gym.s
 
 def obs_batch(obs: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """One observation (a host array, or a tensor already on `device`) as a float32 batch of one."""
-    return torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
+    return to_device(obs, device, torch.float32).unsqueeze(0)
 
 
 class OffPolicyAgent(Protocol):
