@@ -8,7 +8,7 @@ import os
 import pickle
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -19,31 +19,59 @@ from rlrun.config import ConfigError, RunError
 FORMAT_VERSION = 2
 
 
-class Checkpointer:
-    """Saves `checkpoints/step_<N>.pt` in the run folder and keeps the newest `keep`.
+class ClockState(TypedDict):
+    elapsed: float  # wall seconds since the run first started, across resumes
+    paused: float  # of which evaluating and checkpointing, left out of steps/s
 
-    A file holds {"format", "rlrun_version", "algo", "env_id", "step", "config", "agent",
-    "loop", "run"}: "agent" is the algorithm's state_dict (networks, targets, optimisers,
-    temperature, normalisation statistics), "loop" the training loop's own state (replay
-    buffer or rollout), "run" the rest (environment episode in progress, RNG states, logger
-    and clock), "config" the composed config as plain values. Everything is tensors,
-    numbers and strings, so it loads with torch.load(weights_only=True).
+
+class RunState(TypedDict):
+    """What the run itself (rlrun/run.py) needs to continue exactly."""
+
+    env: dict[str, Any]  # the training env's episode in progress (rlrun.envs.env_state)
+    rng: dict[str, Any]  # Python's, NumPy's and torch's global RNG states (rng_state below)
+    metrics: dict[str, Any] | None  # the latest training metrics, logged again after a resume
+    last_eval: torch.Tensor | None  # the latest evaluation's episode returns
+    clock: ClockState
+
+
+class Checkpoint(TypedDict):
+    """The layout of a checkpoint file: every key written or read is declared here.
+
+    Everything is tensors, numbers and strings, so a file loads with
+    torch.load(weights_only=True), which executes no code from it.
     """
+
+    format: int  # FORMAT_VERSION when written
+    rlrun_version: str
+    algo: str  # the algorithm's registered name
+    env_id: str
+    step: int  # environment steps taken
+    config: dict[str, Any]  # the composed config, resolved, as plain values
+    agent: dict[str, Any]  # the algorithm's state_dict: networks, targets, optimisers, statistics
+    loop: dict[str, Any]  # the training loop's own parts (replay buffer, rollout), by name
+    run: RunState
+
+
+class Checkpointer:
+    """Saves `checkpoints/step_<N>.pt` in the run folder and keeps the newest `keep`."""
 
     def __init__(self, run_dir: Path, algo: str, env_id: str, config: dict, keep: int) -> None:
         self.directory = run_dir / "checkpoints"
         self.keep = keep
-        self.header = {"format": FORMAT_VERSION, "rlrun_version": rlrun.__version__, "algo": algo, "env_id": env_id}
-        self.config = config
+        self.algo, self.env_id, self.config = algo, env_id, config
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
+    def save(self, step: int, agent: dict[str, Any], loop: dict[str, Any], run: RunState) -> Path:
         """Write step_<step>.pt through a temporary file, so that a crash or a full disk never
         leaves a truncated checkpoint and never touches the previous ones."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"step_{step:09d}.pt"
         temporary = path.with_suffix(".pt.tmp")
         try:
-            torch.save({**self.header, "step": step, "config": self.config, **state}, temporary)
+            state = Checkpoint(
+                format=FORMAT_VERSION, rlrun_version=rlrun.__version__, algo=self.algo, env_id=self.env_id, step=step,
+                config=self.config, agent=agent, loop=loop, run=run,
+            )
+            torch.save(state, temporary)
             os.replace(temporary, path)
         except OSError as error:
             temporary.unlink(missing_ok=True)
@@ -56,7 +84,7 @@ class Checkpointer:
         return path
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str | None = None, mmap: bool = False) -> dict[str, Any]:
+def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str | None = None, mmap: bool = False) -> Checkpoint:
     """Load a checkpoint without executing code from the file (weights_only=True).
 
     Raises ConfigError, naming the file, if it cannot be read (missing, truncated, not a
@@ -75,7 +103,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str |
     return state
 
 
-def check_resumable(path: Path, algo: str, env_id: str) -> dict[str, Any]:
+def check_resumable(path: Path, algo: str, env_id: str) -> Checkpoint:
     """Check that the checkpoint `path` can continue a run of `algo` on `env_id`; returns it
     memory-mapped (cheap to open, even with a large replay buffer inside)."""
     try:

@@ -122,17 +122,18 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
 def _job(cfg: DictConfig, plan=None) -> dict | None:
     """One job. Returns its summary (what summary.json holds), which sweepers read from
     Hydra's JobReturn; None if the job failed. `plan` is `cfg` already validated, if it was."""
-    from rlrun.dispatch import execute, validate
+    from rlrun.plan import validate
+    from rlrun.train import execute
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         plan = plan or validate(cfg)
-        if plan.run.threads is None and (threads := _threads_per_parallel_job()) is not None:
-            plan = dataclasses.replace(plan, run=dataclasses.replace(plan.run, threads=threads))
+        if plan.run_config.threads is None and (threads := _threads_per_parallel_job()) is not None:
+            plan = dataclasses.replace(plan, run_config=dataclasses.replace(plan.run_config, threads=threads))
         log.info(
-            "%s on %s, seed %d, %d steps, pid %d, %s torch threads → %s", plan.algo_name, plan.run.env.id,
-            plan.run.seed, plan.run.total_steps, os.getpid(), plan.run.threads or "default", run_dir,
+            "%s on %s, seed %d, %d steps, pid %d, %s torch threads → %s", plan.algo_name, plan.run_config.env.id,
+            plan.run_config.seed, plan.run_config.total_steps, os.getpid(), plan.run_config.threads or "default", run_dir,
         )
         summary = execute(plan, run_dir)
     except Exception as error:
@@ -249,7 +250,7 @@ def preflight(args: list[str]) -> list[str]:
 def _check_job(cfg: DictConfig, multirun: bool):
     """Validate one composed job (`cfg` with its hydra node, left as it is) and the folder it
     will write to; returns its Plan or raises ConfigError."""
-    from rlrun.dispatch import validate
+    from rlrun.plan import validate
 
     job_cfg = cfg.copy()
     with open_dict(job_cfg):
@@ -258,7 +259,7 @@ def _check_job(cfg: DictConfig, multirun: bool):
     if multirun:
         _check_writable("hydra.sweep.dir", Path(hydra_cfg.sweep.dir))
     else:
-        _check_run_folder(Path(hydra_cfg.run.dir), plan.algo_name, plan.run.env.id)
+        _check_run_folder(Path(hydra_cfg.run.dir), plan.algo_name, plan.run_config.env.id)
     return plan
 
 

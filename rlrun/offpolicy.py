@@ -4,7 +4,7 @@ loop and the mapping between policy actions in [-1, 1] and the environment's bou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -12,6 +12,7 @@ import torch
 
 from rlrun.buffers import Batch, ReplayBuffer, to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
+from rlrun.protocols import RunContext
 
 
 @dataclass(frozen=True)
@@ -78,18 +79,18 @@ class OffPolicyAgent(Protocol):
         """One gradient step; returns on-device metrics."""
 
 
-def train_off_policy(agent: OffPolicyAgent, run: Any, config: OffPolicyConfig) -> None:
+def train_off_policy(agent: OffPolicyAgent, run: RunContext, config: OffPolicyConfig) -> None:
     """Act, store, learn: one environment step, then `config.updates_per_step` gradient steps.
 
     The first `config.learning_starts` steps take uniform random actions and do not learn. The
     buffer stores `terminated` only, so time-limit truncations still bootstrap.
     """
-    env = run.env
+    env = run.make_env()
     # A buffer larger than the run would only hold zeros.
     buffer = ReplayBuffer(
         min(config.buffer_size, run.total_steps), env.observation_space.shape, env.action_space.shape, agent.device, agent.seed
     )
-    obs, step, metrics = run.start(agent, buffer=buffer)
+    obs, step = run.start(agent, loop={"buffer": buffer})
     # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
     warmup = max(1, min(config.learning_starts, buffer.capacity))
 
@@ -113,4 +114,5 @@ def train_off_policy(agent: OffPolicyAgent, run: Any, config: OffPolicyConfig) -
         if step > config.learning_starts and len(buffer) >= warmup:
             for _ in range(config.updates_per_step):
                 metrics = agent.update(buffer.sample(config.batch_size))
-        run.after_step(step, metrics)
+            run.record(metrics)
+        run.after_step(step)

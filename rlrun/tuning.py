@@ -2,8 +2,8 @@
 it, and stops early (status "pruned") when the study's pruner says so.
 
 rlrun's Optuna sweeper (hydra_plugins/rlrun_optuna_sweeper, `hydra/sweeper=rlrun_optuna`)
-starts such runs with the override `trial={storage: ..., study_name: ..., number: N}`; dispatch's Run
-builds a TrialReporter from them and calls `report` after every evaluation. The pruner's
+starts such runs with the override `trial={storage: ..., study_name: ..., number: N}`; the Run
+(rlrun/run.py) builds a TrialReporter from them and calls `report` after every evaluation. The pruner's
 settings travel in the study itself (a user attribute), so every job prunes alike.
 
 Optuna is an optional extra; nothing here imports it until a trial or a study is opened.
@@ -108,16 +108,13 @@ class TrialReporter:
         else:
             self._trial = optuna.trial.Trial(study, trial_id)
 
-    def report(self, step: int, value: float) -> None:
-        """Record the evaluation at environment step `step`; raise StopRun("pruned") if the
-        study's pruner stops the trial here."""
+    def report(self, step: int, value: float) -> str | None:
+        """Record the evaluation at environment step `step`. Returns why the trial is pruned
+        if the study's pruner stops it here (the run then stops), else None."""
         if self._trial is None:
-            return
+            return None
         self._trial.report(value, step)  # a step already reported (a resumed run) is ignored
-        if self._trial.should_prune():
-            from rlrun.dispatch import StopRun
-
-            shown = f"{value:.1f}" if math.isfinite(value) else str(value)
-            raise StopRun(
-                "pruned", f"Optuna trial {self.number} pruned by the {self.pruner_name} pruner at step {step} (eval return {shown})"
-            )
+        if not self._trial.should_prune():
+            return None
+        shown = f"{value:.1f}" if math.isfinite(value) else str(value)
+        return f"Optuna trial {self.number} pruned by the {self.pruner_name} pruner at step {step} (eval return {shown})"

@@ -41,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         checkpointer = Checkpointer(Path(folder), "sac", args.env, {}, keep=1)
         start = time.perf_counter()
-        path = checkpointer.save(args.transitions, {"agent": agent.state_dict(), "loop": {"buffer": buffer.state_dict()}, "run": {}})
+        path = checkpointer.save(args.transitions, agent.state_dict(), {"buffer": buffer.state_dict()}, {})
         write_s = time.perf_counter() - start
         start = time.perf_counter()
         load(path)

@@ -63,8 +63,8 @@ def instrument() -> None:
     import rlrun.algos.ppo
     import rlrun.algos.sac
     import rlrun.algos.td3
-    import rlrun.dispatch
     import rlrun.envs
+    import rlrun.run
     from rlrun import buffers
 
     def gradient_step(optimizer, loss, max_grad_norm=None):
@@ -82,22 +82,23 @@ def instrument() -> None:
             wrap(module, "polyak_update", "update: target networks")
     for cls in (rlrun.algos.sac.SAC, rlrun.algos.td3.TD3, rlrun.algos.dqn.DQN, rlrun.algos.ppo.PPO):
         wrap(cls, "update", "update: forward passes and losses")
-        for method in ("explore", "greedy", "policy"):
+        for method in ("explore", "greedy", "act"):
             if hasattr(cls, method):
                 wrap(cls, method, "acting")
     wrap(buffers.ReplayBuffer, "add", "replay buffer: add")
     wrap(buffers.ReplayBuffer, "sample", "replay buffer: sample")
     wrap(rlrun.envs.EpisodeReplay, "step", "environment step")
     wrap(rlrun.envs.EpisodeReplay, "reset", "environment reset")
-    wrap(rlrun.dispatch.Run, "after_step", "logging, evaluation, checkpoints")
-    wrap(rlrun.dispatch.Run, "episode_end", "logging, evaluation, checkpoints")
+    wrap(rlrun.run.Run, "after_step", "logging, evaluation, checkpoints")
+    wrap(rlrun.run.Run, "episode_end", "logging, evaluation, checkpoints")
 
 
 def main(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_module
 
     from rlrun.cli import keep_freed_memory
-    from rlrun.dispatch import execute, validate
+    from rlrun.plan import validate
+    from rlrun.train import execute
 
     keep_freed_memory()  # as the rlrun command does: without it, page faults inflate the update
     with initialize_config_module("rlrun.configs", version_base="1.3"):
@@ -109,7 +110,7 @@ def main(overrides: list[str]) -> None:
         wall = time.perf_counter() - start
     # Evaluation calls the policy and steps its own env inside after_step; charged there.
     accounted = sum(TOTALS.values())
-    print(f"{plan.algo_name} on {plan.run.env.id}: {summary['total_steps']} steps in {wall:.1f} s, "
+    print(f"{plan.algo_name} on {plan.run_config.env.id}: {summary['total_steps']} steps in {wall:.1f} s, "
           f"{torch.get_num_threads()} torch threads, training {summary['sps']:.0f} steps/s")
     print(f"{'part':<36} {'total s':>8} {'share':>6} {'calls':>8} {'ms/call':>8}")
     for name, total in sorted(TOTALS.items(), key=lambda item: -item[1]):

@@ -14,7 +14,7 @@ def saver(tmp_path, keep=2):
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
     checkpointer = saver(tmp_path, keep=2)
     for step in (100, 200, 300):
-        checkpointer.save(step, {"agent": {"w": torch.full((2,), float(step))}})
+        checkpointer.save(step, {"w": torch.full((2,), float(step))}, {}, {})
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000000200.pt", "step_000000300.pt"]
     assert checkpoint.latest(tmp_path).name == "step_000000300.pt"
     state = checkpoint.load(checkpoint.latest(tmp_path), algo="sac")
@@ -22,13 +22,13 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
 
 
 def test_a_checkpoint_of_another_algorithm_is_refused(tmp_path):
-    path = saver(tmp_path).save(100, {"agent": {}})
+    path = saver(tmp_path).save(100, {}, {}, {})
     with pytest.raises(ConfigError, match="is from algo=sac, not algo=td3"):
         checkpoint.load(path, algo="td3")
 
 
 def test_truncated_and_foreign_files_give_one_line_errors(tmp_path):
-    path = saver(tmp_path).save(100, {"agent": {"w": torch.zeros(1000)}})
+    path = saver(tmp_path).save(100, {"w": torch.zeros(1000)}, {}, {})
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[:500])
     with pytest.raises(ConfigError, match="cannot read checkpoint .*truncated.pt"):

@@ -107,7 +107,7 @@ def test_a_ppo_update_never_waits_for_the_gpu():
 
 
 class LoopOnly:
-    """What a training loop uses of rlrun.dispatch.Run, without logging, evaluation or
+    """What a training loop uses of rlrun.run.Run, without logging, evaluation or
     checkpoints, so that a profile of the loop holds only the loop's own traffic."""
 
     def __init__(self, env_id: str, total_steps: int, seed: int = 0) -> None:
@@ -115,8 +115,7 @@ class LoopOnly:
         self.total_steps, self.seed = total_steps, seed
         self.episodes = 0
 
-    @property
-    def env(self):
+    def make_env(self):
         self.training_env = make_env(self.env_config, self.seed, training=True)
         return self.training_env
 
@@ -124,14 +123,17 @@ class LoopOnly:
         self.training_env = make_vector_env(self.env_config, self.seed, num_envs, asynchronous)
         return self.training_env
 
-    def start(self, agent, **parts):
+    def start(self, agent, loop):
         obs, _ = self.training_env.reset(seed=self.seed)
-        return obs, 0, None
+        return obs, 0
+
+    def record(self, metrics):
+        pass
 
     def episode_end(self, step, episode_return, episode_length):
         self.episodes += 1
 
-    def after_step(self, step, metrics):
+    def after_step(self, step):
         pass
 
 

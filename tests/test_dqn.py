@@ -15,7 +15,7 @@ from rlrun.algos.dqn import DQN, DQNConfig, QNetwork, linear_epsilon
 from rlrun.buffers import Batch, ReplayBuffer
 from rlrun.config import ConfigError, EnvConfig
 from rlrun.envs import check_env_id, env_spaces, make_env
-from rlrun.nets import DuelingHead, NatureCNN
+from rlrun.algos.dqn import DuelingHead, NatureCNN
 
 SCALARS = {"losses/td", "train/q_mean", "train/epsilon", "eval/return_mean", "eval/return_std", "perf/sps"}
 
@@ -194,7 +194,7 @@ def test_smoke_run_on_cartpole(rlrun, tmp_path):
     agent = DQN(DQNConfig(hidden_sizes=hidden), env.observation_space, env.action_space, torch.device("cpu"), 0)
     agent.load_state_dict(state["agent"])
     torch.testing.assert_close(agent.q.state_dict(), state["agent"]["q"])
-    assert agent.policy(np.zeros(4, dtype=np.float32)) in (0, 1)
+    assert agent.act(np.zeros(4, dtype=np.float32)) in (0, 1)
 
 
 def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
@@ -213,7 +213,7 @@ def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
     agent = DQN(DQNConfig(), obs_space, action_space, torch.device("cpu"), 0)
     assert isinstance(agent.q.torso, NatureCNN)
     agent.load_state_dict(state["agent"])
-    assert 0 <= agent.policy(np.zeros(obs_space.shape, dtype=np.uint8)) < action_space.n
+    assert 0 <= agent.act(np.zeros(obs_space.shape, dtype=np.uint8)) < action_space.n
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_rlrun, start_rlrun
-from rlrun.dispatch import _stop_on_signals
+from rlrun.train import _stop_on_signals
 from test_resume import checkpoint_file, wait_for
 
 SAC_PENDULUM = ["experiment=smoke", "algo=sac", "env=Pendulum"]

@@ -83,7 +83,7 @@ def test_polyak_update_matches_the_formula():
 
 @pytest.mark.parametrize("max_grad_norm", [None, 0.5])
 def test_our_adam_matches_torch_fused_adam_bit_for_bit(max_grad_norm):
-    from rlrun.nets import adam, gradient_step  # noqa: F401
+    from rlrun.optim import adam, gradient_step  # noqa: F401
 
     torch.manual_seed(0)
     ours = mlp(5, (32, 32), 3)
@@ -109,7 +109,7 @@ def test_compile_networks_compiles_each_network_and_keeps_checkpoint_names():
     import numpy as np
 
     from rlrun.algos.ppo import PPO, PPOConfig
-    from rlrun.nets import compile_networks
+    from rlrun.train import compile_networks
 
     sac = make_agent()
     ppo = PPO(PPOConfig(), gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2), torch.device("cpu"), 0)
@@ -124,7 +124,7 @@ def test_compile_networks_compiles_each_network_and_keeps_checkpoint_names():
 
 
 def test_bfloat16_updates_autocast_the_update_only_and_keep_float32_weights():
-    from rlrun.nets import bfloat16_updates
+    from rlrun.train import bfloat16_updates
 
     exact, mixed = make_agent(), make_agent()
     bfloat16_updates(mixed)
@@ -144,7 +144,7 @@ def test_bfloat16_updates_autocast_the_update_only_and_keep_float32_weights():
         torch.testing.assert_close(mixed_p, exact_p, atol=1e-3, rtol=0)  # one Adam step of lr 3e-4 apart at most
     # Acting is untouched.
     obs = torch.randn(3).numpy()
-    assert mixed.policy(obs).dtype == exact.policy(obs).dtype
+    assert mixed.act(obs).dtype == exact.act(obs).dtype
 
 
 def test_output_layers_compute_in_float32_under_autocast():
@@ -164,7 +164,7 @@ def test_output_layers_compute_in_float32_under_autocast():
 def test_bfloat16_updates_see_weights_changed_within_the_same_update():
     """PPO takes many optimiser steps in one `update`: each forward must use the current
     weights, not autocast's cached bfloat16 copy from the first."""
-    from rlrun.nets import bfloat16_updates
+    from rlrun.train import bfloat16_updates
 
     class TwoSteps:
         device = torch.device("cpu")
@@ -186,7 +186,7 @@ def test_bfloat16_updates_see_weights_changed_within_the_same_update():
 
 
 def test_compiled_networks_train_like_eager_ones():
-    from rlrun.nets import compile_networks
+    from rlrun.train import compile_networks
 
     eager, compiled = make_agent(), make_agent()
     compile_networks(compiled)

@@ -80,7 +80,7 @@ def test_policy_applies_the_observation_stats_frozen(env_id):
     before = agent.obs_rms.state_dict()
     obs, _ = env.reset(seed=0)
 
-    actions = [agent.policy(obs) for _ in range(3)]
+    actions = [agent.act(obs) for _ in range(3)]
 
     after = agent.obs_rms.state_dict()
     for key in before:
@@ -145,7 +145,7 @@ def test_smoke_run_on_pendulum(rlrun, tmp_path):
     state, agent = _load_agent(run_dir, "Pendulum-v1")
     assert {"model", "optimizer", "obs_rms", "return_rms"} <= set(state["agent"])
     assert "log_std" in state["agent"]["model"]  # the Gaussian policy's learnt log σ
-    assert agent.policy(np.zeros(3, dtype=np.float32)).shape == (1,)
+    assert agent.act(np.zeros(3, dtype=np.float32)).shape == (1,)
 
 
 @pytest.mark.parametrize("env", ["CartPole", "HalfCheetah"])

@@ -10,7 +10,7 @@ import torch
 
 from rlrun.algos.sac import SAC, SACConfig
 from rlrun.buffers import Batch
-from rlrun.nets import tanh_gaussian_log_prob
+from rlrun.algos.sac import tanh_gaussian_log_prob
 
 
 def test_tanh_gaussian_log_prob_matches_numerical_density():
@@ -110,7 +110,7 @@ def test_actions_are_rescaled_to_the_env_bounds():
     agent = make_agent()
     np.testing.assert_allclose(agent.actions.to_env(np.array([-1.0, 0.0, 1.0])), [-2.0, 0.0, 2.0])
     np.testing.assert_allclose(agent.actions.to_unit(agent.actions.to_env(np.array([0.3]))), [0.3], rtol=1e-6)
-    action = agent.policy(np.zeros(3, dtype=np.float32))
+    action = agent.act(np.zeros(3, dtype=np.float32))
     assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
 
 

@@ -79,7 +79,7 @@ def test_exploration_adds_clipped_gaussian_noise():
     actions = torch.stack([agent.explore(torch.from_numpy(obs)) for _ in range(500)])
     assert actions.abs().max() <= 1.0
     assert 0.3 < actions.std(0).mean() < 0.6
-    np.testing.assert_allclose(agent.policy(obs), agent.policy(obs))  # evaluation is deterministic
+    np.testing.assert_allclose(agent.act(obs), agent.act(obs))  # evaluation is deterministic
 
 
 @pytest.mark.parametrize("algo", ["td3", "ddpg"])

@@ -237,7 +237,7 @@ class _Study:
     def preflight(self) -> None:
         """Compose and validate the jobs at every corner of the space (each choice, each bound,
         one key at a time); exit 2 with a line per bad job before any trial starts."""
-        from rlrun.dispatch import validate
+        from rlrun.plan import validate
 
         dists = self.space.distributions
         base = {key: corners(dist)[0] for key, dist in dists.items()}

@@ -23,7 +23,9 @@ from torch.nn import functional as F
 
 from rlrun.buffers import Batch, ReplayBuffer, to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
-from rlrun.nets import DuelingHead, NatureCNN, OutputLinear, adam, gradient_step, hidden_layers, nature_cnn_output_size, polyak_update
+from rlrun.nets import OutputLinear, hidden_layers, polyak_update
+from rlrun.optim import adam, gradient_step
+from rlrun.protocols import RunContext
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,54 @@ class DQNConfig:
         if self.max_grad_norm is not None:
             positive("algo.max_grad_norm", self.max_grad_norm)
         layer_sizes("algo.hidden_sizes", self.hidden_sizes)
+
+
+# ----- networks -----------------------------------------------------------------------------
+class NatureCNN(nn.Module):
+    """The Atari torso of Mnih et al. 2015: 3 conv layers and a 512-unit layer.
+
+    Takes uint8 frame stacks (B, C, H, W) with values 0..255, scaled here to [0, 1], so that
+    replay buffers can keep uint8. Returns (B, 512) features.
+    """
+
+    out_dim = 512
+
+    def __init__(self, in_channels: int, height: int, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        conv_h, conv_w = nature_cnn_output_size(height), nature_cnn_output_size(width)
+        self.fc = nn.Sequential(nn.Linear(64 * conv_h * conv_w, self.out_dim), nn.ReLU())
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(frames.float() / 255.0))
+
+
+def nature_cnn_output_size(size: int) -> int:
+    """Side of NatureCNN's last feature map for an input side of `size` pixels (84 → 7)."""
+    for kernel, stride in ((8, 4), (4, 2), (3, 1)):
+        size = (size - kernel) // stride + 1
+    return size
+
+
+class DuelingHead(nn.Module):
+    """Q(s, a) = V(s) + A(s, a) − mean_a' A(s, a') (Wang et al. 2016, eq. 9).
+
+    Subtracting the mean advantage makes V and A identifiable: Q − V has zero mean over actions.
+    """
+
+    def __init__(self, in_dim: int, num_actions: int) -> None:
+        super().__init__()
+        self.value = OutputLinear(in_dim, 1)
+        self.advantage = OutputLinear(in_dim, num_actions)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(dim=-1, keepdim=True)
 
 
 def is_image(obs_space: gym.spaces.Box) -> bool:
@@ -132,7 +182,7 @@ class DQN:
         """argmax_a Q(s, a) for one un-batched observation on the device, as a device scalar."""
         return self.q(obs.unsqueeze(0)).argmax(dim=1)[0]
 
-    def policy(self, obs: np.ndarray) -> int:
+    def act(self, obs: np.ndarray) -> int:
         """The greedy action for one host observation (evaluation)."""
         return int(self.greedy(to_device(obs, self.device, self.obs_dtype)))
 
@@ -164,17 +214,16 @@ class DQN:
         return {"losses/td": loss.detach(), "train/q_mean": q.mean().detach()}
 
     # ----- the loop -------------------------------------------------------------------------
-    def train(self, run) -> None:
+    def train(self, run: RunContext) -> None:
         config = self.config
-        env = run.env
+        env = run.make_env()
         # A buffer larger than the run would only hold zeros.
         capacity = min(config.buffer_size, run.total_steps)
         buffer = ReplayBuffer(
             capacity, self.obs_shape, (), self.device, self.seed, obs_dtype=self.obs_dtype, action_dtype=torch.int64
         )
         exploration_steps = config.exploration_fraction * run.total_steps
-        obs, step, metrics = run.start(self, buffer=buffer)
-        metrics = dict(metrics or {})
+        obs, step = run.start(self, loop={"buffer": buffer})
         # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
         warmup = max(1, min(config.learning_starts, capacity))
 
@@ -201,11 +250,12 @@ class DQN:
                 if step % config.train_every == 0:
                     for _ in range(config.gradient_steps):
                         metrics = self.update(buffer.sample(config.batch_size))
+                    run.record(metrics)
                 # θ̄ ← τ θ + (1 − τ) θ̄ every target_update_every steps; τ = 1 copies (Nature DQN).
                 if step % config.target_update_every == 0:
                     polyak_update(self.target_q, self.q, config.tau)
-            metrics["train/epsilon"] = epsilon
-            run.after_step(step, metrics)
+            run.record({"train/epsilon": epsilon})
+            run.after_step(step)
 
     # ----- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -32,7 +32,9 @@ from torch.distributions import Categorical, Distribution, Normal
 
 from rlrun.buffers import to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
-from rlrun.nets import adam, gradient_step, mlp
+from rlrun.nets import mlp
+from rlrun.optim import adam, gradient_step
+from rlrun.protocols import RunContext
 from rlrun.normalize import RewardScaler, RunningMeanStd
 
 NORMALIZE_CLIP = 10.0  # normalised observations and rewards are clipped to ±this (SB3, CleanRL)
@@ -235,7 +237,7 @@ class PPO:
         # ε = 1e-5 as CleanRL and SB3 (PyTorch's default is 1e-8).
         self.optimizer = adam(self.model.parameters(), config.lr, eps=1e-5)
         # Stats live here, not in an env wrapper, so they are checkpointed and reused frozen
-        # by `policy` at evaluation. Both exist even when switched off (then left untouched).
+        # by `act` at evaluation. Both exist even when switched off (then left untouched).
         self.obs_rms = RunningMeanStd(obs_space.shape)
         self.reward_scaler = RewardScaler(config.num_envs, config.gamma, NORMALIZE_CLIP)
 
@@ -255,7 +257,7 @@ class PPO:
         return actions if self.discrete else np.clip(actions, self.action_low, self.action_high)
 
     @torch.no_grad()
-    def policy(self, obs: np.ndarray) -> np.ndarray | int:
+    def act(self, obs: np.ndarray) -> np.ndarray | int:
         """The deterministic action for ONE observation, with the training stats frozen."""
         obs_t = self.normalize_obs(obs[None], update=False)
         action = self.model.deterministic(obs_t)[0]
@@ -334,7 +336,7 @@ class PPO:
         }
 
     # ----- the loop -------------------------------------------------------------------------
-    def train(self, run) -> None:
+    def train(self, run: RunContext) -> None:
         config = self.config
         T, N = config.num_steps, config.num_envs
         envs = run.make_vector_env(N, config.async_envs)
@@ -342,7 +344,7 @@ class PPO:
         rollout = Rollout(T, N, self.obs_shape, self.action_shape, action_dtype, self.device)
         num_iterations = math.ceil(run.total_steps / config.batch_size)
 
-        obs_np, step, metrics = run.start(self, rollout=rollout)  # a new run: sub-env i seeded seed + i
+        obs_np, step = run.start(self, loop={"rollout": rollout})  # a new run: sub-env i seeded seed + i
         # A resumed run's statistics already include this observation.
         obs = self.normalize_obs(obs_np, update=step == 0)
         # A resumed run continues the iteration whose rollout it was collecting (or training on).
@@ -375,7 +377,7 @@ class PPO:
                 if "_episode" in info:
                     for i in np.flatnonzero(info["_episode"]):
                         run.episode_end(step, info["episode"]["r"][i], info["episode"]["l"][i])
-                run.after_step(step, metrics)
+                run.after_step(step)
                 if step >= run.total_steps:
                     return  # a partial last rollout is not trained on: nothing would evaluate it
 
@@ -390,7 +392,7 @@ class PPO:
             # Only real transitions are trained on; autoreset steps (final obs → reset obs, the
             # action ignored) are left out. The mask is on the host, so this costs no device sync.
             indices = to_device(np.flatnonzero(~rollout.autoreset.reshape(-1)), self.device)
-            metrics = self.update(
+            run.record(self.update(
                 rollout.obs.reshape(T * N, *self.obs_shape),
                 rollout.actions.reshape(T * N, *self.action_shape),
                 rollout.log_probs.reshape(-1),
@@ -398,7 +400,7 @@ class PPO:
                 advantages.reshape(-1),
                 returns.reshape(-1),
                 indices,
-            )
+            ))
             rollout.filled = 0
 
     # ----- checkpoints ----------------------------------------------------------------------

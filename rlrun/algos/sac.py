@@ -10,15 +10,19 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from rlrun.buffers import Batch
 from rlrun.config import positive
-from rlrun.nets import QEnsemble, TanhGaussianActor, adam, gradient_step, polyak_update
+from rlrun.nets import OutputLinear, QEnsemble, hidden_layers, polyak_update
+from rlrun.optim import adam, gradient_step
+from rlrun.protocols import RunContext
 from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 
 
@@ -35,6 +39,51 @@ class SACConfig(OffPolicyConfig):
         super().__post_init__()
         positive("algo.num_critics", self.num_critics)
         positive("algo.init_temperature", self.init_temperature)
+
+
+# ----- networks -----------------------------------------------------------------------------
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # the original SAC implementation's clip
+
+
+def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log π(a|s) of a = tanh(u), u ~ N(mean, std), summed over action dimensions.
+
+    Change of variables: log π(a) = log N(u) − Σ log(1 − tanh(u)²), with the stable form
+    log(1 − tanh(u)²) = 2·(log 2 − u − softplus(−2u)).
+    """
+    normal_log_prob = (
+        -0.5 * ((pre_tanh - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    )
+    log_det = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
+    return (normal_log_prob - log_det).sum(-1)
+
+
+class TanhGaussianActor(nn.Module):
+    """A Gaussian policy squashed by tanh into [-1, 1]^|A| (SAC's actor)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.trunk = hidden_layers(obs_dim, hidden_sizes)
+        self.head = OutputLinear(hidden_sizes[-1], 2 * action_dim)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action in [-1, 1] and its log-probability."""
+        mean, log_std = self(obs)
+        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """`sample`'s action alone, from the same random draw; acting has no use for the
+        log-probability, which is about a third of a one-observation call."""
+        mean, log_std = self(obs)
+        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(obs)[0])
 
 
 class SAC:
@@ -72,7 +121,7 @@ class SAC:
         return self.actor.sample_action(obs_batch(obs, self.device))[0]
 
     @torch.no_grad()
-    def policy(self, obs: np.ndarray) -> np.ndarray:
+    def act(self, obs: np.ndarray) -> np.ndarray:
         """The deterministic (mean) action in environment units, for evaluation."""
         return self.actions.to_env(self.actor.deterministic(obs_batch(obs, self.device))[0].cpu().numpy())
 
@@ -120,7 +169,7 @@ class SAC:
             "train/entropy": -log_prob.mean().detach(),
         }
 
-    def train(self, run) -> None:
+    def train(self, run: RunContext) -> None:
         train_off_policy(self, run, self.config)
 
     # ----- checkpoints ----------------------------------------------------------------------

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 from rlrun.buffers import Batch
 from rlrun.config import non_negative, positive
-from rlrun.nets import DeterministicActor, QEnsemble, adam, gradient_step, polyak_update
+from rlrun.nets import QEnsemble, mlp, polyak_update
+from rlrun.optim import adam, gradient_step
+from rlrun.protocols import RunContext
 from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 
 
@@ -41,6 +45,18 @@ class TD3Config(OffPolicyConfig):
         non_negative("algo.policy_noise", self.policy_noise)
         non_negative("algo.noise_clip", self.noise_clip)
         positive("algo.policy_delay", self.policy_delay)
+
+
+# ----- networks -----------------------------------------------------------------------------
+class DeterministicActor(nn.Module):
+    """μ(s) in [-1, 1]^|A| (TD3's and DDPG's actor): an MLP with a tanh output."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_sizes, action_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs))
 
 
 class TD3:
@@ -79,7 +95,7 @@ class TD3:
         return (action + noise).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def policy(self, obs: np.ndarray) -> np.ndarray:
+    def act(self, obs: np.ndarray) -> np.ndarray:
         """μ(s) in environment units, for evaluation."""
         return self.actions.to_env(self.actor(obs_batch(obs, self.device))[0].cpu().numpy())
 
@@ -115,7 +131,7 @@ class TD3:
             polyak_update(self.target_critic, self.critic, self.config.tau)
         return {"losses/critic": critic_loss.detach(), "losses/actor": self.actor_loss, "train/q_mean": q.mean().detach()}
 
-    def train(self, run) -> None:
+    def train(self, run: RunContext) -> None:
         train_off_policy(self, run, self.config)
 
     # ----- checkpoints ----------------------------------------------------------------------

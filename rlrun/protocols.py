@@ -1,0 +1,90 @@
+"""The handshake between a run and an algorithm, as typed Protocols.
+
+`rlrun.train.execute` builds an `Algorithm` from the plan and calls `agent.train(run)` with a
+`RunContext` (rlrun/run.py's Run). The algorithm owns its loop; the run owns the clock,
+logging, evaluation, checkpoints and stopping:
+
+    env = run.make_env()                        # or run.make_vector_env(num_envs, asynchronous)
+    obs, step = run.start(agent, loop={"buffer": buffer})   # new, or restored from a checkpoint
+    for step in range(step + 1, run.total_steps + 1):
+        action = agent.explore(obs) ...         # act, step the env, store
+        if episode ended: run.episode_end(step, episode_return, episode_length)
+        if it is time to learn: run.record(agent.update(batch))
+        run.after_step(step)                    # logs, evaluates (agent.act), checkpoints, stops
+
+Two verbs act: `explore` gives training actions (exploration included, on the device, in the
+algorithm's own action units) and `act` gives the deterministic evaluation action for one
+host observation, in the environment's units.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+
+class Stateful(Protocol):
+    """Anything a checkpoint saves: the agent, and each of the loop's own parts."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors, numbers and strings only (checkpoints load with weights_only=True)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Algorithm(Stateful, Protocol):
+    """What rlrun needs of an algorithm class (registered in rlrun/registry.py)."""
+
+    Config: ClassVar[type]  # a frozen dataclass of the algorithm's settings (configs/algo/<name>.yaml)
+    action_spaces: ClassVar[tuple[type[gym.Space], ...]]  # the action space types it supports
+    device: torch.device
+
+    @staticmethod
+    def check_spaces(config: Any, obs_space: gym.Space, action_space: gym.Space) -> None:
+        """Raise rlrun.config.ConfigError (one line) if the spaces do not fit the algorithm."""
+        ...
+
+    def __init__(self, config: Any, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int) -> None: ...
+
+    def train(self, run: RunContext) -> None:
+        """The training loop, from run.start() to run.total_steps."""
+        ...
+
+    def act(self, obs: np.ndarray) -> np.ndarray | int:
+        """The deterministic action for one host observation, in the environment's units
+        (evaluation; normalisation statistics frozen)."""
+        ...
+
+
+class RunContext(Protocol):
+    """What an algorithm's training loop talks to (rlrun/run.py's Run)."""
+
+    seed: int
+    total_steps: int
+    device: torch.device
+
+    def make_env(self) -> gym.Env:
+        """The training environment, for loops that step one environment."""
+        ...
+
+    def make_vector_env(self, num_envs: int, asynchronous: bool) -> gym.vector.VectorEnv:
+        """`num_envs` training environments stepped together, seeded seed, seed + 1, ..."""
+        ...
+
+    def start(self, agent: Algorithm, loop: Mapping[str, Stateful]) -> tuple[np.ndarray, int]:
+        """Begin, or continue from the checkpoint this run resumes: returns (observation, step)."""
+        ...
+
+    def record(self, metrics: Mapping[str, Any]) -> None:
+        """Hand over the latest training metrics (tensors may stay on the device)."""
+        ...
+
+    def episode_end(self, step: int, episode_return: float, episode_length: int) -> None: ...
+
+    def after_step(self, step: int) -> None:
+        """After every environment (or vector) step: log, evaluate, checkpoint, stop."""
+        ...
