@@ -52,8 +52,13 @@ class Checkpoint(TypedDict):
     run: RunState
 
 
+BEST = "best.pt"  # in checkpoints/: the agent of the best evaluation so far, never pruned
+
+
 class Checkpointer:
-    """Saves `checkpoints/step_<N>.pt` in the run folder and keeps the newest `keep`."""
+    """Saves `checkpoints/step_<N>.pt` in the run folder and keeps the newest `keep`; saves
+    `checkpoints/best.pt` (the same layout without the loop's parts) when an evaluation beats
+    every earlier one."""
 
     def __init__(self, run_dir: Path, algo: str, env_id: str, config: dict, keep: int) -> None:
         self.directory = run_dir / "checkpoints"
@@ -63,8 +68,17 @@ class Checkpointer:
     def save(self, step: int, agent: dict[str, Any], loop: dict[str, Any], run: RunState) -> Path:
         """Write step_<step>.pt through a temporary file, so that a crash or a full disk never
         leaves a truncated checkpoint and never touches the previous ones."""
+        path = self._write(self.directory / f"step_{step:09d}.pt", step, agent, loop, run)
+        for old in sorted(self.directory.glob("step_*.pt"))[: -self.keep]:
+            old.unlink()
+        return path
+
+    def save_best(self, step: int, agent: dict[str, Any], run: RunState) -> Path:
+        """Write best.pt (atomically, like save): the agent whose evaluation is the best so far."""
+        return self._write(self.directory / BEST, step, agent, {}, run)
+
+    def _write(self, path: Path, step: int, agent: dict[str, Any], loop: dict[str, Any], run: RunState) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"step_{step:09d}.pt"
         temporary = path.with_suffix(".pt.tmp")
         try:
             state = Checkpoint(
@@ -79,8 +93,6 @@ class Checkpointer:
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
             reason = error.strerror or errno.errorcode.get(error.errno or 0, str(error))
             raise RunError(f"cannot write checkpoint {path}: {reason}; {kept}") from error
-        for old in sorted(self.directory.glob("step_*.pt"))[: -self.keep]:
-            old.unlink()
         return path
 
 

@@ -37,9 +37,16 @@ _MULTIRUN_FLAGS = {"-m", "--multirun"}
 _MAX_REPORTED_JOBS = 20
 
 
+# Commands that read a run folder instead of training: `rlrun evaluate=<run> ...`, `rlrun export=<run> ...`.
+_FOLDER_COMMANDS = ("evaluate", "export")
+
+
 def main() -> None:
     keep_freed_memory()
     args = sys.argv[1:]
+    if any(_override_key(a) in _FOLDER_COMMANDS for a in args):
+        _folder_command(args)
+        return
     try:
         args = expand_resume(args)
     except ConfigError as error:
@@ -62,6 +69,35 @@ def main() -> None:
         # one before training started.
         print("rlrun: stopped at once by an interrupt; the checkpoints written so far are kept", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+
+
+def _folder_command(args: list[str]) -> None:
+    """`rlrun evaluate=<run> [options]` or `rlrun export=<run> [options]`; one line and exit 2
+    for bad input, before anything is written."""
+    commands = [a for a in args if _override_key(a) in _FOLDER_COMMANDS]
+    rest = [a for a in args if a not in commands]
+    try:
+        if len(commands) > 1:
+            raise ConfigError(f"give one of {', '.join(c + '=' for c in _FOLDER_COMMANDS)} at a time, not {' '.join(commands)}")
+        name, _, folder = commands[0].partition("=")
+        clashing = [a for a in rest if a in _MULTIRUN_FLAGS or a.startswith("-") or _override_key(a) == "resume"]
+        if clashing:
+            raise ConfigError(f"{name}= reads a saved run and takes no {' '.join(clashing)}; evaluate a sweep with {name}=<its folder>")
+        if not folder:
+            raise ConfigError(f"{name}= needs a run folder, e.g. {name}=outputs/<date>/<time>")
+        if name == "evaluate":
+            from rlrun.evaluate import evaluate_command
+
+            evaluate_command(folder, rest)
+        else:
+            from rlrun.export import export_command
+
+            export_command(folder, rest)
+    except ConfigError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"rlrun: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def keep_freed_memory() -> None:

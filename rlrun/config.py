@@ -50,10 +50,25 @@ def layer_sizes(path: str, sizes: tuple[int, ...]) -> None:
 class EvalConfig:
     every: int = 10_000
     episodes: int = 10
+    # The policy's deterministic action (its mean or argmax); false samples as in training.
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         positive("eval.every", self.every)
         positive("eval.episodes", self.episodes)
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Videos of evaluation episodes in the run folder (videos/) and TensorBoard."""
+
+    # Environment steps between recorded episodes (one deterministic evaluation episode each,
+    # on an environment of its own, so training and its evaluations are unchanged); null: none.
+    every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.every is not None:
+            positive("video.every", self.every)
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,7 @@ class RunConfig:
     compile: bool = False
     precision: Literal["float32", "bfloat16"] = "float32"
     eval: EvalConfig = field(default_factory=EvalConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     trial: TrialConfig | None = None

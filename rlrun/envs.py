@@ -29,16 +29,16 @@ def check_env_id(env_id: str) -> None:
     raise ConfigError(f"env.id={env_id!r} is not a registered Gymnasium environment{hint}")
 
 
-def make_env(env: EnvConfig, seed: int, *, training: bool) -> gym.Env:
+def make_env(env: EnvConfig, seed: int, *, training: bool, render_mode: str | None = None) -> gym.Env:
     """One environment that records episode returns and lengths in `info["episode"]` and can
     be restored mid-episode (see EpisodeReplay).
 
     `training` picks the training variant: Atari rewards are clipped to their sign there (if
     `env.atari.clip_rewards`) and episodes may end at a life loss; the recorded episode return
     is always the game's own score. The first reset must pass `seed`; later resets draw
-    their seeds from it.
+    their seeds from it. `render_mode="rgb_array"` makes it render frames (videos).
     """
-    wrapped = _make_recorded(env, training)
+    wrapped = _make_recorded(env, training, render_mode)
     wrapped.action_space.seed(seed)
     wrapped.observation_space.seed(seed)
     return wrapped
@@ -59,8 +59,8 @@ def make_vector_env(
     return vector
 
 
-def _make_recorded(env: EnvConfig, training: bool) -> gym.Env:
-    wrapped: gym.Env = gym.wrappers.RecordEpisodeStatistics(_make(env, training))
+def _make_recorded(env: EnvConfig, training: bool, render_mode: str | None = None) -> gym.Env:
+    wrapped: gym.Env = gym.wrappers.RecordEpisodeStatistics(_make(env, training, render_mode))
     if training and _is_atari(env.id) and env.atari.clip_rewards:
         # Outside RecordEpisodeStatistics, so only the agent sees the clipped reward.
         wrapped = gym.wrappers.TransformReward(wrapped, np.sign)
@@ -173,13 +173,13 @@ def env_spaces(env: EnvConfig) -> tuple[gym.Space, gym.Space]:
     return made.observation_space, made.action_space
 
 
-def _make(env: EnvConfig, training: bool) -> gym.Env:
+def _make(env: EnvConfig, training: bool, render_mode: str | None = None) -> gym.Env:
     env_id = _registered_id(env.id)  # again here: a vector env's subprocess starts without it
     if "mujoco" in str(gym.spec(env_id).entry_point):
         _route_mujoco_warnings()
     if _is_atari(env_id):
-        return _make_atari(env, env_id, training)
-    return gym.make(env_id)
+        return _make_atari(env, env_id, training, render_mode)
+    return gym.make(env_id, render_mode=render_mode)
 
 
 def _registered_id(env_id: str) -> str:
@@ -197,7 +197,7 @@ def _registered_id(env_id: str) -> str:
     return bare_id
 
 
-def _make_atari(env: EnvConfig, env_id: str, training: bool) -> gym.Env:
+def _make_atari(env: EnvConfig, env_id: str, training: bool, render_mode: str | None = None) -> gym.Env:
     """The DQN preprocessing (Mnih et al. 2015) from Gymnasium's own wrappers.
 
     The base game runs at frameskip=1 so that AtariPreprocessing can skip frames itself and
@@ -205,7 +205,9 @@ def _make_atari(env: EnvConfig, env_id: str, training: bool) -> gym.Env:
     life loss: it scores whole games.
     """
     atari = env.atari
-    game = gym.make(env_id, frameskip=1, repeat_action_probability=atari.repeat_action_probability)
+    game = gym.make(
+        env_id, frameskip=1, repeat_action_probability=atari.repeat_action_probability, render_mode=render_mode
+    )
     game = gym.wrappers.AtariPreprocessing(
         game,
         noop_max=atari.noop_max,
@@ -236,6 +238,10 @@ def _register_ale(env_id: str) -> None:
     except ImportError as error:
         raise ConfigError(f"env.id={env_id!r} needs the Atari extra ({error.name} is missing): {ATARI_INSTALL}") from None
     gym.register_envs(ale_py)
+
+
+def is_mujoco(env_id: str) -> bool:
+    return "mujoco" in str(gym.spec(_registered_id(env_id)).entry_point)
 
 
 def space_name(space: gym.Space) -> str:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 log = logging.getLogger("rlrun")
 
 Scalar = float | int | torch.Tensor
+VIDEO_FRAMES, VIDEO_SIDE = 200, 160  # TensorBoard's copy of a video: at most this many frames, this many pixels a side
 
 
 class RunLogger:
@@ -73,6 +76,24 @@ class RunLogger:
     def episode(self, step: int, episode_return: float, episode_length: int) -> None:
         self.latest_return = episode_return
         self.scalars(step, {"train/episode_return": episode_return, "train/episode_length": episode_length})
+
+    def video(self, step: int, tag: str, frames: np.ndarray, fps: float) -> None:
+        """An episode's frames (T, H, W, 3) uint8, as an animated GIF in TensorBoard's images
+        tab (what SummaryWriter.add_video writes, which needs moviepy 1's API). Shrunk to at
+        most VIDEO_FRAMES frames of VIDEO_SIDE pixels: the full MP4 is in the run folder."""
+        from PIL import Image
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        stride = max(1, -(-len(frames) // VIDEO_FRAMES))
+        images = [Image.fromarray(frame) for frame in frames[::stride]]
+        for image in images:
+            image.thumbnail((VIDEO_SIDE, VIDEO_SIDE))
+        encoded = io.BytesIO()
+        duration_ms = int(1000 * stride / fps)
+        images[0].save(encoded, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+        width, height = images[0].size
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encoded.getvalue())
+        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def hyperparameters(self, flat_config: Mapping[str, object], metric_names: list[str]) -> None:
         """Record the run's settings in TensorBoard's HPARAMS tab, next to the given metrics."""

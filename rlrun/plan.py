@@ -49,6 +49,10 @@ def validate(cfg: DictConfig) -> Plan:
     obs_space, action_space = env_spaces(run_config.env)
     _check_action_space(algo_name, algo_class, run_config.env.id, action_space)
     algo_class.check_spaces(algo_config, obs_space, action_space)
+    if run_config.video.every is not None:
+        from rlrun.video import check_video_support
+
+        check_video_support(run_config.env)
     return Plan(run_config, algo_name, algo_class, algo_config, resolved, obs_space, action_space)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rlrun.buffers import ReplayBuffer
-from rlrun.checkpoint import Checkpoint, Checkpointer, RunState, latest, restore_rng_state, rng_state
+from rlrun.checkpoint import BEST, Checkpoint, Checkpointer, RunState, latest, load, restore_rng_state, rng_state
 from rlrun.config import RunError
 from rlrun.envs import env_state, make_env, make_vector_env, restore_env
 from rlrun.evaluate import evaluate
@@ -105,11 +105,13 @@ class Run:
         self.checkpointer = Checkpointer(run_dir, plan.algo_name, settings.env.id, plan.config, settings.checkpoint.keep)
         self.log_due, self.eval_due = Every(settings.log.every), Every(settings.eval.every)
         self.checkpoint_due = Every(settings.checkpoint.every)
+        self.video_due = Every(settings.video.every) if settings.video.every is not None else None
         clock = resumed["run"]["clock"] if resumed else {"elapsed": 0.0, "paused": 0.0}
         self.clock = Clock(self.step, clock["elapsed"], clock["paused"])
         last_eval = resumed["run"]["last_eval"] if resumed else None
         self.last_eval: np.ndarray | None = None if last_eval is None else last_eval.numpy()
         self.last_checkpoint: Path | None = latest(run_dir)
+        self.best_eval: tuple[float, int] | None = self._best_so_far()  # (mean return, step) of best.pt
         self._checkpointed_step = self.step if resumed else None
         self.metrics: dict[str, Any] = {}  # the latest training metrics (run.record)
         self.stop_signal: str | None = None  # set by a signal handler (rlrun.train)
@@ -187,6 +189,8 @@ class Run:
             self.logger.progress(step, sps)
         if self.eval_due(previous, step) or last:
             self.evaluate(step)
+        if self.video_due is not None and self.video_due(previous, step):
+            self.record_video(step)
         if self.checkpoint_due(previous, step) or last:
             self.checkpoint(step)
         if self.stop_signal is not None:
@@ -198,30 +202,65 @@ class Run:
     def evaluate(self, step: int) -> None:
         """eval.episodes deterministic episodes on the evaluation env, logged; an Optuna
         trial's pruner may stop the run here (StopRun "pruned")."""
+        deterministic = self.settings.eval.deterministic
         with self.clock.pause():
-            returns = evaluate(self._agent.act, self.eval_env, self.settings.eval.episodes, self.seed + EVAL_SEED_OFFSET)
-        self.last_eval = returns
+            returns = evaluate(
+                lambda obs: self._agent.act(obs, deterministic=deterministic), self.eval_env, self.settings.eval.episodes,
+                self.seed + EVAL_SEED_OFFSET,
+            ).returns
+            self.last_eval = returns
+            mean = float(returns.mean())
+            if math.isfinite(mean) and (self.best_eval is None or mean > self.best_eval[0]):
+                self.checkpointer.save_best(step, self._agent.state_dict(), self._run_state())
+                self.best_eval = (mean, step)
         self.logger.scalars(step, {"eval/return_mean": returns.mean(), "eval/return_std": returns.std()})
         log.info("step %d: eval return %.1f ± %.1f", step, returns.mean(), returns.std())
         if self.trial is not None and (pruned := self.trial.report(step, float(returns.mean()))) is not None:
             raise StopRun("pruned", pruned)
+
+    def record_video(self, step: int) -> None:
+        """One deterministic evaluation episode on an environment of its own, written to
+        videos/step-<step>/episode-0.mp4 and to TensorBoard. Deterministic acting draws no
+        random numbers, so training goes on exactly as without the video."""
+        from rlrun.video import read_frames, record_episodes
+
+        with self.clock.pause():
+            folder = self.run_dir / "videos" / f"step-{step}"
+            files, result = record_episodes(
+                self.settings.env, lambda obs: self._agent.act(obs, deterministic=True), folder, 1, self.seed + EVAL_SEED_OFFSET
+            )
+            fps = self.eval_env.metadata.get("render_fps") or 30
+            self.logger.video(step, "eval/video", read_frames(files[0]), fps)
+        log.info("step %d: video %s (return %.1f)", step, files[0], result.returns[0])
 
     def checkpoint(self, step: int) -> None:
         """Save everything needed to continue from `step`, unless training has diverged."""
         self._check_finite(step)
         with self.clock.pause():
             self.logger.flush()  # what is logged up to here survives a crash right after
-            run_state = RunState(
-                env=env_state(self.training_env),
-                rng=rng_state(),
-                metrics=dict(self.metrics) or None,
-                last_eval=None if self.last_eval is None else torch.from_numpy(self.last_eval),
-                clock={"elapsed": self.clock.elapsed, "paused": self.clock.paused},
-            )
+            run_state = self._run_state()
             agent_state = self._agent.state_dict()
             loop_state = {name: part.state_dict() for name, part in self._loop.items()}
             self.last_checkpoint = self.checkpointer.save(step, agent_state, loop_state, run_state)
             self._checkpointed_step = step
+
+    def _run_state(self) -> RunState:
+        return RunState(
+            env=env_state(self.training_env),
+            rng=rng_state(),
+            metrics=dict(self.metrics) or None,
+            last_eval=None if self.last_eval is None else torch.from_numpy(self.last_eval),
+            clock={"elapsed": self.clock.elapsed, "paused": self.clock.paused},
+        )
+
+    def _best_so_far(self) -> tuple[float, int] | None:
+        """(mean return, step) recorded in an existing best.pt (a resumed run), else None."""
+        path = self.run_dir / "checkpoints" / BEST
+        if not path.exists():
+            return None
+        best = load(path, mmap=True)
+        returns = best["run"]["last_eval"]
+        return (float(returns.mean()), best["step"]) if returns is not None else None
 
     def _check_finite(self, step: int) -> None:
         """Raise RunError naming the first NaN/inf among the latest metrics, the networks and the
@@ -247,6 +286,8 @@ class Run:
             "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "best_eval_return_mean": self.best_eval[0] if self.best_eval else None,
+            "best_step": self.best_eval[1] if self.best_eval else None,
         }
 
     def close(self) -> None:

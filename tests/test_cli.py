@@ -37,7 +37,7 @@ def test_smoke_run_writes_the_run_folder(rlrun, tmp_path):
     assert any(row["step"] == 600 and "eval/return_mean" in row for row in rows)
 
     saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert saved == ["step_000000300.pt", "step_000000600.pt"]
+    assert saved == ["best.pt", "step_000000300.pt", "step_000000600.pt"]
     state = checkpoint.load(run_dir / "checkpoints" / "step_000000600.pt")  # weights_only=True
     assert state["algo"] == "sac" and state["env_id"] == "Pendulum-v1" and state["step"] == 600
     assert state["config"]["algo"]["hidden_sizes"] == [32, 32]

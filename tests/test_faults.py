@@ -81,20 +81,19 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         f"rlrun: error: training diverged by step 600: losses/critic is NaN or infinite (a training metric); "
         f"the last good checkpoint {checkpoint_file(run_dir, 300)} is intact"
     ]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000000300.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "step_000000300.pt"]
     good = torch.load(checkpoint_file(run_dir, 300), weights_only=True)
     assert all(torch.isfinite(t).all() for t in good["agent"]["critic"].values())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "diverged" and "losses/critic" in summary["error"]
 
 
-# A disk that fills up while the second checkpoint is written: half the file, then ENOSPC.
+# A disk that fills up while the second checkpoint (step 600) is written: half the file, then ENOSPC.
 DISK_FULL_AT_SECOND_CHECKPOINT = """
 import errno, torch
-original, saves = torch.save, [0]
+original = torch.save
 def save(obj, path, *args, **kwargs):
-    saves[0] += 1
-    if saves[0] == 2:
+    if "step_000000600" in str(path):
         with open(path, "wb") as f:
             f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -111,7 +110,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path)
         f"rlrun: error: cannot write checkpoint {checkpoint_file(run_dir, 600)}: No space left on device; "
         f"the previous checkpoint {checkpoint_file(run_dir, 300)} is intact"
     ]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000000300.pt"]  # no .tmp left
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "step_000000300.pt"]  # no .tmp left
     assert torch.load(checkpoint_file(run_dir, 300), weights_only=True)["step"] == 300
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left on device" in summary["error"]

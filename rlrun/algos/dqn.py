@@ -25,6 +25,7 @@ from rlrun.buffers import Batch, ReplayBuffer, to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import OutputLinear, hidden_layers, polyak_update
 from rlrun.optim import adam, gradient_step
+from rlrun.policy_modules import Argmax
 from rlrun.protocols import RunContext
 
 
@@ -171,7 +172,8 @@ class DQN:
         self.obs_shape = obs_space.shape
         # uint8 frames stay uint8 in the replay buffer (the CNN scales them); vectors are float32.
         self.obs_dtype = torch.uint8 if is_image(obs_space) else torch.float32
-        self.q = QNetwork(obs_space, int(action_space.n), config.hidden_sizes, config.dueling).to(device)
+        self.num_actions = int(action_space.n)
+        self.q = QNetwork(obs_space, self.num_actions, config.hidden_sizes, config.dueling).to(device)
         self.target_q = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = adam(self.q.parameters(), config.lr)
         self.rng = np.random.default_rng(seed)  # the ε coin flips
@@ -182,9 +184,16 @@ class DQN:
         """argmax_a Q(s, a) for one un-batched observation on the device, as a device scalar."""
         return self.q(obs.unsqueeze(0)).argmax(dim=1)[0]
 
-    def act(self, obs: np.ndarray) -> int:
-        """The greedy action for one host observation (evaluation)."""
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> int:
+        """The greedy action for one host observation (evaluation); ε-greedy with the final
+        ε (algo.end_epsilon) if not `deterministic`."""
+        if not deterministic and self.rng.random() < self.config.end_epsilon:
+            return int(self.rng.integers(self.num_actions))
         return int(self.greedy(to_device(obs, self.device, self.obs_dtype)))
+
+    def policy_module(self) -> nn.Module:
+        """observations (B, *obs_shape) → argmax_a Q(s, a), for export."""
+        return nn.Sequential(self.q, Argmax())
 
     # ----- learning -------------------------------------------------------------------------
     @torch.no_grad()

@@ -34,7 +34,9 @@ from rlrun.buffers import to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import mlp
 from rlrun.optim import adam, gradient_step
+from rlrun.policy_modules import Argmax, ClipToBounds, Standardize
 from rlrun.protocols import RunContext
+from rlrun.normalize import EPSILON as NORMALIZE_EPSILON
 from rlrun.normalize import RewardScaler, RunningMeanStd
 
 NORMALIZE_CLIP = 10.0  # normalised observations and rewards are clipped to ±this (SB3, CleanRL)
@@ -257,11 +259,25 @@ class PPO:
         return actions if self.discrete else np.clip(actions, self.action_low, self.action_high)
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray) -> np.ndarray | int:
-        """The deterministic action for ONE observation, with the training stats frozen."""
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray | int:
+        """The action for ONE observation, with the training stats frozen: the mode of π(·|s),
+        or a sample if not `deterministic`."""
         obs_t = self.normalize_obs(obs[None], update=False)
-        action = self.model.deterministic(obs_t)[0]
+        if deterministic:
+            action = self.model.deterministic(obs_t)[0]
+        else:
+            action = self.model.sample(self.model.distribution(obs_t))[0]
         return int(action) if self.discrete else self.to_env(action)
+
+    def policy_module(self) -> nn.Module:
+        """observations (B, obs_dim) → the mode of π(·|s) (argmax, or the mean clipped to the
+        bounds), with the frozen normalisation statistics, for export."""
+        layers: list[nn.Module] = []
+        if self.config.normalize_obs:
+            layers.append(Standardize(self.obs_rms.mean, self.obs_rms.var, NORMALIZE_EPSILON, NORMALIZE_CLIP))
+        layers.append(self.model.actor)
+        layers.append(Argmax() if self.discrete else ClipToBounds(self.action_low, self.action_high))
+        return nn.Sequential(*layers)
 
     # ----- learning -------------------------------------------------------------------------
     def update(

@@ -22,6 +22,7 @@ from rlrun.buffers import Batch
 from rlrun.config import positive
 from rlrun.nets import OutputLinear, QEnsemble, hidden_layers, polyak_update
 from rlrun.optim import adam, gradient_step
+from rlrun.policy_modules import RescaleToBounds
 from rlrun.protocols import RunContext
 from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 
@@ -86,6 +87,17 @@ class TanhGaussianActor(nn.Module):
         return torch.tanh(self(obs)[0])
 
 
+
+class MeanAction(nn.Module):
+    """The actor's deterministic action as a module of its own (for export)."""
+
+    def __init__(self, actor: TanhGaussianActor) -> None:
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor.deterministic(obs)
+
 class SAC:
     Config = SACConfig
     action_spaces = (gym.spaces.Box,)
@@ -121,9 +133,15 @@ class SAC:
         return self.actor.sample_action(obs_batch(obs, self.device))[0]
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """The deterministic (mean) action in environment units, for evaluation."""
-        return self.actions.to_env(self.actor.deterministic(obs_batch(obs, self.device))[0].cpu().numpy())
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """The action for evaluation in environment units: tanh of the mean, or a sample."""
+        obs_t = obs_batch(obs, self.device)
+        unit_action = self.actor.deterministic(obs_t) if deterministic else self.actor.sample_action(obs_t)
+        return self.actions.to_env(unit_action[0].cpu().numpy())
+
+    def policy_module(self) -> nn.Module:
+        """observations (B, obs_dim) → tanh(mean) rescaled to the bounds, for export."""
+        return nn.Sequential(MeanAction(self.actor), RescaleToBounds(self.actions.low, self.actions.high))
 
     # ----- learning -------------------------------------------------------------------------
     @torch.no_grad()

@@ -22,6 +22,7 @@ from rlrun.buffers import Batch
 from rlrun.config import non_negative, positive
 from rlrun.nets import QEnsemble, mlp, polyak_update
 from rlrun.optim import adam, gradient_step
+from rlrun.policy_modules import RescaleToBounds
 from rlrun.protocols import RunContext
 from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 
@@ -95,9 +96,14 @@ class TD3:
         return (action + noise).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """μ(s) in environment units, for evaluation."""
-        return self.actions.to_env(self.actor(obs_batch(obs, self.device))[0].cpu().numpy())
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """μ(s) in environment units, for evaluation; with the exploration noise if not `deterministic`."""
+        unit_action = self.actor(obs_batch(obs, self.device))[0] if deterministic else self.explore(obs)
+        return self.actions.to_env(unit_action.cpu().numpy())
+
+    def policy_module(self) -> nn.Module:
+        """observations (B, obs_dim) → μ(s) rescaled to the bounds, for export."""
+        return nn.Sequential(self.actor, RescaleToBounds(self.actions.low, self.actions.high))
 
     # ----- learning -------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,99 @@
+"""`rlrun export=<run folder> [which=...] format=onnx|torchscript`: the deterministic policy as
+one self-contained file (raw observation in, environment action out; normalisation and action
+rescaling inside), with a JSON file that describes its input and output."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlrun.config import ConfigError
+from rlrun.saved_run import SavedAgent, choose_checkpoint, is_run_folder, load_agent, parse_options
+
+EXPORT_INSTALL = "python -m pip install -c constraints.txt -e '.[export]'"
+FORMATS = {"onnx": ".onnx", "torchscript": ".ts.pt"}
+EXPORT_OPTIONS = {
+    "which": "last, best, a step number or a .pt path; default last",
+    "format": "onnx or torchscript; default onnx",
+}
+
+
+def export_command(folder_text: str, args: list[str]) -> None:
+    options = parse_options("export", args, EXPORT_OPTIONS)
+    fmt = options.get("format") or "onnx"
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r} is not valid; choose one of: {', '.join(FORMATS)}")
+    folder = Path(folder_text)
+    if not folder.is_dir() or not is_run_folder(folder):
+        raise ConfigError(f"export={folder_text} is not a run folder (no checkpoints/); give a run folder such as outputs/<date>/<time>")
+    if fmt == "onnx":
+        _import_onnx()
+    checkpoint = choose_checkpoint("export", folder, options.get("which"))
+    saved = load_agent(checkpoint, {}, "cpu")
+    path, description = export_policy(saved, folder / "export", fmt)
+    print(f"exported {saved.plan.algo_name} on {saved.plan.run_config.env.id} ({checkpoint}) → {path} and {description}")
+
+
+def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path]:
+    """Write the policy of `saved` as `folder/policy-<checkpoint><suffix>` and its description
+    `policy-<checkpoint>.json`; both through temporary files."""
+    module = copy.deepcopy(saved.agent.policy_module()).cpu().eval().requires_grad_(False)
+    obs_space, action_space = saved.plan.obs_space, saved.plan.action_space
+    example = torch.as_tensor(np.stack([obs_space.sample() for _ in range(2)]))
+    if example.dtype == torch.float64:
+        example = example.float()
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"policy-{saved.checkpoint.stem}"
+    path = folder / f"{stem}{FORMATS[fmt]}"
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        if fmt == "onnx":
+            # The exporter reports every operator library it skips and its own deprecations.
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                onnx_program = torch.onnx.export(
+                    module, (example,), input_names=["obs"], output_names=["action"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                )
+            onnx_program.save(str(temporary))
+        else:
+            torch.jit.save(torch.jit.trace(module, example), str(temporary))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    description = folder / f"{stem}.json"
+    info = {
+        "format": fmt, "file": path.name, "algo": saved.plan.algo_name, "env_id": saved.plan.run_config.env.id,
+        "checkpoint": str(saved.checkpoint), "step": saved.state["step"],
+        "input": {"name": "obs", "shape": ["batch", *obs_space.shape], "dtype": str(example.dtype).removeprefix("torch.")},
+        "output": {"name": "action", **_describe_actions(action_space)},
+        "note": "deterministic policy: observation normalisation and action rescaling are inside the file",
+    }
+    temporary = description.with_name(description.name + ".tmp")
+    temporary.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(temporary, description)
+    return path, description
+
+
+def _describe_actions(space: gym.Space) -> dict[str, Any]:
+    if isinstance(space, gym.spaces.Discrete):
+        return {"shape": ["batch"], "dtype": "int64", "n": int(space.n)}
+    return {"shape": ["batch", *space.shape], "dtype": "float32", "low": space.low.tolist(), "high": space.high.tolist()}
+
+
+def _import_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(f"format=onnx needs the export extra ({error.name} is missing): {EXPORT_INSTALL}") from None

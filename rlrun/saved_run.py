@@ -1,0 +1,140 @@
+"""A run folder read back: which checkpoint to use, and the agent it holds, rebuilt with the
+run's own composed config (normalisation statistics, Atari preprocessing and action bounds
+included). Shared by `rlrun evaluate=` and `rlrun export=`."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from rlrun.checkpoint import BEST, Checkpoint, load
+from rlrun.config import ConfigError
+from rlrun.plan import Plan, resolve_device, validate
+from rlrun.protocols import Algorithm
+
+
+@dataclass(frozen=True)
+class SavedAgent:
+    plan: Plan  # the run's config, with the command's overrides applied
+    agent: Algorithm
+    checkpoint: Path
+    state: Checkpoint
+
+
+def parse_options(command: str, args: list[str], allowed: dict[str, str]) -> dict[str, Any]:
+    """`key=value` arguments of `rlrun <command>=...` as values (YAML-parsed); `allowed` maps
+    each accepted key to what it means, for the error that names them."""
+    options: dict[str, Any] = {}
+    for arg in args:
+        key, separator, text = arg.partition("=")
+        if not separator or key not in allowed:
+            accepted = "; ".join(f"{name}= ({meaning})" for name, meaning in allowed.items())
+            raise ConfigError(f"{command}= does not take {arg!r}; it takes: {accepted}")
+        try:
+            options[key] = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            options[key] = text
+    return options
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (folder / "checkpoints").is_dir() or (folder / ".hydra" / "config.yaml").is_file()
+
+
+def job_folders(folder: Path) -> list[Path]:
+    """The run folders of a multirun (sweep) folder, in job order."""
+    jobs = [path.parent.parent for path in folder.glob("*/.hydra/overrides.yaml")]
+
+    def job_number(path: Path) -> tuple[int, str]:
+        match = re.match(r"(\d+)", path.name)
+        return (int(match.group(1)) if match else 1 << 62, path.name)
+
+    return sorted(jobs, key=job_number)
+
+
+def choose_checkpoint(command: str, folder: Path, which: Any) -> Path:
+    """The checkpoint `which` names in the run folder: last (the newest step_*.pt), best
+    (best.pt), a step number, or a path to a .pt file."""
+    directory = folder / "checkpoints"
+    steps = sorted(directory.glob("step_*.pt"), key=lambda path: int(path.stem.split("_")[1]))
+    if which in (None, "last"):
+        if not steps:
+            raise ConfigError(
+                f"{command}={folder} has no checkpoint (checkpoints/step_*.pt is written every checkpoint.every steps "
+                "and at the end); train or resume it first"
+            )
+        return steps[-1]
+    if which == "best":
+        best = directory / BEST
+        if not best.is_file():
+            raise ConfigError(
+                f"{command}={folder} has no best checkpoint yet (checkpoints/{BEST} is written at each evaluation that "
+                "beats the earlier ones); use which=last"
+            )
+        return best
+    if isinstance(which, int) and not isinstance(which, bool):
+        for path in steps:
+            if int(path.stem.split("_")[1]) == which:
+                return path
+        kept = ", ".join(path.stem.split("_")[1].lstrip("0") or "0" for path in steps) or "none"
+        raise ConfigError(f"{command}={folder} has no checkpoint at step {which}; steps kept: {kept}")
+    path = Path(str(which))
+    if path.suffix == ".pt":
+        if not path.is_file():
+            raise ConfigError(f"which={which}: no such checkpoint file")
+        return path
+    raise ConfigError(f"which={which!r} is not valid; choose last, best, a step number or a path to a .pt file")
+
+
+def load_agent(path: Path, overrides: dict[str, Any], device: str) -> SavedAgent:
+    """The agent saved in checkpoint `path`, on `device`, with the plan of the run that wrote it
+    (`overrides` set dotted keys of its config, e.g. {"eval.episodes": 5})."""
+    state = load(path)  # weights_only=True: no code from the file runs
+    config = copy.deepcopy(state["config"])
+    config["device"] = device
+    config.setdefault("video", {})["every"] = None  # the run's own video schedule is not this command's
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    plan = validate(OmegaConf.create(config))
+    agent = plan.algo_class(
+        plan.algo_config, plan.obs_space, plan.action_space, resolve_device(device), plan.run_config.seed
+    )
+    try:
+        agent.load_state_dict(state["agent"])
+    except (KeyError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(f"checkpoint {path} does not fit algo={plan.algo_name} as configured ({reason})") from None
+    return SavedAgent(plan, agent, path, state)
+
+
+def new_file(folder: Path, stem: str, suffix: str) -> Path:
+    """`folder/<stem><suffix>`, or `<stem>-2<suffix>`, ...: a name that nothing has yet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1_000_000):
+        path = folder / (f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            path.touch(exist_ok=False)  # claims the name, also against a command running beside this one
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{folder} holds too many files named {stem}-*{suffix}")
+
+
+
+def unused_path(parent: Path, name: str) -> Path:
+    """`parent/<name>`, or `<name>-2`, ...: the first of these that does not exist yet."""
+    for n in range(1, 1_000_000):
+        path = parent / (name if n == 1 else f"{name}-{n}")
+        if not path.exists():
+            return path
+    raise ConfigError(f"{parent} holds too many entries named {name}-*")

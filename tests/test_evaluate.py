@@ -1,0 +1,230 @@
+"""Looking at a trained agent: `rlrun evaluate=`, checkpoints/best.pt, videos, `rlrun export=`."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rlrun.config import EnvConfig
+from rlrun.saved_run import load_agent
+from conftest import run_rlrun
+
+# algo → (env, extra overrides) of the smoke runs shared by this file's tests.
+RUNS = {
+    "sac": ("Pendulum", []),
+    "ppo": ("Pendulum", []),  # observation normalisation and clipped Box actions
+    "dqn": ("CartPole", []),
+    "td3": ("Pendulum", []),
+}
+
+
+def smoke_run(folder: Path, algo: str, *extra: str) -> Path:
+    env, overrides = RUNS[algo]
+    run_dir = folder / f"{algo}-{env}"
+    result = run_rlrun(
+        "experiment=smoke", f"algo={algo}", f"env={env}", "threads=1", "device=cpu", *overrides, *extra,
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs")
+    return {algo: smoke_run(folder, algo) for algo in RUNS}
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with its content hash."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*")) if path.is_file()
+    }
+
+
+def eval_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if "eval/return_mean" in row]
+
+
+@pytest.mark.parametrize("algo", RUNS)
+def test_evaluating_the_final_checkpoint_reproduces_the_runs_last_evaluation(runs, algo):
+    run_dir = runs[algo]
+    before = snapshot(run_dir)
+    result = run_rlrun(f"evaluate={run_dir}", "device=cpu")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    written = sorted((run_dir / "evaluations").glob("step_*.json"))
+    assert len(written) == 1
+    evaluation = json.loads(written[-1].read_text())
+    assert evaluation["step"] == summary["total_steps"] and evaluation["episodes"] == len(evaluation["returns"])
+    assert evaluation["return_mean"] == pytest.approx(summary["eval_return_mean"], abs=1e-6)
+    assert "return" in result.stdout and str(written[-1]) in result.stdout
+    # Nothing that training wrote changed; the evaluation is a new file.
+    after = snapshot(run_dir)
+    assert {name: digest for name, digest in after.items() if name in before} == before
+    assert set(after) - set(before) == {str(written[-1].relative_to(run_dir))}
+
+
+def test_a_second_evaluation_is_a_new_file_and_options_apply(runs):
+    run_dir = runs["sac"]
+    first = run_rlrun(f"evaluate={run_dir}", "eval.episodes=3", "seed=5", "which=300")
+    second = run_rlrun(f"evaluate={run_dir}", "eval.episodes=3", "seed=5", "which=300", "eval.deterministic=false")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    files = [run_dir / "evaluations" / name for name in ("step_000000300.json", "step_000000300-2.json")]
+    assert sorted(run_dir.glob("evaluations/step_000000300*.json")) == sorted(files)
+    results = [json.loads(path.read_text()) for path in files]
+    assert all(r["step"] == 300 and r["episodes"] == 3 and r["eval_seed"] == 10_005 for r in results)
+    assert [r["deterministic"] for r in results] == [True, False]
+    assert results[0]["returns"] != results[1]["returns"]  # sampling changes the episodes
+
+
+def test_best_checkpoint_holds_the_best_evaluation_and_is_never_pruned(tmp_path):
+    run_dir = smoke_run(tmp_path, "sac", "checkpoint.keep=1", "eval.every=150")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = eval_rows(run_dir)
+    best = max(rows, key=lambda row: row["eval/return_mean"])
+    assert summary["best_eval_return_mean"] == pytest.approx(best["eval/return_mean"])
+    assert summary["best_step"] == best["step"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "step_000000600.pt"]
+    state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert state["step"] == best["step"] and state["loop"] == {}
+    result = run_rlrun(f"evaluate={run_dir}", "which=best")
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads((run_dir / "evaluations" / "best.json").read_text())
+    assert evaluation["return_mean"] == pytest.approx(best["eval/return_mean"], abs=1e-6)
+
+
+def read_frames(path: Path) -> np.ndarray:
+    pytest.importorskip("moviepy", reason="needs the video extra")
+    from rlrun.video import read_frames
+
+    return read_frames(path)
+
+
+def recorded_all_frames(frames: np.ndarray, episode_length: int) -> bool:
+    """A video holds the reset frame and one per step; moviepy's writer can drop the last one
+    (it counts frames as int(duration × fps), and the float product can fall just short)."""
+    return episode_length <= frames.shape[0] <= episode_length + 1
+
+
+def test_evaluate_records_videos_that_decode_to_the_episodes_frames(runs):
+    run_dir = runs["sac"]
+    result = run_rlrun(f"evaluate={run_dir}", "eval.episodes=2", "video=true")
+    assert result.returncode == 0, result.stderr
+    videos = sorted((run_dir / "videos" / "eval-600").glob("episode-*.mp4"))
+    assert [v.name for v in videos] == ["episode-0.mp4", "episode-1.mp4"]
+    frames = read_frames(videos[0])
+    assert recorded_all_frames(frames, episode_length=200) and frames.shape[-1] == 3 and frames.dtype == np.uint8
+    assert frames.std(axis=0).max() > 0  # the pendulum moves
+
+
+def test_mujoco_renders_headless(tmp_path):
+    from rlrun.video import check_video_support, record_episodes
+
+    # InvertedPendulum: a MuJoCo task whose episode ends within a few dozen steps when the
+    # cart does not balance, which keeps software rendering short.
+    env = EnvConfig(id="InvertedPendulum-v5", total_steps=1000)
+    check_video_support(env)
+    files, result = record_episodes(env, lambda obs: np.array([0.5], dtype=np.float32), tmp_path / "pendulum", 1, seed=0)
+    frames = read_frames(files[0])
+    assert 1 < result.lengths[0] < 1000 and recorded_all_frames(frames, episode_length=result.lengths[0])
+    assert frames.std(axis=0).max() > 0
+
+
+def test_videos_during_training_leave_learning_unchanged(runs, tmp_path):
+    with_video = smoke_run(tmp_path, "sac", "video.every=300")
+    assert [row["eval/return_mean"] for row in eval_rows(with_video)] == [row["eval/return_mean"] for row in eval_rows(runs["sac"])]
+    for step in (300, 600):
+        frames = read_frames(with_video / "videos" / f"step-{step}" / "episode-0.mp4")
+        assert recorded_all_frames(frames, episode_length=200)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(with_video), size_guidance={"images": 0}).Reload()
+    assert [image.step for image in events.Images("eval/video")] == [300, 600]
+
+
+def real_observations(env_id: str, count: int) -> np.ndarray:
+    """Observations of a random-action episode (or several)."""
+    env = gym.make(env_id)
+    env.action_space.seed(0)
+    obs, _ = env.reset(seed=0)
+    seen = []
+    while len(seen) < count:
+        seen.append(obs)
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            obs, _ = env.reset()
+    return np.stack(seen).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("algo", RUNS)
+def test_exported_policy_matches_the_in_process_policy(runs, algo, fmt, tmp_path):
+    from rlrun.export import export_policy
+
+    saved = load_agent(runs[algo] / "checkpoints" / "step_000000600.pt", {}, "cpu")
+    exported, _ = export_policy(saved, tmp_path, fmt)
+    obs = real_observations(saved.plan.run_config.env.id, 64)
+    expected = np.stack([np.asarray(saved.agent.act(o)) for o in obs])
+    if fmt == "onnx":
+        onnxruntime = pytest.importorskip("onnxruntime", reason="needs the export extra")
+        actions = onnxruntime.InferenceSession(str(exported)).run(None, {"obs": obs})[0]
+    else:
+        actions = torch.jit.load(str(exported))(torch.from_numpy(obs)).numpy()
+    assert actions.shape == expected.shape
+    np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-5)
+
+
+def test_export_command_writes_the_policy_and_its_description(runs):
+    pytest.importorskip("onnxscript", reason="needs the export extra")
+    run_dir = runs["ppo"]
+    result = run_rlrun(f"export={run_dir}", "format=onnx", "which=best")
+    assert result.returncode == 0, result.stderr
+    best_step = json.loads((run_dir / "summary.json").read_text())["best_step"]
+    description = json.loads((run_dir / "export" / "policy-best.json").read_text())
+    assert (run_dir / "export" / description["file"]).is_file() and description["file"] == "policy-best.onnx"
+    assert description["step"] == best_step and description["input"] == {"name": "obs", "shape": ["batch", 3], "dtype": "float32"}
+    assert description["output"]["low"] == [-2.0] and description["output"]["high"] == [2.0]
+    assert not list((run_dir / "export").glob("*.tmp"))
+
+
+# ----- bad input: one line, exit 2, nothing written -------------------------------------------
+def one_line_error(result) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rlrun: error: "), result.stderr
+    return lines[0]
+
+
+def test_bad_evaluate_and_export_inputs_get_one_line_and_write_nothing(runs, tmp_path):
+    run_dir = runs["dqn"]
+    no_best = tmp_path / "no-best"
+    (no_best / "checkpoints").mkdir(parents=True)
+    (no_best / "checkpoints" / "step_000000600.pt").write_bytes((run_dir / "checkpoints" / "step_000000600.pt").read_bytes())
+    empty = tmp_path / "empty-run"
+    (empty / ".hydra").mkdir(parents=True)
+    (empty / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    cases = [
+        ((f"evaluate={empty}",), "has no checkpoint"),
+        ((f"evaluate={no_best}", "which=best"), "has no best checkpoint yet"),
+        ((f"evaluate={run_dir}", "which=12345"), "no checkpoint at step 12345"),
+        ((f"evaluate={tmp_path / 'missing'}",), "no such folder"),
+        ((f"export={run_dir}", "format=tflite"), "format='tflite' is not valid; choose one of: onnx, torchscript"),
+        (("-m", f"evaluate={run_dir}"), "evaluate= reads a saved run and takes no -m"),
+        ((f"evaluate={run_dir}", f"resume={run_dir}"), "takes no resume="),
+        ((f"evaluate={run_dir}", "algo.lr=1"), "evaluate= does not take 'algo.lr=1'"),
+        (("algo=sac", "env=Pendulum", "env.id=tests.plain_env:NoRender-v0", "video.every=100", f"hydra.run.dir={tmp_path / 'new'}"),
+         "cannot render frames here"),
+    ]
+    before = {folder: snapshot(folder) for folder in (run_dir, no_best, empty)}
+    for args, words in cases:
+        line = one_line_error(run_rlrun(*args))
+        assert words in line, (args, line)
+    assert {folder: snapshot(folder) for folder in before} == before
+    assert not (tmp_path / "new").exists()
