@@ -158,7 +158,7 @@ class QNetwork(nn.Module):
             self.torso: nn.Module = NatureCNN(*obs_space.shape)
             features = NatureCNN.out_dim
         else:
-            # Nested: the parameter names (torso.0.*) stay those of earlier checkpoints.
+            # Nested, so the parameters are named torso.0.*, as DQN checkpoints hold them.
             self.torso = nn.Sequential(hidden_layers(obs_space.shape[0], hidden_sizes))
             features = hidden_sizes[-1]
         self.head = DuelingHead(features, num_actions) if dueling else OutputLinear(features, num_actions)

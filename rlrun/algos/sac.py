@@ -83,7 +83,7 @@ class TanhGaussianActor(nn.Module):
 
     def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
         """`sample`'s action alone, from the same random draw; acting has no use for the
-        log-probability, which is about a third of a one-observation call."""
+        log-probability, so it is not computed."""
         mean, log_std = self(obs)
         return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
 
