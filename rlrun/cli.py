@@ -104,9 +104,9 @@ def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of handing it back to the OS.
 
     Every update allocates and frees the same few-hundred-KB activations; by default glibc
-    serves such blocks with fresh pages (mmap, or a heap trimmed after each free), and the
-    page faults cost about 15% of a SAC update on one thread here. Blocks over 32 MB (replay
-    buffers) are still mapped lazily. Other C libraries: nothing to do."""
+    serves such blocks with fresh pages (mmap, or a heap trimmed after each free), so every
+    update pays their page faults again. Blocks over 32 MB (replay buffers) are still mapped
+    lazily. Other C libraries: nothing to do."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

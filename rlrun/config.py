@@ -48,10 +48,16 @@ def layer_sizes(path: str, sizes: tuple[int, ...]) -> None:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Evaluation of the deterministic policy (`act`) on an environment of its own, reset with
+    the same seed at every evaluation, so successive scores differ only through the policy."""
+
     every: int = 10_000
+    """Environment steps between evaluations; the run also evaluates at its last step."""
     episodes: int = 10
-    # The policy's deterministic action (its mean or argmax); false samples as in training.
+    """Episodes per evaluation; their mean return is the run's score (eval/return_mean)."""
     deterministic: bool = True
+    """Act with the policy's deterministic action (its mean or argmax); false samples actions
+    as in training."""
 
     def __post_init__(self) -> None:
         positive("eval.every", self.every)
@@ -62,9 +68,9 @@ class EvalConfig:
 class VideoConfig:
     """Videos of evaluation episodes in the run folder (videos/) and TensorBoard."""
 
-    # Environment steps between recorded episodes (one deterministic evaluation episode each,
-    # on an environment of its own, so training and its evaluations are unchanged); null: none.
     every: int | None = None
+    """Environment steps between recorded episodes (one deterministic evaluation episode each,
+    on an environment of its own, so training and its evaluations are unchanged); null: none."""
 
     def __post_init__(self) -> None:
         if self.every is not None:
@@ -74,6 +80,8 @@ class VideoConfig:
 @dataclass(frozen=True)
 class LogConfig:
     every: int = 1000
+    """Environment steps between writes of the latest training metrics and steps/s, each also
+    checked for NaN/inf; not every step, since reading on-device metrics syncs the device."""
 
     def __post_init__(self) -> None:
         positive("log.every", self.every)
@@ -82,10 +90,14 @@ class LogConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 100_000
+    """Environment steps between checkpoints; the run also writes one at its last step and
+    when a signal stops it."""
     keep: int = 3
-    # Save the off-policy replay buffer, so a resumed run continues exactly. It is most of a
-    # checkpoint's size: 1e6 HalfCheetah transitions take about 168 MB.
+    """Newest checkpoints/step_N.pt files kept in the run folder; older ones are deleted."""
     replay_buffer: bool = True
+    """Save the off-policy replay buffer (SAC, TD3, DDPG, DQN), so a resumed run continues
+    exactly. It is most of a checkpoint's size; with false, a resumed run refills its buffer
+    with learning_starts new transitions before it updates again."""
 
     def __post_init__(self) -> None:
         positive("checkpoint.every", self.every)
@@ -100,17 +112,28 @@ class AtariConfig:
     with frameskip=1, so that frame skipping and max-pooling happen in the wrapper.
     """
 
-    noop_max: int = 30  # a random 1..noop_max no-op actions after each reset (varied starts)
-    frame_skip: int = 4  # emulator frames per agent step; the observation max-pools the last two
-    screen_size: int = 84  # frames are resized to screen_size × screen_size grayscale
-    frame_stack: int = 4  # the observation is the last frame_stack frames, shape (frame_stack, H, W)
-    # Sticky actions: 0.0 as the NoFrameskip-v4 games of Nature DQN, CleanRL and RL Zoo use;
-    # 0.25 is the ALE v5 default that Machado et al. (2018) recommend.
+    noop_max: int = 30
+    """A random 1..noop_max no-op actions after each reset, so episodes start in varied states
+    (Mnih et al. 2015)."""
+    frame_skip: int = 4
+    """Emulator frames per agent step, the action repeated; the observation max-pools the last
+    two frames, since some games draw objects on alternate frames (Mnih et al. 2015)."""
+    screen_size: int = 84
+    """Frames are resized to screen_size × screen_size grayscale (Mnih et al. 2015)."""
+    frame_stack: int = 4
+    """The observation is the last frame_stack frames, shape (frame_stack, H, W) in uint8, so
+    that velocities are observable (Mnih et al. 2015)."""
     repeat_action_probability: float = 0.0
-    # End the training episode when a life is lost. Gymnasium's wrapper then resets the whole
-    # game (baselines' EpisodicLifeEnv plays on), so each training episode is one life.
+    """Sticky actions: the chance that the emulator repeats the previous action instead. 0.0 as
+    the NoFrameskip-v4 games of Nature DQN, CleanRL and RL Zoo; 0.25 is the ALE v5 default that
+    Machado et al. (2018) recommend."""
     terminal_on_life_loss: bool = False
-    clip_rewards: bool = True  # train on sign(reward); evaluation always sees the game score
+    """End the training episode when a life is lost. Gymnasium's wrapper then resets the whole
+    game (baselines' EpisodicLifeEnv plays on), so each training episode is one life; hence off
+    by default."""
+    clip_rewards: bool = True
+    """Train on sign(reward), so one learning rate fits every game's score scale (Mnih et al.
+    2015); evaluation and episode returns always see the game score."""
 
     def __post_init__(self) -> None:
         non_negative("env.atari.noop_max", self.noop_max)
@@ -123,8 +146,12 @@ class AtariConfig:
 @dataclass(frozen=True)
 class EnvConfig:
     id: str
+    """A registered Gymnasium id, e.g. HalfCheetah-v5 or ALE/Pong-v5 (set by configs/env/)."""
     total_steps: int
+    """The environment's usual training budget in environment steps (Atari: agent steps of
+    frame_skip frames each); configs/config.yaml makes it the run's total_steps."""
     atari: AtariConfig = field(default_factory=AtariConfig)
+    """Atari preprocessing; acts on ALE ids only."""
 
 
 @dataclass(frozen=True)
@@ -135,9 +162,12 @@ class TrialConfig:
     "pruned") when the study's pruner says so.
     """
 
-    storage: str  # the study's Optuna storage URL, e.g. sqlite:///multirun/.../study.db
+    storage: str
+    """The study's Optuna storage URL, e.g. sqlite:///multirun/.../study.db."""
     study_name: str
-    number: int  # the trial's number in the study
+    """The study's name in that storage."""
+    number: int
+    """The trial's number in the study."""
 
     def __post_init__(self) -> None:
         non_negative("trial.number", self.number)
@@ -148,18 +178,41 @@ class RunConfig:
     """Settings of one run that every algorithm shares."""
 
     env: EnvConfig
+    """The environment to train and evaluate on (configs/env/<name>.yaml)."""
     seed: int = 0
+    """Seeds Python, NumPy and torch (network initialisation, sampling), the training
+    environment (vector sub-environment i: seed + i) and the evaluation environment (seed plus
+    a fixed offset, apart from training's)."""
     total_steps: int = 1_000_000
+    """Environment steps to train for, summed over vector sub-environments; configs/config.yaml
+    takes it from env.total_steps. 1e6 is the usual MuJoCo budget (SAC and TD3 papers)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where networks and buffers live; auto picks CUDA when available, else the CPU."""
     threads: int | None = None
+    """torch intra-op threads. None keeps torch's default (one per core), except that jobs a
+    launcher runs side by side on one machine (joblib's n_jobs) get cores ÷ parallel jobs, so
+    that they do not oversubscribe the CPU."""
     progress: bool = True
+    """Show a live progress bar when the console is a terminal."""
     compile: bool = False
+    """torch.compile every network, in place (checkpoints keep their parameter names). Off by
+    default: compilation adds start-up time that small networks' updates on a CPU do not win
+    back; it is for hardware where fusing the element-wise work pays."""
     precision: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16: the gradient updates' hidden layers under bfloat16 autocast; output layers,
+    weights, optimiser state, acting and evaluation stay float32. Pays off only on hardware
+    that computes bfloat16 natively (recent GPUs, CPUs with AMX), hence float32 by default."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """When and how long to evaluate the policy, and whether it acts deterministically."""
     video: VideoConfig = field(default_factory=VideoConfig)
+    """Videos of evaluation episodes during training."""
     log: LogConfig = field(default_factory=LogConfig)
+    """When to write training metrics."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """When to checkpoint, how many checkpoints to keep and what they hold."""
     trial: TrialConfig | None = None
+    """Set by rlrun's Optuna sweeper (hydra/sweeper=rlrun_optuna) for the trial this job
+    reports to; None for every other run."""
 
     def __post_init__(self) -> None:
         positive("total_steps", self.total_steps)

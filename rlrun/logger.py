@@ -23,8 +23,7 @@ class RunLogger:
 
     Tensor values are converted with a single host transfer per call, so algorithms can
     hand over their on-device loss tensors at logging steps only. The TensorBoard writer is
-    created at the first write: importing it takes about half a second that training need
-    not wait for.
+    created at the first write: its import is slow, and training need not wait for it.
     """
 
     def __init__(self, run_dir: Path, total_steps: int, progress: bool, start_step: int = 0) -> None:

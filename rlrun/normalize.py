@@ -5,8 +5,8 @@ NormalizeReward: observations are standardised by their running mean and std, re
 divided by the running std of the discounted return, and both are clipped to ±clip.
 
 They work on NumPy arrays: observations and rewards arrive from the environment on the host,
-and a vector step's few numbers cost microseconds in NumPy but several times that as torch
-ops; the normalised batch then goes to the training device once.
+and for a vector step's few numbers NumPy is cheaper than torch, whose per-op overhead
+dominates at that size; the normalised batch then goes to the training device once.
 """
 
 from __future__ import annotations

@@ -17,16 +17,27 @@ from rlrun.protocols import RunContext
 
 @dataclass(frozen=True)
 class OffPolicyConfig:
-    """Hyperparameters every off-policy actor-critic here has; defaults are SAC's MuJoCo ones."""
+    """Hyperparameters every off-policy actor-critic here has; defaults are SAC's MuJoCo ones
+    (Haarnoja et al. 2018, Table 1) unless a field says otherwise."""
 
-    lr: float = 3e-4  # Adam step size for every network
-    gamma: float = 0.99  # discount
-    tau: float = 0.005  # polyak factor for target networks
+    lr: float = 3e-4
+    """Adam step size for every network (actor, critics; SAC's temperature too)."""
+    gamma: float = 0.99
+    """Discount factor of future rewards."""
+    tau: float = 0.005
+    """Polyak factor of the target networks: θ̄ ← τθ + (1 − τ)θ̄ at each target update."""
     batch_size: int = 256
-    buffer_size: int = 1_000_000  # transitions kept
-    learning_starts: int = 5000  # uniform random actions, no updates, for this many steps
+    """Transitions sampled from the replay buffer per gradient step."""
+    buffer_size: int = 1_000_000
+    """Transitions the replay buffer keeps (oldest overwritten); capped at total_steps, since
+    a larger buffer would only hold zeros."""
+    learning_starts: int = 5000
+    """Environment steps of uniform random actions, without updates, that fill the buffer
+    before learning starts (CleanRL's sac_continuous_action)."""
     hidden_sizes: tuple[int, ...] = (256, 256)
-    updates_per_step: int = 1  # gradient steps per environment step
+    """Hidden layer widths of the actor's and of each critic's MLP."""
+    updates_per_step: int = 1
+    """Gradient steps per environment step once learning has started."""
 
     def __post_init__(self) -> None:
         positive("algo.lr", self.lr)

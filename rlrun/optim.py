@@ -9,7 +9,7 @@ from torch import nn
 class Adam:
     """Adam (Kingma & Ba 2015) on PyTorch's fused kernel: the same kernel and state that
     torch.optim.Adam(fused=True) uses, so the same numbers bit for bit, without torch.optim's
-    wrapper, whose first use imports torch._dynamo (about 1.5 s of every run's start-up here).
+    wrapper, whose first use imports torch._dynamo, a slow import every run would wait for.
 
     `lr` may be changed between steps (PPO anneals it).
     """

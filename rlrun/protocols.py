@@ -13,8 +13,8 @@ logging, evaluation, checkpoints and stopping:
         run.after_step(step)                    # logs, evaluates (agent.act), checkpoints, stops
 
 Two verbs act: `explore` gives training actions (exploration included, on the device, in the
-algorithm's own action units) and `act` gives the deterministic evaluation action for one
-host observation, in the environment's units.
+algorithm's own action units) and `act` gives the evaluation action (deterministic unless
+eval.deterministic=false) for one host observation, in the environment's units.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Mapping, Protocol
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 
 class Stateful(Protocol):
@@ -54,9 +55,14 @@ class Algorithm(Stateful, Protocol):
         """The training loop, from run.start() to run.total_steps."""
         ...
 
-    def act(self, obs: np.ndarray) -> np.ndarray | int:
-        """The deterministic action for one host observation, in the environment's units
-        (evaluation; normalisation statistics frozen)."""
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray | int:
+        """The evaluation action for one host observation, in the environment's units
+        (normalisation statistics frozen): the policy's mode, or a sample if not `deterministic`."""
+        ...
+
+    def policy_module(self) -> nn.Module:
+        """The deterministic policy as one module, for `rlrun export=`: a batch of raw
+        observations → environment actions, with normalisation and action rescaling inside."""
         ...
 
 

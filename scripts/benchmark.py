@@ -15,8 +15,8 @@ budget, SB3 finishes its rollout; steps/s counts the steps each really ran ("ste
 Writes <out>/benchmark.json (every run) and <out>/benchmark.md (a table with rlrun ÷ SB3
 ratios of training steps/s).
 
-On a shared machine one pair of short runs can be off by ±20%: `--repeats N` runs each pair N
-times, and the table's ratio is then the median of the pairs' ratios, with their range.
+On a shared machine one pair of short runs is noisy: `--repeats N` runs each pair N times,
+and the table's ratio is then the median of the pairs' ratios, with their range.
 
 Long learning comparisons can use both cores by running each side in its own invocation
 (`--runners rlrun --out a` and `--runners sb3 --out b` at once), then
@@ -260,7 +260,7 @@ def markdown(results: list[dict]) -> str:
     ]
 
     def key(r: dict) -> tuple:
-        return r["algo"], r["env"], r.get("device", "cpu"), r["threads"]  # runs from before --device were on the CPU
+        return r["algo"], r["env"], r.get("device", "cpu"), r["threads"]  # a result without a device is a CPU run
 
     for algo, env, device, threads in sorted({key(r) for r in results}, key=lambda k: (k[0], k[2], k[3])):
         runs = {runner: [r for r in results if key(r) == (algo, env, device, threads) and r["runner"] == runner]

@@ -1,4 +1,4 @@
-"""Size and write/read time of a checkpoint with a full replay buffer (issue: checkpoint cost).
+"""Size and write/read time of a checkpoint with a full replay buffer.
 
     python scripts/checkpoint_cost.py                     # SAC, HalfCheetah-v5, 1e6 transitions
     python scripts/checkpoint_cost.py --env Hopper-v5 --transitions 200000

@@ -24,8 +24,12 @@ class DDPGConfig(OffPolicyConfig):
     """The shared off-policy settings (lr, gamma, tau, batch_size, buffer_size,
     learning_starts, hidden_sizes, updates_per_step) plus the exploration noise."""
 
-    learning_starts: int = 25_000  # the TD3 paper's start_timesteps
-    exploration_noise: float = 0.1  # σ of the Gaussian noise on training actions
+    learning_starts: int = 25_000
+    """As in OffPolicyConfig; 25,000 rather than SAC's 5000 to match the TD3 authors' code
+    (main.py's start_timesteps), which their OurDDPG runs used too."""
+    exploration_noise: float = 0.1
+    """σ of the Gaussian noise added to training actions, as a fraction of the action range's
+    half-width (the TD3 paper's 0.1·max_action)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -31,22 +31,48 @@ from rlrun.protocols import RunContext
 
 @dataclass(frozen=True)
 class DQNConfig:
+    """DQN's hyperparameters; defaults are CleanRL dqn.py's classic-control settings, except
+    the gradient-norm clipping (Stable-Baselines3's)."""
+
     lr: float = 2.5e-4
+    """Adam step size."""
     gamma: float = 0.99
+    """Discount factor of future rewards."""
     batch_size: int = 128
+    """Transitions sampled from the replay buffer per gradient step."""
     buffer_size: int = 10_000
+    """Transitions the replay buffer keeps (oldest overwritten); capped at total_steps, since
+    a larger buffer would only hold zeros."""
     learning_starts: int = 10_000
+    """Environment steps of ε-greedy acting, without updates, that fill the buffer before
+    learning starts."""
     train_every: int = 10
+    """Environment steps between training points (CleanRL's train_frequency)."""
     gradient_steps: int = 1
+    """Gradient steps at each training point (SB3's gradient_steps)."""
     target_update_every: int = 500
+    """Environment steps between target-network updates (CleanRL's target_network_frequency)."""
     tau: float = 1.0
+    """Target update θ̄ ← τθ + (1 − τ)θ̄; 1.0 copies the online network, Nature DQN's hard
+    update."""
     start_epsilon: float = 1.0
+    """ε-greedy: the probability of a uniform random action at the first step."""
     end_epsilon: float = 0.05
+    """ε after the exploration period, kept to the end of the run."""
     exploration_fraction: float = 0.5
+    """The fraction of total_steps over which ε falls linearly from start_epsilon to
+    end_epsilon."""
     max_grad_norm: float | None = 10.0
+    """Clip the gradient's L2 norm to this (SB3's DQN default; CleanRL does not clip); None
+    turns clipping off."""
     hidden_sizes: tuple[int, ...] = (120, 84)
+    """Hidden layer widths of the MLP for vector observations (CleanRL's QNetwork); image
+    observations get the Nature CNN instead."""
     double: bool = False
+    """Double DQN target (van Hasselt et al. 2016): the online network picks a', the target
+    network values it, against max's overestimation; off as in Nature DQN."""
     dueling: bool = False
+    """Dueling head Q = V + A − mean(A) (Wang et al. 2016); off as in Nature DQN."""
 
     def __post_init__(self) -> None:
         positive("algo.lr", self.lr)
@@ -133,7 +159,7 @@ class QNetwork(nn.Module):
             self.torso: nn.Module = NatureCNN(*obs_space.shape)
             features = NatureCNN.out_dim
         else:
-            # Nested: the parameter names (torso.0.*) stay those of earlier checkpoints.
+            # Nested, so the parameters are named torso.0.*, as DQN checkpoints hold them.
             self.torso = nn.Sequential(hidden_layers(obs_space.shape[0], hidden_sizes))
             features = hidden_sizes[-1]
         self.head = DuelingHead(features, num_actions) if dueling else OutputLinear(features, num_actions)

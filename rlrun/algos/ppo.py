@@ -44,27 +44,61 @@ NORMALIZE_CLIP = 10.0  # normalised observations and rewards are clipped to ±th
 
 @dataclass(frozen=True)
 class PPOConfig:
+    """PPO's hyperparameters; defaults are CleanRL ppo_continuous_action.py's, the PPO paper's
+    MuJoCo settings; fields say where Stable-Baselines3's PPO defaults differ."""
+
     lr: float = 3e-4
+    """Adam step size; actor, critic and log σ share one optimiser."""
     anneal_lr: bool = True
+    """Decay lr linearly towards 0 over the run, once per rollout (CleanRL; SB3 keeps it
+    constant)."""
     num_envs: int = 1
+    """Environments stepped together as one Gymnasium vector env; sub-environment i is seeded
+    seed + i."""
     async_envs: bool = False
+    """Step each environment in its own subprocess (AsyncVectorEnv); pays only when an
+    environment step costs more than the inter-process round trip."""
     num_steps: int = 2048
+    """Environment steps per environment per rollout; a rollout is num_envs × num_steps
+    transitions (SB3's n_steps)."""
     gamma: float = 0.99
+    """Discount factor; also the discount of the return that reward normalisation tracks."""
     gae_lambda: float = 0.95
+    """GAE's λ: 0 gives the one-step TD advantage, 1 the Monte Carlo return minus V."""
     num_minibatches: int = 32
+    """Minibatches each rollout is split into, per epoch (SB3's batch_size 64 = 2048 / 32)."""
     update_epochs: int = 10
+    """Passes over each rollout (SB3's n_epochs)."""
     clip_coef: float = 0.2
+    """ε of the clipped surrogate ratio, PPO paper eq. 7 (and the value clipping's range)."""
     clip_value_loss: bool = True
+    """Clip the value update around the rollout's values by ±clip_coef (CleanRL; SB3 does not
+    clip by default)."""
     ent_coef: float = 0.0
+    """Weight of the entropy bonus."""
     vf_coef: float = 0.5
+    """Weight of the value loss, which here is ½·MSE (CleanRL); SB3's 0.5 weighs the plain
+    MSE, i.e. vf_coef 1.0 here."""
     max_grad_norm: float = 0.5
+    """Clip the global gradient L2 norm of each minibatch step to this."""
     normalize_advantage: bool = True
+    """Standardise advantages within each minibatch."""
     normalize_obs: bool = True
+    """Standardise observations by their running mean and std (clipped to ±10), as CleanRL's
+    NormalizeObservation (SB3: the VecNormalize wrapper, not on by default); the statistics are
+    checkpointed and used frozen at evaluation."""
     normalize_reward: bool = True
+    """Divide rewards by the running std of the discounted return (clipped to ±10), as
+    CleanRL's NormalizeReward (SB3: VecNormalize again)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the policy MLP and, separately, of the value MLP."""
     activation: Literal["tanh", "relu"] = "tanh"
+    """Hidden-layer activation."""
     ortho_init: bool = True
+    """Orthogonal initialisation (gain √2; policy head 0.01 so the first policy is near-uniform,
+    value head 1), zero biases; false keeps PyTorch's default."""
     log_std_init: float = 0.0
+    """Initial log σ of the Gaussian policy (Box actions only); 0 starts with σ = 1."""
 
     @property
     def batch_size(self) -> int:

@@ -32,9 +32,14 @@ class SACConfig(OffPolicyConfig):
     """The shared off-policy settings (lr, gamma, tau, batch_size, buffer_size,
     learning_starts, hidden_sizes, updates_per_step) plus SAC's own."""
 
-    num_critics: int = 2  # clipped double-Q takes the minimum over these
-    init_temperature: float = 1.0  # α at the start
-    target_entropy: float | Literal["auto"] = "auto"  # auto = −|A|
+    num_critics: int = 2
+    """Critics trained side by side; targets and the actor's loss take their minimum (clipped
+    double-Q, Fujimoto et al. 2018), against Q overestimation."""
+    init_temperature: float = 1.0
+    """The entropy temperature α at the start; it is then learnt (CleanRL and SB3 start at 1)."""
+    target_entropy: float | Literal["auto"] = "auto"
+    """The policy entropy the temperature is tuned towards, in nats; auto = −|A|, the
+    paper's heuristic (Haarnoja et al. 2018, Table 1)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,7 +84,7 @@ class TanhGaussianActor(nn.Module):
 
     def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
         """`sample`'s action alone, from the same random draw; acting has no use for the
-        log-probability, which is about a third of a one-observation call."""
+        log-probability, so it is not computed."""
         mean, log_std = self(obs)
         return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
 

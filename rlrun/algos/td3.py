@@ -32,12 +32,21 @@ class TD3Config(OffPolicyConfig):
     """The shared off-policy settings (lr, gamma, tau, batch_size, buffer_size,
     learning_starts, hidden_sizes, updates_per_step) plus TD3's own."""
 
-    learning_starts: int = 25_000  # the TD3 paper's start_timesteps
-    num_critics: int = 2  # targets take the minimum over these; 1 = plain DDPG target
-    exploration_noise: float = 0.1  # σ of the Gaussian noise on training actions
-    policy_noise: float = 0.2  # σ of the target policy smoothing noise
-    noise_clip: float = 0.5  # the smoothing noise is clipped to ±this
-    policy_delay: int = 2  # critic updates per actor and target update
+    learning_starts: int = 25_000
+    """As in OffPolicyConfig; 25,000 rather than SAC's 5000 to match the TD3 authors' code
+    (github.com/sfujimoto/TD3, main.py's start_timesteps), which their results used."""
+    num_critics: int = 2
+    """Critics trained side by side; targets take their minimum (clipped double-Q), against Q
+    overestimation; 1 gives DDPG's target."""
+    exploration_noise: float = 0.1
+    """σ of the Gaussian noise added to training actions, as a fraction of the action range's
+    half-width (the paper's 0.1·max_action)."""
+    policy_noise: float = 0.2
+    """σ of the target policy smoothing noise, same units (the paper's 0.2)."""
+    noise_clip: float = 0.5
+    """The smoothing noise is clipped to ±noise_clip, same units (the paper's 0.5)."""
+    policy_delay: int = 2
+    """Critic updates per actor and target-network update (the paper's d = 2)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
