@@ -91,7 +91,7 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         """The stored transitions (only the filled part), the write position and the sampling
-        RNG. HalfCheetah's 1e6 transitions are about 168 MB (see the README)."""
+        RNG. HalfCheetah's 1e6 transitions are about 168 MB (see docs/checkpoints.md)."""
         n = self.size
         return {
             "obs": self.obs[:n], "actions": self.actions[:n], "rewards": self.rewards[:n],
