@@ -91,7 +91,8 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         """The stored transitions (only the filled part), the write position and the sampling
-        RNG. A full buffer is most of a checkpoint's size (checkpoint.replay_buffer)."""
+        RNG. A full buffer is most of a checkpoint's size (checkpoint.replay_buffer; sizes in
+        docs/checkpoints.md)."""
         n = self.size
         return {
             "obs": self.obs[:n], "actions": self.actions[:n], "rewards": self.rewards[:n],
