@@ -12,7 +12,8 @@ cheap and safe:
 - a command for a cluster launcher (Slurm, Ray) prints its config instead (`--cfg hydra`, for
   the grid's first job), so nothing is submitted;
 - every folder a command writes or reads goes under pytest's tmp_path, and a folder it needs
-  (the run of `resume=<run>`, the Optuna sweep of `+optuna=best`) is made by a smoke run first.
+  (the run of `resume=<run>`, `evaluate=<run>` or `export=<run>`, the Optuna sweep of
+  `+optuna=best`) is made by a smoke run first.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ KNOWN_FAILURES = {PPO_SEARCH: "issue 17 item 0"}
 # experiment's checkpoint.every).
 STOPPED_AT = 300
 OK_STATUSES = {"completed", "pruned"}  # a pruned Optuna trial ended as its study asked
+READS_A_RUN = ("resume", "evaluate", "export")  # keys whose value is a run folder to read
 
 _parser = OverridesParser.create()
 
@@ -121,7 +123,7 @@ def _under(tmp_path: Path, folder: str) -> Path:
 
 def _relocate(override: str, tmp_path: Path) -> str:
     key, _, value = override.partition("=")
-    if _key(override) in ("hydra.run.dir", "hydra.sweep.dir", "resume"):
+    if _key(override) in ("hydra.run.dir", "hydra.sweep.dir", *READS_A_RUN):
         return f"{key}={_under(tmp_path, value)}"
     if _key(override) == "hydra.searchpath":
         return re.sub(r"file://([^,\]]+)", lambda m: f"file://{_under(tmp_path, m.group(1))}", override)
@@ -167,11 +169,23 @@ def _optuna_sweep(folder: Path) -> None:
     assert (folder / "optuna" / "best.yaml").is_file()
 
 
+def _finished(folder: Path) -> None:
+    """A finished smoke run in `folder`, or a two-job smoke sweep if it is a multirun folder."""
+    if "multirun" in folder.parts:
+        result = run_rlrun("-m", "experiment=smoke", "algo=sac", "env=Pendulum", "seed=0,1", f"hydra.sweep.dir={folder}")
+    else:
+        result = run_rlrun("experiment=smoke", "algo=sac", "env=Pendulum", f"hydra.run.dir={folder}")
+    assert result.returncode == 0, result.stderr
+
+
 def _check_folders(args: list[str]) -> None:
-    """Make the folders a command reads (resume=, an Optuna best config) if it names any."""
+    """Make the folders a command reads (resume=, evaluate=, export=, an Optuna best config) if
+    it names any."""
     for arg in args:
         if _key(arg) == "resume" and not Path(arg.split("=", 1)[1]).exists():
             _stopped_run(Path(arg.split("=", 1)[1]))
+        if _key(arg) in ("evaluate", "export") and not Path(arg.split("=", 1)[1]).exists():
+            _finished(Path(arg.split("=", 1)[1]))
         if _key(arg) == "hydra.searchpath" and any(_key(a) == "optuna" for a in args):
             for folder in re.findall(r"file://([^,\]]+)", arg):
                 if not (Path(folder) / "optuna" / "best.yaml").exists():
@@ -187,7 +201,13 @@ def _check_cluster_config(args: list[str], output: str) -> None:
 
 
 def _check_outputs(args: list[str], output: str) -> None:
-    """Every run the command made completed (or, in an Optuna search, was pruned)."""
+    """Every run the command made completed (or, in an Optuna search, was pruned); an
+    evaluation or an export wrote its files."""
+    for key, written in (("evaluate", "evaluations/*.json"), ("export", "export/policy-*.json")):
+        folders = [Path(a.split("=", 1)[1]) for a in args if _key(a) == key]
+        if folders:
+            assert list(folders[0].glob(written)) or list(folders[0].glob(f"*/{written}")), output
+            return
     multirun = "-m" in args or "--multirun" in args
     folder_keys = ("hydra.sweep.dir",) if multirun else ("hydra.run.dir", "resume")
     folder = next(a.split("=", 1)[1] for a in args if _key(a) in folder_keys)
@@ -210,6 +230,8 @@ def runnable(doc: Documented, tmp_path: Path) -> list[str]:
     args = [_relocate(a, tmp_path) for a in shlex.split(text)[1:]]
     if doc.error or any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in args):
         return args
+    if any(_key(a) in ("evaluate", "export") for a in args):
+        return args  # reads a finished run (made by _check_folders); trains nothing
     if _launcher(args) in CLUSTER_LAUNCHERS:
         return [*_shrink_grid([a for a in args if a not in ("-m", "--multirun")], keep_first=1), "--cfg", "hydra"]
     multirun = "-m" in args or "--multirun" in args
@@ -233,6 +255,8 @@ def _missing_extra(command: str) -> str | None:
         "atari": ("ale_py", "ALE/" in command or re.search(r"\benv=(Pong|Breakout)\b", command)),
         "optuna": ("optuna", "hydra/sweeper=rlrun_optuna" in command or "+optuna=best" in command),
         "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra/launcher=slurm" in command),
+        "video": ("moviepy", "video=true" in command or "video.every=" in command),
+        "export": ("onnxscript", "export=" in command and "format=torchscript" not in command),
     }
     for extra, (module, needed) in needs.items():
         if needed and importlib.util.find_spec(module) is None:
@@ -275,7 +299,10 @@ def test_the_docs_show_commands_of_every_kind():
     commands = [doc.command for doc in DOCUMENTED]
     assert len(commands) >= 20
     assert sum(doc.error is not None for doc in DOCUMENTED) >= 3
-    for needed in ("-m ", "hydra/sweeper=rlrun_optuna", "resume=", "+optuna=best", "hydra/launcher=slurm", "hydra/launcher=ray"):
+    for needed in (
+        "-m ", "hydra/sweeper=rlrun_optuna", "resume=", "+optuna=best", "hydra/launcher=slurm", "hydra/launcher=ray",
+        "evaluate=", "export=", "video=true",
+    ):
         assert any(needed in command for command in commands), needed
     assert set(KNOWN_FAILURES) | set(NOT_RUNNABLE) <= set(commands)
 
