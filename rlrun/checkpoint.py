@@ -7,6 +7,8 @@ import errno
 import os
 import pickle
 import random
+import resource
+import shutil
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -69,7 +71,7 @@ class Checkpointer:
         """Write step_<step>.pt through a temporary file, so that a crash or a full disk never
         leaves a truncated checkpoint and never touches the previous ones."""
         path = self._write(self.directory / f"step_{step:09d}.pt", step, agent, loop, run)
-        for old in sorted(self.directory.glob("step_*.pt"))[: -self.keep]:
+        for old in step_checkpoints(self.directory.parent)[: -self.keep]:
             old.unlink()
         return path
 
@@ -87,13 +89,35 @@ class Checkpointer:
             )
             torch.save(state, temporary)
             os.replace(temporary, path)
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
+            # torch.save reports a full disk or a file-size limit as a RuntimeError from its zip writer.
+            reason = describe_write_error(error, temporary)
             temporary.unlink(missing_ok=True)
             previous = latest(self.directory.parent)
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-            reason = error.strerror or errno.errorcode.get(error.errno or 0, str(error))
             raise RunError(f"cannot write checkpoint {path}: {reason}; {kept}") from error
         return path
+
+
+def describe_write_error(error: BaseException, path: Path | None = None) -> str:
+    """A short reason for a failed write of `path`: the OS's words (No space left on device,
+    File too large, Read-only file system). torch.save wraps them in a RuntimeError whose
+    text often has no errno ("unexpected pos ..."), so the likely causes are checked."""
+    if isinstance(error, OSError):
+        return error.strerror or errno.errorcode.get(error.errno or 0, str(error))
+    text = str(error)
+    for code in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO):
+        if os.strerror(code) in text:
+            return os.strerror(code)
+    if path is not None:
+        size_limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        written = path.stat().st_size if path.exists() else 0
+        if size_limit != resource.RLIM_INFINITY and written >= size_limit - (1 << 16):
+            return f"{os.strerror(errno.EFBIG)} (the file-size limit, ulimit -f, is {size_limit} bytes)"
+        if shutil.disk_usage(path.parent).free < (1 << 20):
+            return os.strerror(errno.ENOSPC)
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"the write failed ({first_line})"
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str | None = None, mmap: bool = False) -> Checkpoint:
@@ -110,6 +134,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str |
         raise ConfigError(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(state, dict) or "format" not in state or "agent" not in state:
         raise ConfigError(f"{path} is not an rlrun checkpoint")
+    missing = sorted(set(Checkpoint.__required_keys__) - set(state))
+    run = state.get("run")
+    if isinstance(run, dict):
+        missing += [f"run.{key}" for key in sorted(set(RunState.__required_keys__) - set(run))]
+    elif "run" not in missing:
+        missing.append("run")
+    if missing:
+        raise ConfigError(f"{path} is a damaged rlrun checkpoint: it lacks {', '.join(missing)}")
     if algo is not None and state["algo"] != algo:
         raise ConfigError(f"checkpoint {path} is from algo={state['algo']}, not algo={algo}")
     return state
@@ -121,7 +153,7 @@ def check_resumable(path: Path, algo: str, env_id: str) -> Checkpoint:
     try:
         state = load(path, mmap=True)
     except ConfigError as error:
-        older = sorted(path.parent.glob("step_*.pt"))[:-1]
+        older = step_checkpoints(path.parent.parent)[:-1]
         fallback = f"; delete it to continue from {older[-1].name}" if older else ""
         raise ConfigError(f"{error}{fallback}") from None
     same_run = "a run continues with the algorithm and environment it started with; start a new run folder otherwise"
@@ -135,8 +167,20 @@ def check_resumable(path: Path, algo: str, env_id: str) -> Checkpoint:
 
 
 def latest(run_dir: Path) -> Path | None:
-    files = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    """The run folder's checkpoint of the highest step, if any."""
+    files = step_checkpoints(run_dir)
     return files[-1] if files else None
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """checkpoints/step_<N>.pt of the run folder in order of their step N. Ordered by number,
+    not name: a step past 999,999,999 has more digits than the name's zero padding."""
+    found = []
+    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+        number = path.stem.removeprefix("step_")
+        if number.isdigit():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
 
 
 def rng_state() -> dict[str, Any]:

@@ -48,6 +48,7 @@ def main() -> None:
         _folder_command(args)
         return
     try:
+        check_overrides([a for a in args if not a.startswith("-")])
         args = expand_resume(args)
     except ConfigError as error:
         print(f"rlrun: error: {error}", file=sys.stderr)
@@ -129,11 +130,16 @@ def _run_one(overrides: list[str]) -> None:
     from hydra.core.utils import run_job
     from hydra.types import HydraContext
 
+    from rlrun.ownership import lock_run_folder
+
     with initialize_config_module(CONFIG_MODULE, job_name="rlrun", version_base="1.3"):
         hydra_app = GlobalHydra.instance().hydra
         try:
             cfg = hydra_app.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=True)
             plan = _check_job(cfg, multirun=False)
+            for warning in plan.warnings:
+                _say(f"rlrun: warning: {warning}")
+            lock_run_folder(Path(cfg.hydra.run.dir))  # held until this process ends
         except (ConfigError, HydraException) as error:
             print(f"rlrun: error: {_describe(error, overrides)}", file=sys.stderr)
             sys.exit(2)
@@ -158,11 +164,32 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
 def _job(cfg: DictConfig, plan=None) -> dict | None:
     """One job. Returns its summary (what summary.json holds), which sweepers read from
     Hydra's JobReturn; None if the job failed. `plan` is `cfg` already validated, if it was."""
-    from rlrun.plan import validate
-    from rlrun.train import execute
+    from rlrun.ownership import FolderInUse, ParentWatch, lock_run_folder, release_run_folder
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun:
+        try:
+            lock_run_folder(run_dir)
+        except FolderInUse as error:  # a survivor of an earlier attempt still trains here: leave its files alone
+            log.error("job skipped: %s", error)
+            return None
+    # A joblib worker outlives a killed sweep unless it watches for it.
+    parent_watch = ParentWatch() if multirun and HydraConfig.get().launcher.get("n_jobs") is not None else None
+    try:
+        return _train_job(cfg, plan, run_dir, multirun)
+    finally:
+        if multirun:
+            release_run_folder(run_dir)
+        if parent_watch is not None:
+            parent_watch.stop()
+            parent_watch.exit_if_orphaned()
+
+
+def _train_job(cfg: DictConfig, plan, run_dir: Path, multirun: bool) -> dict | None:
+    from rlrun.plan import validate
+    from rlrun.train import execute
+
     try:
         plan = plan or validate(cfg)
         if plan.run_config.threads is None and (threads := _threads_per_parallel_job()) is not None:
@@ -186,10 +213,9 @@ def _job(cfg: DictConfig, plan=None) -> dict | None:
         return None
     if summary["status"] == "interrupted":
         # Stops a sweep too: Ctrl-C or a scheduler's SIGTERM means stop, not "next job".
-        print(
+        _say(
             f"rlrun: {summary['signal']} at step {summary['total_steps']}: saved {summary['checkpoint']}; "
-            f"continue with: rlrun resume={run_dir}",
-            file=sys.stderr,
+            f"continue with: rlrun resume={run_dir}"
         )
         sys.exit(128 + signal.Signals[summary["signal"]])
     evaluated = summary["eval_return_mean"] is not None
@@ -199,6 +225,49 @@ def _job(cfg: DictConfig, plan=None) -> dict | None:
         f"{summary['sps']:.0f}" if summary.get("sps") else "?", summary["wall_time_s"],
     )
     return summary
+
+
+def _say(line: str) -> None:
+    """A line on stderr, unless stderr is gone (the terminal of a dropped SSH session)."""
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Catch what Hydra would report with a parser trace or accept silently: an override it
+    cannot parse, a list given to a config group, and `~key`, which removes a setting so that
+    rlrun would fall back to a default the saved config does not show."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    groups = _config_groups()
+    for text in overrides:
+        try:
+            override = parser.parse_overrides([text])[0]
+        except OverrideParseException:
+            raise ConfigError(
+                f"cannot parse the override {text!r}: keys are dotted ASCII names such as algo.lr, and a value with "
+                "spaces or special characters goes in quotes (key='a value')"
+            ) from None
+        key = override.key_or_group
+        if override.is_delete() and key not in groups and not key.startswith("hydra"):
+            raise ConfigError(f"{text}: removing a setting is not supported; give it a value instead ({key}=...)")
+        if key in groups and not override.is_sweep_override() and not isinstance(override.value(), (str, type(None))):
+            raise ConfigError(
+                f"{text}: the config group {key} takes one name ({key}=<name>); for several, run a sweep: "
+                f"rlrun -m {key}=<name>,<name>"
+            )
+
+
+def _config_groups() -> set[str]:
+    """The config groups (folders) of rlrun's configs: algo, env, experiment, tuned, ..."""
+    import importlib.resources
+
+    root = importlib.resources.files(CONFIG_MODULE)
+    return {entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(("_", "."))}
 
 
 def expand_resume(args: list[str]) -> list[str]:
@@ -225,7 +294,14 @@ def expand_resume(args: list[str]) -> list[str]:
         )
     given = [a for a in args if not a.startswith("resume=")]
     given_keys = {_override_key(a) for a in given}
-    saved = [o for o in yaml.safe_load(saved_file.read_text()) or [] if _override_key(o) not in given_keys | {"hydra.run.dir"}]
+    try:
+        saved_overrides = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or []
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(f"resume={folder_text}: {saved_file} is damaged ({reason}); it lists the run's overrides") from None
+    if not isinstance(saved_overrides, list) or not all(isinstance(o, str) for o in saved_overrides):
+        raise ConfigError(f"resume={folder_text}: {saved_file} is damaged (not a list of overrides); it lists the run's overrides")
+    saved = [o for o in saved_overrides if _override_key(o) not in given_keys | {"hydra.run.dir"}]
     return [*saved, *given, f"hydra.run.dir={folder}", "hydra.output_subdir=null"]
 
 
@@ -270,14 +346,18 @@ def preflight(args: list[str]) -> list[str]:
 
     from hydra import compose, initialize_config_module
 
-    errors = []
+    errors, warnings = [], []
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         for job in jobs:
+            prefix = f"job {' '.join(job)}: " if len(jobs) > 1 else ""
             try:
-                _check_job(compose("config", overrides=job, return_hydra_config=True), multirun)
+                plan = _check_job(compose("config", overrides=job, return_hydra_config=True), multirun)
+                warnings += [prefix + warning for warning in plan.warnings]
             except (ConfigError, HydraException) as error:
-                prefix = f"job {' '.join(job)}: " if len(jobs) > 1 else ""
                 errors.append(prefix + _describe(error, job))
+    if not errors:  # warnings matter once the command can run
+        for warning in dict.fromkeys(warnings):
+            _say(f"rlrun: warning: {warning}")
     if len(errors) > _MAX_REPORTED_JOBS:
         errors = errors[:_MAX_REPORTED_JOBS] + [f"... and {len(errors) - _MAX_REPORTED_JOBS} more bad jobs"]
     return errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,14 @@ class ConfigError(ValueError):
 class RunError(RuntimeError):
     """A failure during a run that a user can act on (a full disk, diverged training); the
     message is one line saying what happened and what was kept."""
+
+
+# Steps are counted in Python ints but logged as floats (metrics.jsonl, TensorBoard), which
+# hold every integer only up to 2**53; no run comes near it.
+MAX_STEPS = 2**53
+# The largest run seed: NumPy takes seeds below 2**32, and a run also seeds its evaluation
+# environment (seed + 10000) and each vector sub-environment (seed + i).
+MAX_SEED = 2**31 - 1
 
 
 def positive(path: str, value: float) -> None:
@@ -216,7 +225,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         positive("total_steps", self.total_steps)
-        non_negative("seed", self.seed)
+        if self.total_steps > MAX_STEPS:
+            raise ConfigError(f"total_steps={self.total_steps} is more than rlrun can count; use at most 2**53 = {MAX_STEPS}")
+        in_range("seed", self.seed, 0, MAX_SEED)
         if self.threads is not None:
             positive("threads", self.threads)
 
@@ -287,6 +298,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{path} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}={value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

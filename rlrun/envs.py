@@ -5,16 +5,23 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+import math
+import sys
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from rlrun.config import ConfigError, EnvConfig
+from rlrun.config import ConfigError, EnvConfig, RunError
 
 log = logging.getLogger("rlrun")
 
 ATARI_INSTALL = "pip install -c constraints.txt -e '.[atari]'"
+
+
+class EnvironmentFailure(RunError):
+    """The environment raised, or returned a NaN or infinite observation or reward; the
+    message names the environment and what happened."""
 
 
 def check_env_id(env_id: str) -> None:
@@ -53,6 +60,10 @@ def make_vector_env(
     `training` as for make_env.
     """
     make = [lambda: _make_recorded(env, training) for _ in range(num_envs)]
+    if asynchronous:
+        # A sub-environment's error reaches this process as an EnvironmentFailure with one line;
+        # Gymnasium would also log each worker's traceback.
+        gym.logger.min_level = max(gym.logger.min_level, gym.logger.ERROR + 1)
     vector_class = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     vector = vector_class(make)
     vector.action_space.seed(seed)
@@ -90,6 +101,10 @@ class EpisodeReplay(gym.Wrapper):
         self._reset_on_next_step = False  # a restored episode that had ended (vector autoreset)
         # Set (through a vector env's set_attr) before restore_saved_episode() is called.
         self.saved_episode: dict | None = None
+        self._name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        space = env.observation_space
+        self._float_obs = isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating)
+        self._float_actions = isinstance(env.action_space, gym.spaces.Box)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is None:
@@ -98,7 +113,10 @@ class EpisodeReplay(gym.Wrapper):
             self._seeds = np.random.default_rng(seed)
         self._episode_seed, self._actions, self._done = seed, [], False
         self._reset_on_next_step = False
-        obs, info = self.env.reset(seed=seed, options=options)
+        try:
+            obs, info = self.env.reset(seed=seed, options=options)
+        except Exception as error:
+            raise EnvironmentFailure(f"{self._name} raised {type(error).__name__} in reset(): {error}") from error
         self._last_obs = obs
         return obs, info
 
@@ -108,11 +126,27 @@ class EpisodeReplay(gym.Wrapper):
             # been restored: reset it and return (reset obs, 0, False, False, reset info).
             obs, info = self.reset()
             return obs, 0.0, False, False, info
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except Exception as error:
+            raise EnvironmentFailure(f"{self._name} raised {type(error).__name__} in step(): {error}") from error
+        if not math.isfinite(reward) or (self._float_obs and not np.isfinite(obs).all()):
+            self._check_outputs(action, reward)
         self._last_obs = obs
         self._actions.append(np.copy(action))
         self._done = bool(terminated or truncated)
         return obs, reward, terminated, truncated, info
+
+    def _check_outputs(self, action, reward) -> None:
+        """A NaN or infinity came out of the environment. The agent would learn from it and
+        diverge, so the environment is named as the source, unless the action going in was
+        already non-finite: that is the agent's own divergence, which the run's checks report."""
+        if self._float_actions and not np.isfinite(action).all():
+            return
+        what = f"reward ({reward})" if not math.isfinite(reward) else "observation"
+        raise EnvironmentFailure(
+            f"{self._name} returned a non-finite {what} at step {len(self._actions) + 1} of an episode (seed {self._episode_seed})"
+        )
 
     def episode_state(self) -> dict:
         """The seed generator's state, and the episode in progress: its seed and actions."""
@@ -168,7 +202,10 @@ def restore_env(env: gym.Env | gym.vector.VectorEnv, state: dict) -> np.ndarray:
 
 def env_spaces(env: EnvConfig) -> tuple[gym.Space, gym.Space]:
     """The observation and action spaces the agent sees (after any Atari preprocessing)."""
-    made = _make(env, training=False)
+    try:
+        made = _make(env, training=False)
+    except EnvironmentFailure as failure:
+        raise ConfigError(str(failure)) from None
     made.close()
     return made.observation_space, made.action_space
 
@@ -177,9 +214,16 @@ def _make(env: EnvConfig, training: bool, render_mode: str | None = None) -> gym
     env_id = _registered_id(env.id)  # again here: a vector env's subprocess starts without it
     if "mujoco" in str(gym.spec(env_id).entry_point):
         _route_mujoco_warnings()
-    if _is_atari(env_id):
-        return _make_atari(env, env_id, training, render_mode)
-    return gym.make(env_id, render_mode=render_mode)
+    try:
+        if _is_atari(env_id):
+            return _make_atari(env, env_id, training, render_mode)
+        return gym.make(env_id, render_mode=render_mode)
+    except ConfigError:
+        raise
+    except gym.error.Error as error:  # Gymnasium's own complaint, e.g. an argument it does not take
+        raise ConfigError(f"env.id={env.id!r}: {error}") from None
+    except Exception as error:  # the environment's own constructor
+        raise EnvironmentFailure(f"{env_id} raised {type(error).__name__} when made: {error}") from error
 
 
 def _registered_id(env_id: str) -> str:
@@ -190,10 +234,15 @@ def _registered_id(env_id: str) -> str:
     module, separator, bare_id = env_id.rpartition(":")
     if not separator:
         return env_id
+    if not module or module.startswith("."):
+        raise ConfigError(f"env.id={env_id!r}: {module!r} is not an importable module name; write env.id=<package.module>:<EnvId>")
     try:
         importlib.import_module(module)
     except ImportError as error:
-        raise ConfigError(f"env.id={env_id!r}: cannot import {module!r} to register it ({error})") from None
+        hint = "" if module.split(".")[0] in sys.modules else "; if it is yours, put its folder on PYTHONPATH"
+        raise ConfigError(f"env.id={env_id!r}: cannot import {module!r} to register it ({error}){hint}") from None
+    except Exception as error:  # the module itself raised while being imported
+        raise ConfigError(f"env.id={env_id!r}: importing {module!r} raised {type(error).__name__}: {error}") from None
     return bare_id
 
 

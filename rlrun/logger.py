@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from rlrun.config import RunError
+
 log = logging.getLogger("rlrun")
 
 Scalar = float | int | torch.Tensor
 VIDEO_FRAMES, VIDEO_SIDE = 200, 160  # TensorBoard's copy of a video: at most this many frames, this many pixels a side
+
+
+def _reports_write_errors(method: Callable) -> Callable:
+    """A failed write of the run's logs (a full disk, a file-size limit, a folder made
+    read-only) ends the run with one line (RunError), not a traceback; checkpoints stay."""
+
+    @functools.wraps(method)
+    def wrapped(self: RunLogger, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as error:
+            from rlrun.checkpoint import describe_write_error
+
+            raise RunError(
+                f"cannot write the run's logs in {self.run_dir}: {describe_write_error(error)}; the checkpoints written so far are kept"
+            ) from error
+
+    return wrapped
 
 
 class RunLogger:
@@ -61,6 +82,7 @@ class RunLogger:
                     self._writer.file_writer.add_summary(summary)
         return self._writer
 
+    @_reports_write_errors
     def scalars(self, step: int, values: Mapping[str, Scalar]) -> None:
         row = {name: float(v) for name, v in values.items() if not isinstance(v, torch.Tensor)}
         tensor_names = [name for name, v in values.items() if isinstance(v, torch.Tensor)]
@@ -76,6 +98,7 @@ class RunLogger:
         self.latest_return = episode_return
         self.scalars(step, {"train/episode_return": episode_return, "train/episode_length": episode_length})
 
+    @_reports_write_errors
     def video(self, step: int, tag: str, frames: np.ndarray, fps: float) -> None:
         """An episode's frames (T, H, W, 3) uint8, as an animated GIF in TensorBoard's images
         tab (what SummaryWriter.add_video writes, which needs moviepy 1's API). Shrunk to at
@@ -106,16 +129,20 @@ class RunLogger:
             postfix["return"] = f"{self.latest_return:.1f}"
         self.bar.set_postfix(postfix, refresh=False)
 
+    @_reports_write_errors
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
         self.metrics_file.flush()
 
+    @_reports_write_errors
     def close(self) -> None:
         self.bar.close()
-        if self._writer is not None:  # a run that logged nothing leaves no TensorBoard file
-            self._writer.close()
-        self.metrics_file.close()
+        try:
+            if self._writer is not None:  # a run that logged nothing leaves no TensorBoard file
+                self._writer.close()
+        finally:
+            self.metrics_file.close()
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:

@@ -26,6 +26,7 @@ class Plan:
     config: dict  # the composed config, resolved, for checkpoints and hyperparameter logs
     obs_space: gym.Space  # as the agent sees them (after any Atari preprocessing)
     action_space: gym.Space
+    warnings: tuple[str, ...] = ()  # settings that are valid but almost surely not meant
 
 
 def validate(cfg: DictConfig) -> Plan:
@@ -53,7 +54,25 @@ def validate(cfg: DictConfig) -> Plan:
         from rlrun.video import check_video_support
 
         check_video_support(run_config.env)
-    return Plan(run_config, algo_name, algo_class, algo_config, resolved, obs_space, action_space)
+    warnings = tuple(_never_learns(algo_config, run_config.total_steps))
+    return Plan(run_config, algo_name, algo_class, algo_config, resolved, obs_space, action_space, warnings)
+
+
+def _never_learns(algo_config: Any, total_steps: int) -> list[str]:
+    """Settings under which the algorithm would never update within total_steps."""
+    found = []
+    learning_starts = getattr(algo_config, "learning_starts", None)
+    if learning_starts is not None and learning_starts >= total_steps:
+        found.append(
+            f"algo.learning_starts={learning_starts} is not below total_steps={total_steps}: this run never updates its networks"
+        )
+    rollout = getattr(algo_config, "batch_size", None) if hasattr(algo_config, "num_steps") else None
+    if rollout is not None and rollout > total_steps:
+        found.append(
+            f"a rollout of algo.num_envs × algo.num_steps = {rollout} transitions is longer than total_steps={total_steps}: "
+            "this run never updates its networks"
+        )
+    return found
 
 
 def _check_action_space(algo_name: str, algo_class: type[Algorithm], env_id: str, space: gym.Space) -> None:

@@ -115,6 +115,7 @@ class Run:
         self._checkpointed_step = self.step if resumed else None
         self.metrics: dict[str, Any] = {}  # the latest training metrics (run.record)
         self.stop_signal: str | None = None  # set by a signal handler (rlrun.train)
+        self.checkpoint_signal: str | None = None  # likewise: checkpoint after this step, go on
         self.requeue: Callable[[int, Any], None] | None = None  # submitit's SIGUSR2 handler, if any
         self.training_env: gym.Env | gym.vector.VectorEnv | None = None
         self._agent: Algorithm | None = None
@@ -193,6 +194,11 @@ class Run:
             self.record_video(step)
         if self.checkpoint_due(previous, step) or last:
             self.checkpoint(step)
+        if self.checkpoint_signal is not None:
+            received, self.checkpoint_signal = self.checkpoint_signal, None
+            if self._checkpointed_step != step:
+                self.checkpoint(step)
+            log.warning("%s: wrote %s; training goes on", received, self.last_checkpoint)
         if self.stop_signal is not None:
             if self._checkpointed_step != step:
                 self.checkpoint(step)

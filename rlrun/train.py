@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlrun.checkpoint import Checkpoint, check_resumable, latest, load
+from rlrun.checkpoint import Checkpoint, check_resumable, describe_write_error, latest, load
 from rlrun.config import RunError
 from rlrun.logger import log
 from rlrun.plan import Plan
@@ -43,7 +43,10 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
     seed_everything(settings.seed)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
-    run = Run(plan, run_dir, resumed)
+    try:
+        run = Run(plan, run_dir, resumed)
+    except OSError as error:
+        raise RunError(f"cannot write in the run folder {run_dir}: {describe_write_error(error)}") from error
     agent = build_agent(plan, run.device)
     if not run.logger.reused_folder:
         run.logger.hyperparameters(_flatten(plan.config), ["eval/return_mean"])
@@ -68,8 +71,10 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
             summary["signal"] = run.stop_signal
         if error is not None:
             summary["error"] = str(error)
-        _write_summary(run_dir, summary)
-        run.close()
+        # Never raised from here: an error already on its way out must not be replaced.
+        closing_problems = _finish(run, run_dir, summary)
+    if closing_problems:
+        raise RunError(closing_problems[0])
     if run.stop_signal == "SIGUSR2" and run.requeue is not None:
         run.requeue(signal.SIGUSR2, None)  # submitit requeues the job; it will resume from the checkpoint
     return summary
@@ -115,11 +120,13 @@ def bfloat16_updates(agent: object) -> None:
 
 @contextmanager
 def _stop_on_signals(run: Run) -> Iterator[None]:
-    """SIGINT and SIGTERM ask the run to stop after the current step with a checkpoint (see
-    Run.after_step); a second one stops it at once. Under submitit (hydra/launcher=slurm),
-    whose handler for SIGUSR2 (Slurm's time-limit and preemption warning) requeues the job,
-    SIGUSR2 does the same first, and `run.requeue` is that handler, for execute to call once
-    the checkpoint and summary are written."""
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal or a dropped SSH session) ask the run to
+    stop after the current step with a checkpoint (see Run.after_step); a second one stops it
+    at once. SIGUSR1, and SIGUSR2 outside a scheduler, write a checkpoint after the current
+    step and training goes on. Under submitit (hydra/launcher=slurm), whose handler for SIGUSR2
+    (Slurm's time-limit and preemption warning) requeues the job, SIGUSR2 stops the run like
+    SIGTERM, and `run.requeue` is that handler, for execute to call once the checkpoint and
+    summary are written."""
 
     def request_stop(signum: int, frame: Any) -> None:
         if run.stop_signal is not None:
@@ -127,13 +134,18 @@ def _stop_on_signals(run: Run) -> Iterator[None]:
         run.stop_signal = signal.Signals(signum).name
         log.warning("%s: stopping after this step with a checkpoint (Ctrl-C again stops at once)", run.stop_signal)
 
+    def request_checkpoint(signum: int, frame: Any) -> None:
+        run.checkpoint_signal = signal.Signals(signum).name
+
     # A signal ignored by whoever started us (nohup, a shell's background job) stays ignored.
-    signals = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    stopping = [sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
+    checkpointing = [sig for sig in (signal.SIGUSR1, signal.SIGUSR2) if signal.getsignal(sig) is signal.SIG_DFL]
     if callable(requeue := signal.getsignal(signal.SIGUSR2)):
-        signals.append(signal.SIGUSR2)
+        stopping.append(signal.SIGUSR2)
         run.requeue = requeue
     try:
-        previous = {sig: signal.signal(sig, request_stop) for sig in signals}
+        previous = {sig: signal.signal(sig, request_stop) for sig in stopping}
+        previous.update({sig: signal.signal(sig, request_checkpoint) for sig in checkpointing})
     except ValueError:  # not the main thread (some launchers): keep the default handlers
         previous = {}
     try:
@@ -162,10 +174,30 @@ def _completed_summary(plan: Plan, run_dir: Path, header: Checkpoint, checkpoint
     return summary
 
 
+def _finish(run: Run, run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    """Write summary.json and close the run's environments and logs; returns what failed, one
+    line each (also logged), instead of raising."""
+    problems = []
+    try:
+        _write_summary(run_dir, summary)
+    except OSError as error:
+        problems.append(f"cannot write {run_dir / 'summary.json'}: {describe_write_error(error)}; the checkpoints are kept")
+    try:
+        run.close()
+    except (OSError, RunError) as error:
+        problems.append(str(error) if isinstance(error, RunError) else f"cannot close the run's logs: {describe_write_error(error)}")
+    for problem in problems:
+        log.error("%s", problem)
+    return problems
+
+
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     temporary = run_dir / "summary.json.tmp"
-    temporary.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(temporary, run_dir / "summary.json")
+    try:
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(temporary, run_dir / "summary.json")
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
