@@ -139,13 +139,13 @@ def test_ppo_minibatches_need_two_transitions_each():
 @pytest.mark.parametrize("data,prefix,message", [
     ({"evry": 5}, "eval.", "unknown config key 'eval.evry'; did you mean 'eval.every'?"),
     ({"lrr": 0.1}, "algo.", "unknown config key 'algo.lrr'; did you mean 'algo.lr'?"),
-    ({"zzz": 1}, "eval.", "unknown config key 'eval.zzz'; valid keys: episodes, every"),
+    ({"zzz": 1}, "eval.", "unknown config key 'eval.zzz'; valid keys: {}"),  # nothing close: all of them
 ])
 def test_unknown_keys_are_named_with_a_suggestion(data, prefix, message):
     cls = SACConfig if prefix == "algo." else EvalConfig
     with pytest.raises(ConfigError) as error:
         from_mapping(cls, data, prefix=prefix)
-    assert str(error.value) == message
+    assert str(error.value) == message.format(", ".join(sorted(f.name for f in dataclasses.fields(cls))))
 
 
 def test_unknown_and_missing_keys_inside_groups_are_named_with_their_path():

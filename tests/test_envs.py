@@ -34,11 +34,11 @@ def test_make_env_seeds_the_action_space_and_records_episodes():
     draws = [[env.action_space.sample() for _ in range(32)] for env in (first, second, other)]
     assert draws[0] == draws[1] and draws[0] != draws[2]
     first.reset(seed=7)
-    for step in range(1, 501):
+    steps, done = 0, False
+    while not done:
         *_, terminated, truncated, info = first.step(first.action_space.sample())
-        if terminated or truncated:
-            break
-    assert info["episode"]["l"] == step and info["episode"]["r"] == step  # CartPole: reward 1 per step
+        steps, done = steps + 1, terminated or truncated
+    assert info["episode"]["l"] == steps and info["episode"]["r"] == steps  # CartPole: reward 1 per step
 
 
 def test_missing_ale_py_names_the_install_command(monkeypatch):

@@ -12,7 +12,6 @@ import statistics
 from dataclasses import dataclass
 
 import pytest
-
 from conftest import run_rlrun_together
 
 SEEDS = (0, 1)

@@ -4,11 +4,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from test_sac import batch, make_agent
 from torch import nn
 
 from rlrun.algos.ppo import PPO, PPOConfig
 from rlrun.train import bfloat16_updates, compile_networks
-from test_sac import batch, make_agent
 
 
 def test_compile_networks_compiles_each_network_and_keeps_checkpoint_names():
