@@ -26,6 +26,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+import rlrun.sweep  # noqa: F401  registers the resolver that names sweep job folders (configs/config.yaml)
 from rlrun.config import ConfigError, RunError
 
 CONFIG_MODULE = "rlrun.configs"
@@ -370,12 +371,13 @@ def _check_job(cfg: DictConfig, multirun: bool):
 
     job_cfg = cfg.copy()
     with open_dict(job_cfg):
-        hydra_cfg = job_cfg.pop("hydra")
+        del job_cfg["hydra"]
     plan = validate(job_cfg)
+    # Read from `cfg`: a folder may interpolate other hydra keys (${hydra.job.override_dirname}).
     if multirun:
-        _check_writable("hydra.sweep.dir", Path(hydra_cfg.sweep.dir))
+        _check_writable("hydra.sweep.dir", Path(cfg.hydra.sweep.dir))
     else:
-        _check_run_folder(Path(hydra_cfg.run.dir), plan.algo_name, plan.run_config.env.id)
+        _check_run_folder(Path(cfg.hydra.run.dir), plan.algo_name, plan.run_config.env.id)
     return plan
 
 
@@ -390,6 +392,7 @@ def _check_run_folder(run_dir: Path, algo: str, env_id: str) -> None:
 
 
 def _check_writable(key: str, folder: Path) -> None:
+    _check_name_lengths(key, folder)
     existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"{key}={folder} cannot be created: {existing} is a file; choose another folder with {key}=<folder>")
@@ -400,6 +403,25 @@ def _check_writable(key: str, folder: Path) -> None:
             f"{key}={folder} is not writable ({error.strerror} when creating a file in {existing}); "
             f"choose another folder with {key}=<folder>"
         ) from None
+
+
+def _check_name_lengths(key: str, folder: Path) -> None:
+    """Every folder name in `folder` must be one the file system takes (names built from
+    overrides, as hydra.run.dir=outputs/${hydra.job.override_dirname} builds them, can exceed it)."""
+    limit = 255  # most file systems' limit, where the nearest existing folder does not say
+    for existing in [folder.absolute(), *folder.absolute().parents]:
+        try:
+            limit = os.pathconf(existing, "PC_NAME_MAX")
+            break
+        except OSError:  # not there yet, or its own name is too long
+            continue
+    for part in folder.parts:
+        size = len(part.encode())
+        if size > limit:
+            raise ConfigError(
+                f"{key} has a folder name of {size} bytes ('{part[:40]}...'), more than the {limit} this file system "
+                f"allows; choose a shorter {key}=<folder>"
+            )
 
 
 def _expand(overrides: list[str]) -> list[list[str]]:

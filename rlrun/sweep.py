@@ -1,9 +1,10 @@
-"""Multirun bookkeeping: one row per job in `sweep.csv`, a table on the console at the end,
-and a non-zero exit when any job failed."""
+"""Multirun bookkeeping: job folder names, one row per job in `sweep.csv`, a table on the
+console at the end, and a non-zero exit when any job failed."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,32 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+# configs/config.yaml: hydra.sweep.subdir: ${rlrun_job_dirname:${hydra.job.num},${hydra.job.override_dirname}}
+JOB_DIRNAME_RESOLVER = "rlrun_job_dirname"
+# Most file systems (ext4, XFS, Btrfs, tmpfs, APFS, NTFS) allow 255 bytes per file name.
+MAX_NAME_BYTES = 255
+READABLE_PREFIX_BYTES = 100
+
+
+def job_dirname(num: int, override_dirname: str) -> str:
+    """A sweep job's folder name: `<num>-<overrides>` as Hydra writes it, or, where that is
+    longer than a file name may be, `<num>-<the overrides' first ~100 bytes>-<8 hex digits>`
+    with a hash of all the overrides. A pure function of the job, so a rerun of the sweep finds
+    its folders; the full overrides are in the folder's .hydra/overrides.yaml."""
+    name = f"{num}-{override_dirname}"
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:8]
+    readable = override_dirname.encode()[:READABLE_PREFIX_BYTES].decode("utf-8", errors="ignore")  # whole characters
+    return f"{num}-{readable}-{digest}"
+
+
+# Registered on import: rlrun.cli imports this module, and every launcher's worker process
+# unpickles the SweepSummary callback (hydra.callbacks) before it names the job's folder.
+if not OmegaConf.has_resolver(JOB_DIRNAME_RESOLVER):
+    OmegaConf.register_new_resolver(JOB_DIRNAME_RESOLVER, job_dirname)
 
 COLUMNS = ["job", "overrides", "status", "eval_return_mean", "eval_return_std", "total_steps", "sps", "wall_time_s", "error"]
 

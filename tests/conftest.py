@@ -1,7 +1,10 @@
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,26 @@ def _command(args: tuple[str, ...], patch: str | None) -> list[str]:
 def run_rlrun(*args: str, timeout: float = 300, patch: str | None = None) -> subprocess.CompletedProcess:
     """Run the installed `rlrun` entry point the way a user would, capturing its output."""
     return subprocess.run(_command(args, patch), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
+
+
+def run_rlrun_together(commands: list[tuple[str, ...]], timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """Run several `rlrun` commands at the same time, one process each, and wait for them all:
+    independent runs (seeds, sweeps) on a multi-core machine take the time of the slowest.
+    Output goes to temporary files, so that no process stalls on a full pipe."""
+    with contextlib.ExitStack() as stack:
+        started = []
+        for args in commands:
+            out, err = (stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2))
+            process = subprocess.Popen(_command(args, None), stdout=out, stderr=err, text=True, env=_env(), cwd=REPO)
+            stack.callback(process.kill)  # a no-op once it has exited; stops the others if one times out
+            started.append((args, out, err, process))
+        deadline = time.monotonic() + timeout
+        results = []
+        for args, out, err, process in started:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            out.seek(0), err.seek(0)
+            results.append(subprocess.CompletedProcess(list(args), process.returncode, out.read(), err.read()))
+        return results
 
 
 def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:

@@ -63,3 +63,11 @@ def test_cfg_job_prints_the_composed_config_with_tuned_values(rlrun, tmp_path):
     assert not (tmp_path / "run").exists()  # nothing ran
     overridden = rlrun("--cfg", "job", "algo=sac", "env=Pendulum", "algo.lr=5e-4")
     assert "lr: 0.0005" in overridden.stdout  # the command line beats the tuned file
+
+
+def test_a_run_folder_can_be_named_after_the_overrides(rlrun, tmp_path):
+    # Hydra's documented idiom; the folder check before the run reads it with its hydra keys.
+    result = rlrun("experiment=smoke", "algo=sac", "env=Pendulum", f"hydra.run.dir={tmp_path}/${{hydra.job.override_dirname}}")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "algo=sac,env=Pendulum,experiment=smoke" / "summary.json").read_text())
+    assert summary["status"] == "completed"

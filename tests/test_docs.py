@@ -38,13 +38,8 @@ CLUSTER_LAUNCHERS = {"slurm", "ray"}
 PLACEHOLDERS = {"<head>": "10.0.0.1"}  # a Ray head node's address
 # Documented commands that cannot run here, and why; keep this tiny.
 NOT_RUNNABLE: dict[str, str] = {}
-# Documented commands that fail today, each with the issue that fixes it. PPO's search names
-# each trial's folder after all its overrides: OSError, file name too long.
-PPO_SEARCH = (
-    "rlrun -m hydra/sweeper=rlrun_optuna hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweeper.n_jobs=2 "
-    "algo=ppo env=CartPole 'algo.lr=tag(log,interval(1e-5,1e-2))' 'algo.num_steps=choice(64,128,256)'"
-)
-KNOWN_FAILURES = {PPO_SEARCH: "issue 17 item 0"}
+# Documented commands that fail today, each with the issue that fixes it.
+KNOWN_FAILURES: dict[str, str] = {}
 # The step of the checkpoint in the stopped run made for a documented `resume=` (the smoke
 # experiment's checkpoint.every).
 STOPPED_AT = 300

@@ -1,7 +1,6 @@
-"""DQN: the TD targets, the dueling head, the replay buffer's dtypes, Atari set-up, the CLI."""
+"""DQN: the TD targets, the dueling head, the Q-network's torso, ε's schedule, the CLI."""
 
 import json
-import sys
 
 import gymnasium as gym
 import numpy as np
@@ -11,11 +10,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from rlrun import checkpoint
-from rlrun.algos.dqn import DQN, DQNConfig, QNetwork, linear_epsilon
-from rlrun.buffers import Batch, ReplayBuffer
-from rlrun.config import ConfigError, EnvConfig
-from rlrun.envs import check_env_id, env_spaces, make_env
-from rlrun.algos.dqn import DuelingHead, NatureCNN
+from rlrun.algos.dqn import DQN, DQNConfig, DuelingHead, NatureCNN, QNetwork, linear_epsilon
+from rlrun.buffers import Batch
+from rlrun.config import EnvConfig
+from rlrun.envs import env_spaces
 
 SCALARS = {"losses/td", "train/q_mean", "train/epsilon", "eval/return_mean", "eval/return_std", "perf/sps"}
 
@@ -117,62 +115,6 @@ def test_epsilon_falls_linearly_then_stays():
     assert linear_epsilon(0, 1.0, 0.05, 0) == 0.05  # exploration_fraction = 0
 
 
-def test_replay_buffer_returns_what_was_stored_with_integer_actions_and_uint8_frames():
-    capacity, frame_shape = 5, (2, 3, 3)
-    buffer = ReplayBuffer(
-        capacity, frame_shape, (), torch.device("cpu"), seed=0, obs_dtype=torch.uint8, action_dtype=torch.int64
-    )
-    # Transition k: frames full of k (next frames k + 100), action 3k, reward k/2, terminated if k odd.
-    for k in range(8):  # 8 > capacity: transitions 0, 1, 2 are overwritten by 5, 6, 7
-        frames = np.full(frame_shape, k, dtype=np.uint8)
-        buffer.add(frames, np.int64(3 * k), k / 2, frames + 100, terminated=k % 2 == 1)
-    assert len(buffer) == capacity and buffer.position == 8 % capacity
-    assert buffer.obs.dtype == torch.uint8 and buffer.actions.dtype == torch.int64
-    # Slot i holds the newest transition k with k % capacity == i.
-    assert buffer.obs[:, 0, 0, 0].tolist() == [5, 6, 7, 3, 4]
-
-    batch = buffer.sample(200)
-    assert batch.obs.dtype == torch.uint8 and batch.actions.dtype == torch.int64 and batch.actions.shape == (200,)
-    k = batch.obs[:, 0, 0, 0].long()
-    assert set(k.tolist()) == {3, 4, 5, 6, 7}
-    assert torch.equal(batch.obs, k.to(torch.uint8).view(-1, 1, 1, 1).expand(-1, *frame_shape))
-    assert torch.equal(batch.next_obs, (k + 100).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, *frame_shape))
-    assert torch.equal(batch.actions, 3 * k)
-    torch.testing.assert_close(batch.rewards, k.float() / 2)
-    torch.testing.assert_close(batch.terminated, (k % 2).float())
-
-
-def test_missing_ale_py_names_the_install_command(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ale_py", None)  # makes `import ale_py` fail
-    with pytest.raises(ConfigError, match=r"pip install -c constraints\.txt -e '\.\[atari\]'") as error:
-        check_env_id("ALE/Pong-v5")
-    assert "\n" not in str(error.value)
-
-
-def test_atari_env_preprocessing_and_training_only_reward_clipping():
-    pytest.importorskip("ale_py")
-    pytest.importorskip("cv2")
-    env_config = EnvConfig("ALE/Pong-v5", 1000)
-    obs_space, action_space = env_spaces(env_config)
-    assert obs_space.shape == (4, 84, 84) and obs_space.dtype == np.uint8
-    assert isinstance(action_space, gym.spaces.Discrete)
-
-    train_env = make_env(env_config, seed=0, training=True)
-    eval_env = make_env(env_config, seed=0, training=False)
-    try:
-        # Clipping sits outside the episode statistics, so recorded returns are game scores
-        # (the outermost wrapper, EpisodeReplay, only records seeds and actions).
-        assert isinstance(train_env.env, gym.wrappers.TransformReward)
-        assert isinstance(train_env.env.env, gym.wrappers.RecordEpisodeStatistics)
-        assert isinstance(eval_env.env, gym.wrappers.RecordEpisodeStatistics)
-        assert train_env.unwrapped._frameskip == 1  # AtariPreprocessing does the skipping
-        obs, _ = train_env.reset(seed=0)
-        assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
-    finally:
-        train_env.close()
-        eval_env.close()
-
-
 def _check_run_folder(run_dir, env_id: str, total_steps: int, extra_scalars: set[str] = frozenset()) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["total_steps"] == total_steps
@@ -214,26 +156,3 @@ def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
     assert isinstance(agent.q.torso, NatureCNN)
     agent.load_state_dict(state["agent"])
     assert 0 <= agent.act(np.zeros(obs_space.shape, dtype=np.uint8)) < action_space.n
-
-
-@pytest.mark.slow
-def test_dqn_learns_cartpole(rlrun, tmp_path):
-    # Budget: 20,000 steps with the tuned RL Zoo CartPole settings (configs/tuned/dqn-CartPole.yaml;
-    # ε decays over the first 3,200 steps). Measured on this 2-core machine, one thread, while
-    # other jobs shared the CPU: 53-83 s. Seeds 0, 1, 2 evaluated at step 20,000: 154, 500, 168;
-    # the best evaluation of each run: 212, 500, 359. A policy that has not learnt scores ~10.
-    # On the CPU, where the bars were set: a GPU draws other random numbers, so seed 0 takes
-    # another path (final returns over seeds 0-5 on an H200: mean 148 on CUDA, 190 on its CPU).
-    run_dir = tmp_path / "run"
-    result = rlrun(
-        "algo=dqn", "env=CartPole", "total_steps=20000", "eval.every=1000", "threads=1", "device=cpu", "progress=false",
-        f"hydra.run.dir={run_dir}", timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [row["eval/return_mean"] for row in rows if "eval/return_mean" in row]
-    assert len(evals) == 20
-    assert evals[0] < 50, evals  # step 1000: before the first update (learning_starts=1000)
-    # The issue's bar, on the final evaluation. DQN on CartPole oscillates (105-241 after step
-    # 3,000 for this seed), so the margin is thin; the run is bit-reproducible for a fixed seed.
-    assert evals[-1] >= 150, evals

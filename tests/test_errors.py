@@ -93,6 +93,14 @@ FOLDER_CASES = [
     (["algo=sac", "env=Pendulum", "hydra.run.dir=/proc/rlrun-run"], None, ["hydra.run.dir=/proc/rlrun-run is not writable"]),
     (["algo=sac", "env=Pendulum", "hydra.run.dir={tmp}/a-file/run"], None, ["cannot be created: {tmp}/a-file is a file"]),
     (["algo=sac", "env=Pendulum", "env.id=NoSuchEnv-v0"], None, ["env.id='NoSuchEnv-v0' is not a registered Gymnasium environment"]),
+    (["algo=sac", "env=Pendulum", "hydra.run.dir={tmp}/" + "a" * 300], None,
+     ["hydra.run.dir has a folder name of 300 bytes ('aaaa", "more than the 255 this file system allows"]),
+    # a run folder named after the overrides, as Hydra's docs suggest, with long overrides
+    (["algo=sac", "env=Pendulum", "hydra.run.dir={tmp}/${{hydra.job.override_dirname}}",
+      f"algo.hidden_sizes=[{','.join(['64'] * 80)}]"],
+     None, ["hydra.run.dir has a folder name of 281 bytes ('algo.hidden_sizes=[64,64"]),  # with ,algo=sac,env=Pendulum
+    (["-m", "algo=sac", "env=Pendulum", "hydra.sweep.dir={tmp}/" + "b" * 256], None,
+     ["hydra.sweep.dir has a folder name of 256 bytes ('bbbb"]),
 ]
 
 

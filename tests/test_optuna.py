@@ -4,11 +4,12 @@ and writes a best config that `rlrun` runs as it stands. Needs the optuna extra.
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import run_rlrun
+from conftest import run_rlrun, run_rlrun_together
 
 INSTALL = "python -m pip install -c constraints.txt -e '.[optuna]'"
 needs_optuna = pytest.mark.skipif(
@@ -165,8 +166,6 @@ def test_search_space_forms():
 
 @needs_optuna
 def test_every_algorithm_has_a_search_space_of_its_own_keys():
-    from pathlib import Path
-
     import yaml
 
     from hydra_plugins.rlrun_optuna_sweeper._core import flatten
@@ -176,6 +175,44 @@ def test_every_algorithm_has_a_search_space_of_its_own_keys():
         keys = set(yaml.safe_load((configs / "algo" / f"{algo}.yaml").read_text()))
         space = flatten(OmegaConf.to_container(OmegaConf.load(configs / "search" / f"{algo}.yaml")))
         assert space and all(key.startswith("algo.") and key.split(".", 1)[1] in keys for key in space), algo
+
+
+DEFAULT_SPACES = {"sac": "Pendulum", "td3": "Pendulum", "ddpg": "Pendulum", "ppo": "CartPole", "dqn": "CartPole"}
+
+
+@pytest.fixture(scope="module")
+def default_space_trials(tmp_path_factory):
+    """One trial of each algorithm's own search space (configs/search/<algo>.yaml) at smoke
+    budgets, all five sweeps started together; {algo: (result, sweep dir)}."""
+    root = tmp_path_factory.mktemp("default-spaces")
+    commands = [
+        ("-m", "hydra/sweeper=rlrun_optuna", f"algo={algo}", f"env={env}", "experiment=smoke", "threads=1",
+         "hydra.sweeper.n_trials=1", "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={root / algo}")
+        for algo, env in DEFAULT_SPACES.items()
+    ]
+    results = run_rlrun_together(commands)
+    return {algo: (result, root / algo) for algo, result in zip(DEFAULT_SPACES, results)}
+
+
+@needs_optuna
+@pytest.mark.parametrize("algo", DEFAULT_SPACES)
+def test_one_trial_of_each_default_search_space_runs(default_space_trials, algo):
+    import yaml
+
+    from rlrun.sweep import MAX_NAME_BYTES, job_dirname
+
+    result, sweep_dir = default_space_trials[algo]
+    assert result.returncode == 0, result.stderr
+    assert "1 trials, 1 completed, 0 pruned, 0 failed" in result.stdout
+    (folder,) = trial_folders(sweep_dir).values()
+    override_dirname = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.job.override_dirname
+    assert folder.name == job_dirname(0, override_dirname) and len(folder.name.encode()) <= MAX_NAME_BYTES
+    searched = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "search" / f"{algo}.yaml")
+    overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+    assert {o.split("=", 1)[0] for o in overrides} >= set(searched)  # every searched value, kept in the folder
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["total_steps"] == 600
+    assert load_study(sweep_dir).trials[0].value == pytest.approx(summary["eval_return_mean"])
 
 
 def test_without_optuna_the_sweep_names_the_install_command(rlrun, tmp_path):

@@ -1,4 +1,4 @@
-"""PPO: GAE by hand, running statistics against numpy, frozen normalisation, the CLI end to end."""
+"""PPO: GAE by hand, frozen observation normalisation, the CLI end to end."""
 
 import json
 
@@ -10,7 +10,6 @@ import torch
 from rlrun import checkpoint
 from rlrun.algos.ppo import PPO, PPOConfig, compute_gae
 from rlrun.config import from_mapping
-from rlrun.normalize import RewardScaler, RunningMeanStd
 
 
 def test_gae_on_a_hand_computed_rollout_with_a_termination_and_a_truncation():
@@ -43,33 +42,6 @@ def test_gae_on_a_hand_computed_rollout_with_a_termination_and_a_truncation():
         [7.9, 1.0],
     ])
     torch.testing.assert_close(advantages, expected)
-
-
-def test_running_mean_std_matches_numpy_on_random_chunks():
-    rng = np.random.default_rng(0)
-    # A negligible prior count, so the merge is compared exactly (the default 1e-4, as SB3 and
-    # Gymnasium, weighs a prior of mean 0 and variance 1 by 1e-4 samples).
-    rms = RunningMeanStd((3,), epsilon=1e-12)
-    chunks = [rng.normal([1.0, -5.0, 100.0], [0.1, 2.0, 30.0], size=(n, 3)) for n in (1, 0, 7, 64, 2, 500)]
-    for chunk in chunks:
-        rms.update(chunk)
-    data = np.concatenate(chunks)
-    np.testing.assert_allclose(rms.mean, data.mean(axis=0), rtol=1e-9)
-    np.testing.assert_allclose(rms.var, data.var(axis=0), rtol=1e-9)
-    assert rms.count == pytest.approx(len(data))
-
-
-def test_reward_scaler_uses_the_std_of_the_discounted_return_and_skips_autoreset_steps():
-    gamma = 0.5
-    scaler = RewardScaler(num_envs=1, gamma=gamma, clip=1e9)
-    scaler.rms = RunningMeanStd((), epsilon=1e-12)  # no prior sample, to compare with numpy exactly
-    # Episode r = 1, 2, 4 (done), then an autoreset step (reward 0, inactive), then r = 3.
-    steps = [(1.0, False, True), (2.0, False, True), (4.0, True, True), (0.0, False, False), (3.0, False, True)]
-    for reward, done, active in steps:
-        scaled = scaler(np.array([reward]), np.array([done]), np.array([active]))
-    returns = np.array([1.0, 2.5, 5.25, 3.0])  # R = γR + r, restarted after the done; autoreset step left out
-    np.testing.assert_allclose(scaler.rms.var, returns.var(), rtol=1e-9)
-    assert scaled.item() == pytest.approx(3.0 / np.sqrt(scaler.rms.var + 1e-8))
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
@@ -164,25 +136,3 @@ def test_bad_ppo_config_fails_with_one_line(rlrun, tmp_path):
     result = rlrun("algo=ppo", "env=CartPole", "algo.num_minibatches=200", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert "algo.num_minibatches=200" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.slow
-def test_ppo_learns_cartpole(rlrun, tmp_path):
-    # Budget: 30,000 steps with the tuned RL Zoo settings (configs/tuned/ppo-CartPole.yaml; the
-    # lr anneals over these 30k steps), 5 eval episodes every 1,000 steps. Measured: 35-40 s
-    # wall on one core of this 2-core machine (~1,100-1,300 training steps/s). Seed 0: eval 15.8
-    # at step 1,000, 500 from step 13,000 on; seeds 1, 2, 3 ended at 422.6, 500, 500. On the CPU,
-    # where the bar was set: a GPU draws other random numbers, so seed 0 takes another path
-    # (final returns over seeds 0-5 on an H200: mean 386 on CUDA, 424 on its CPU).
-    run_dir = tmp_path / "run"
-    result = rlrun(
-        "algo=ppo", "env=CartPole", "total_steps=30000", "eval.every=1000", "eval.episodes=5", "threads=1", "device=cpu",
-        "progress=false", f"hydra.run.dir={run_dir}", timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    evals = [row["eval/return_mean"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-             if "eval/return_mean" in row]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert len(evals) == 30
-    assert evals[0] < 200, evals  # after ~10 updates: far from solved
-    assert summary["eval_return_mean"] >= 400, evals

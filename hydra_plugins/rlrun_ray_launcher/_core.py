@@ -67,6 +67,8 @@ def _run_job(
     import ray
     import torch
 
+    import rlrun.sweep  # noqa: F401  the resolver that names the job's folder (hydra.sweep.subdir)
+
     torch.set_num_threads(max(1, int(num_cpus)))  # a reused worker may have run a job of another size
     setup_globals()
     Singleton.set_state(singleton_state)

@@ -1,14 +1,75 @@
-"""Saving a training environment mid-episode and restoring it in a fresh process-like copy
-continues the exact same trajectory: the basis of exact resume."""
+"""Environments: id checks, Atari preprocessing, and exact save/restore.
+
+Saving a training environment mid-episode and restoring it in a fresh copy continues the
+exact same trajectory: the basis of exact resume."""
 
 import io
+import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from rlrun.config import EnvConfig
-from rlrun.envs import env_state, make_env, make_vector_env, restore_env
+from rlrun.config import ConfigError, EnvConfig
+from rlrun.envs import check_env_id, env_spaces, env_state, make_env, make_vector_env, restore_env
+
+
+def test_env_ids_are_checked_against_the_registry_with_suggestions():
+    check_env_id("Pendulum-v1")
+    check_env_id("tests.crashing_env:CrashingPendulum-v0")  # "module:Id" imports the module that registers it
+    with pytest.raises(ConfigError, match=r"^env.id='HalfCheetah-v9' is not a registered Gymnasium environment; "
+                                          r"did you mean HalfCheetah-v5"):
+        check_env_id("HalfCheetah-v9")
+    with pytest.raises(ConfigError, match=r"^env.id='NoSuchEnv-v0' is not a registered Gymnasium environment$"):
+        check_env_id("NoSuchEnv-v0")
+    with pytest.raises(ConfigError, match=r"^env.id='no_such_module:Foo-v0': cannot import 'no_such_module'"):
+        check_env_id("no_such_module:Foo-v0")
+
+
+def test_make_env_seeds_the_action_space_and_records_episodes():
+    config = EnvConfig(id="CartPole-v1", total_steps=1)
+    first, second = make_env(config, seed=7, training=True), make_env(config, seed=7, training=True)
+    other = make_env(config, seed=8, training=True)
+    draws = [[env.action_space.sample() for _ in range(32)] for env in (first, second, other)]
+    assert draws[0] == draws[1] and draws[0] != draws[2]
+    first.reset(seed=7)
+    steps, done = 0, False
+    while not done:
+        *_, terminated, truncated, info = first.step(first.action_space.sample())
+        steps, done = steps + 1, terminated or truncated
+    assert info["episode"]["l"] == steps and info["episode"]["r"] == steps  # CartPole: reward 1 per step
+
+
+def test_missing_ale_py_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ale_py", None)  # makes `import ale_py` fail
+    with pytest.raises(ConfigError, match=r"pip install -c constraints\.txt -e '\.\[atari\]'") as error:
+        check_env_id("ALE/Pong-v5")
+    assert "\n" not in str(error.value)
+
+
+def test_atari_env_preprocessing_and_training_only_reward_clipping():
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    env_config = EnvConfig("ALE/Pong-v5", 1000)
+    obs_space, action_space = env_spaces(env_config)
+    assert obs_space.shape == (4, 84, 84) and obs_space.dtype == np.uint8
+    assert isinstance(action_space, gym.spaces.Discrete)
+
+    train_env = make_env(env_config, seed=0, training=True)
+    eval_env = make_env(env_config, seed=0, training=False)
+    try:
+        # Clipping sits outside the episode statistics, so recorded returns are game scores
+        # (the outermost wrapper, EpisodeReplay, only records seeds and actions).
+        assert isinstance(train_env.env, gym.wrappers.TransformReward)
+        assert isinstance(train_env.env.env, gym.wrappers.RecordEpisodeStatistics)
+        assert isinstance(eval_env.env, gym.wrappers.RecordEpisodeStatistics)
+        assert train_env.unwrapped._frameskip == 1  # AtariPreprocessing does the skipping
+        obs, _ = train_env.reset(seed=0)
+        assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    finally:
+        train_env.close()
+        eval_env.close()
 
 
 def through_a_checkpoint(state):

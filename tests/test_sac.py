@@ -2,15 +2,13 @@
 
 import math
 
-import pytest
-
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
-from rlrun.algos.sac import SAC, SACConfig
+from rlrun.algos.sac import SAC, SACConfig, tanh_gaussian_log_prob
 from rlrun.buffers import Batch
-from rlrun.algos.sac import tanh_gaussian_log_prob
 
 
 def test_tanh_gaussian_log_prob_matches_numerical_density():

@@ -1,0 +1,31 @@
+"""The replay buffer gives back what was stored, in the dtypes it was given."""
+
+import numpy as np
+import torch
+
+from rlrun.buffers import ReplayBuffer
+
+
+def test_replay_buffer_returns_what_was_stored_with_integer_actions_and_uint8_frames():
+    capacity, frame_shape = 5, (2, 3, 3)
+    buffer = ReplayBuffer(
+        capacity, frame_shape, (), torch.device("cpu"), seed=0, obs_dtype=torch.uint8, action_dtype=torch.int64
+    )
+    # Transition k: frames full of k (next frames k + 100), action 3k, reward k/2, terminated if k odd.
+    for k in range(8):  # 8 > capacity: transitions 0, 1, 2 are overwritten by 5, 6, 7
+        frames = np.full(frame_shape, k, dtype=np.uint8)
+        buffer.add(frames, np.int64(3 * k), k / 2, frames + 100, terminated=k % 2 == 1)
+    assert len(buffer) == capacity and buffer.position == 8 % capacity
+    assert buffer.obs.dtype == torch.uint8 and buffer.actions.dtype == torch.int64
+    # Slot i holds the newest transition k with k % capacity == i.
+    assert buffer.obs[:, 0, 0, 0].tolist() == [5, 6, 7, 3, 4]
+
+    batch = buffer.sample(200)
+    assert batch.obs.dtype == torch.uint8 and batch.actions.dtype == torch.int64 and batch.actions.shape == (200,)
+    k = batch.obs[:, 0, 0, 0].long()
+    assert set(k.tolist()) == {3, 4, 5, 6, 7}
+    assert torch.equal(batch.obs, k.to(torch.uint8).view(-1, 1, 1, 1).expand(-1, *frame_shape))
+    assert torch.equal(batch.next_obs, (k + 100).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, *frame_shape))
+    assert torch.equal(batch.actions, 3 * k)
+    torch.testing.assert_close(batch.rewards, k.float() / 2)
+    torch.testing.assert_close(batch.terminated, (k % 2).float())
