@@ -67,3 +67,13 @@ def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:
 @pytest.fixture
 def rlrun():
     return run_rlrun
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long fuzz runs (tests/test_fuzz.py) only when asked for: python -m pytest -m fuzz."""
+    if "fuzz" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="many generated cases; run with: python -m pytest -m fuzz")
+    for item in items:
+        if "fuzz" in item.keywords:
+            item.add_marker(skip)

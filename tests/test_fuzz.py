@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, run_rlrun
@@ -183,6 +183,8 @@ QUIET = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped
 
 @settings(max_examples=EXAMPLES, **QUIET)
 @given(algo_env=st.sampled_from(ALGO_ENVS), generated=overrides)
+@example(algo_env=("ppo", "CartPole"), generated=[])  # one that trains, whatever is generated
+@example(algo_env=("dqn", "CartPole"), generated=["algo.double=true", "seed=3"])
 def test_generated_overrides_train_or_get_one_line(algo_env, generated, tmp_path_factory):
     _fuzz_overrides(algo_env, generated, tmp_path_factory)
 
