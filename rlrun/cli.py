@@ -49,7 +49,8 @@ def main() -> None:
         _folder_command(args)
         return
     try:
-        check_overrides([a for a in args if not a.startswith("-")])
+        if all(a in _MULTIRUN_FLAGS for a in args if a.startswith("-")):  # other flags take values: Hydra's to parse
+            check_overrides([a for a in args if not a.startswith("-")])
         args = expand_resume(args)
     except ConfigError as error:
         print(f"rlrun: error: {error}", file=sys.stderr)
