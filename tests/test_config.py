@@ -5,6 +5,7 @@ mistakes through the real command line (exit code, one line, nothing written).""
 import ast
 import dataclasses
 import inspect
+import sys
 import textwrap
 import typing
 
@@ -63,7 +64,9 @@ def range_checks(cls: type) -> list[tuple[str, str, str, tuple]]:
                 continue
             key, value, *extra = call.args
             assert isinstance(value, ast.Attribute) and value.value.id == "self", ast.dump(call)
-            checks.append((call.func.id, ast.literal_eval(key), value.attr, tuple(ast.literal_eval(e) for e in extra)))
+            namespace = vars(sys.modules[base.__module__])  # bounds may be named constants (MAX_SEED)
+            bounds = tuple(eval(compile(ast.Expression(e), "<bound>", "eval"), namespace) for e in extra)
+            checks.append((call.func.id, ast.literal_eval(key), value.attr, bounds))
     return checks
 
 
@@ -76,7 +79,8 @@ def bad_values(check: str, extra: tuple, hint: type) -> list:
         return [number(-1)]
     if check == "in_range":
         low, high = extra
-        return [low - 0.5, high + 0.5]
+        step = 1 if number is int else 0.5
+        return [low - step, high + step]
     return [[], [64, 0]]  # layer_sizes
 
 
