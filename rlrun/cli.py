@@ -85,7 +85,8 @@ def _folder_command(args: list[str]) -> None:
         name, _, folder = commands[0].partition("=")
         clashing = [a for a in rest if a in _MULTIRUN_FLAGS or a.startswith("-") or _override_key(a) == "resume"]
         if clashing:
-            raise ConfigError(f"{name}= reads a saved run and takes no {' '.join(clashing)}; evaluate a sweep with {name}=<its folder>")
+            hint = "; evaluate a sweep with evaluate=<its folder>" if name == "evaluate" else ""
+            raise ConfigError(f"{name}= reads a saved run and takes no {' '.join(clashing)}{hint}")
         if not folder:
             raise ConfigError(f"{name}= needs a run folder, e.g. {name}=outputs/<date>/<time>")
         if name == "evaluate":
@@ -96,11 +97,11 @@ def _folder_command(args: list[str]) -> None:
             from rlrun.export import export_command
 
             export_command(folder, rest)
-    except ConfigError as error:
+    except (ConfigError, RunError) as error:  # RunError: the environment failed while evaluated
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"rlrun: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
 
 
 def keep_freed_memory() -> None:
@@ -323,11 +324,18 @@ def _threads_per_parallel_job() -> int | None:
 
 
 def record_failure(run_dir: Path, error: Exception) -> None:
-    """Make sure a failed job's summary.json says it failed and why."""
+    """Make sure a failed job's summary.json says it failed and why (a one-line error as it is
+    worded, anything else with its exception type); a folder that cannot be written is left."""
     path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {"status": "failed"}
-    summary["error"] = f"{type(error).__name__}: {error}"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        summary = json.loads(path.read_text()) if path.exists() else {"status": "failed"}
+    except (OSError, json.JSONDecodeError):
+        summary = {"status": "failed"}
+    summary["error"] = str(error) if isinstance(error, (ConfigError, RunError)) else f"{type(error).__name__}: {error}"
+    try:
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+    except OSError as write_error:
+        log.error("cannot write %s: %s", path, write_error.strerror)
 
 
 def preflight(args: list[str]) -> list[str]:

@@ -151,7 +151,7 @@ def _stopped_run(folder: Path) -> None:
     for checkpoint in sorted((folder / "checkpoints").glob("step_*.pt"))[1:]:
         checkpoint.unlink()
     (folder / "summary.json").unlink()
-    assert [p.name for p in (folder / "checkpoints").glob("*.pt")] == [f"step_{STOPPED_AT:09d}.pt"]
+    assert [p.name for p in (folder / "checkpoints").glob("step_*.pt")] == [f"step_{STOPPED_AT:09d}.pt"]
 
 
 def _optuna_sweep(folder: Path) -> None:

@@ -54,7 +54,7 @@ def test_a_crashing_job_does_not_stop_the_sweep(rlrun, tmp_path):
     with open(sweep_dir / "sweep.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["status"] for row in rows] == ["failed", "completed"]  # the second job still ran
-    assert "RuntimeError: simulated crash at step 150" in rows[0]["error"]
+    assert "CrashingPendulum-v0 raised RuntimeError in step(): simulated crash at step 150" in rows[0]["error"]
     assert rows[1]["total_steps"] == "250" and float(rows[1]["eval_return_mean"]) < 0
 
 
