@@ -44,6 +44,9 @@ _FOLDER_COMMANDS = ("evaluate", "export")
 
 def main() -> None:
     keep_freed_memory()
+    # `env.id=my_module:MyEnv-v0` finds modules in the folder rlrun runs in, as `python -m` would.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     args = sys.argv[1:]
     if any(_override_key(a) in _FOLDER_COMMANDS for a in args):
         _folder_command(args)

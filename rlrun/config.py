@@ -6,6 +6,7 @@ environment or network is built, and the training loop does no config lookups.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import math
@@ -161,6 +162,26 @@ class EnvConfig:
     frame_skip frames each); configs/config.yaml makes it the run's total_steps."""
     atari: AtariConfig = field(default_factory=AtariConfig)
     """Atari preprocessing; acts on ALE ids only."""
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the environment's constructor, passed to gym.make
+    (`+env.kwargs.forward_reward_weight=2.0`)."""
+    max_episode_steps: int | None = None
+    """Episode length limit (gym.make's max_episode_steps); null keeps the registered one."""
+    wrappers: tuple[Mapping[str, Any], ...] = ()
+    """Gymnasium wrappers applied in order, each {_target_: <class or function>, <its arguments>}
+    and called with the environment first (Hydra's instantiate), on training and evaluation
+    environments alike; e.g. [{_target_: gymnasium.wrappers.ClipReward, min_reward: -1, max_reward: 1}]."""
+
+    def __post_init__(self) -> None:
+        if self.max_episode_steps is not None:
+            positive("env.max_episode_steps", self.max_episode_steps)
+        for i, wrapper in enumerate(self.wrappers):
+            target = wrapper.get("_target_")
+            if not isinstance(target, str) or not target:
+                raise ConfigError(
+                    f"env.wrappers[{i}]={dict(wrapper)!r} needs _target_: the wrapper's import path, "
+                    "e.g. {_target_: gymnasium.wrappers.ClipReward, min_reward: -1, max_reward: 1}"
+                )
 
 
 @dataclass(frozen=True)
@@ -280,6 +301,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if value not in args:
             raise ConfigError(f"{path}={value!r} is not valid; choose one of: {', '.join(map(str, args))}")
         return value
+    if origin in (dict, Mapping, collections.abc.Mapping):
+        if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+            raise ConfigError(f"{path} must be a group of keys like {{name: value}}, got {value!r}")
+        return dict(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path} must be a list like [256, 256], got {value!r}")

@@ -216,14 +216,44 @@ def _make(env: EnvConfig, training: bool, render_mode: str | None = None) -> gym
         _route_mujoco_warnings()
     try:
         if _is_atari(env_id):
-            return _make_atari(env, env_id, training, render_mode)
-        return gym.make(env_id, render_mode=render_mode)
+            made = _make_atari(env, env_id, training, render_mode)
+        else:
+            made = gym.make(env_id, render_mode=render_mode, **_make_kwargs(env))
+        for index, wrapper in enumerate(env.wrappers):
+            made = _wrap(made, wrapper, index)
+        return made
     except ConfigError:
         raise
     except gym.error.Error as error:  # Gymnasium's own complaint, e.g. an argument it does not take
         raise ConfigError(f"env.id={env.id!r}: {error}") from None
     except Exception as error:  # the environment's own constructor
         raise EnvironmentFailure(f"{env_id} raised {type(error).__name__} when made: {error}") from error
+
+
+def _make_kwargs(env: EnvConfig) -> dict:
+    """gym.make's keyword arguments from env.kwargs and env.max_episode_steps."""
+    kwargs = dict(env.kwargs)
+    if env.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = env.max_episode_steps
+    return kwargs
+
+
+def _wrap(made: gym.Env, wrapper: dict, index: int) -> gym.Env:
+    """env.wrappers[index] applied to `made` through Hydra's instantiate (the env goes first)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        wrapped = instantiate(dict(wrapper), made)
+    except InstantiationException as error:
+        if str(error).startswith("Error in call to target") and error.__cause__ is not None:  # the wrapper raised
+            reason = f"{type(error.__cause__).__name__}: {error.__cause__}"
+        else:
+            reason = "cannot import it: " + str(error).splitlines()[0].split(", set env var HYDRA_FULL_ERROR")[0]
+        raise ConfigError(f"env.wrappers[{index}]: cannot apply {wrapper['_target_']} ({reason})") from None
+    if not isinstance(wrapped, gym.Env):
+        raise ConfigError(f"env.wrappers[{index}]: {wrapper['_target_']} returned a {type(wrapped).__name__}, not an environment")
+    return wrapped
 
 
 def _registered_id(env_id: str) -> str:
@@ -255,7 +285,8 @@ def _make_atari(env: EnvConfig, env_id: str, training: bool, render_mode: str | 
     """
     atari = env.atari
     game = gym.make(
-        env_id, frameskip=1, repeat_action_probability=atari.repeat_action_probability, render_mode=render_mode
+        env_id, frameskip=1, repeat_action_probability=atari.repeat_action_probability, render_mode=render_mode,
+        **_make_kwargs(env),
     )
     game = gym.wrappers.AtariPreprocessing(
         game,

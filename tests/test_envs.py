@@ -139,3 +139,72 @@ def test_a_replay_that_diverges_is_reported(caplog):
     with caplog.at_level("WARNING", logger="rlrun"):
         restore_env(make_env(config, seed=0, training=True), state)
     assert "did not replay to its saved state" in caplog.text
+
+
+# ----- constructor arguments, episode limits and wrappers from the config ------------------------
+CLIP = {"_target_": "gymnasium.wrappers.ClipReward", "min_reward": -0.5, "max_reward": 0.0}
+
+
+def test_kwargs_episode_limit_and_wrappers_reach_training_and_evaluation_envs():
+    env = EnvConfig(id="Pendulum-v1", total_steps=100, kwargs={"g": 3.0}, max_episode_steps=7, wrappers=(CLIP,))
+    for training in (True, False):
+        made = make_env(env, seed=0, training=training)
+        assert made.unwrapped.g == 3.0
+        made.reset(seed=0)
+        rewards, steps, done = [], 0, False
+        while not done:
+            _, reward, terminated, truncated, _ = made.step(made.action_space.sample())
+            rewards.append(reward)
+            steps += 1
+            done = terminated or truncated
+        assert steps == 7 and truncated
+        assert all(-0.5 <= r <= 0.0 for r in rewards) and min(rewards) == -0.5  # clipped: Pendulum's own go below -0.5
+        made.close()
+
+
+def test_wrappers_apply_in_order():
+    scale = {"_target_": "gymnasium.wrappers.TransformReward", "func": {"_target_": "operator.neg", "_partial_": True}}
+    clip_then_negate = make_env(EnvConfig(id="Pendulum-v1", total_steps=10, wrappers=(CLIP, scale)), 0, training=True)
+    negate_then_clip = make_env(EnvConfig(id="Pendulum-v1", total_steps=10, wrappers=(scale, CLIP)), 0, training=True)
+    for made in (clip_then_negate, negate_then_clip):
+        made.reset(seed=0)
+    action = np.array([0.0], dtype=np.float32)
+    assert clip_then_negate.step(action)[1] >= 0.0  # clipped into [-0.5, 0], then negated
+    assert negate_then_clip.step(action)[1] == 0.0  # negated (positive), then clipped to 0
+
+
+@pytest.mark.parametrize("wrappers,words", [
+    (({"min_reward": 0},), "needs _target_"),
+    (({"_target_": "gymnasium.wrappers.NoSuchWrapper"},), "cannot apply gymnasium.wrappers.NoSuchWrapper (cannot import it"),
+    (({"_target_": "gymnasium.wrappers.ClipReward", "nope": 1},), "unexpected keyword argument 'nope'"),
+])
+def test_a_wrong_wrapper_is_one_line_before_training(wrappers, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        env_spaces(EnvConfig(id="Pendulum-v1", total_steps=10, wrappers=wrappers))
+
+
+def test_a_wrong_constructor_argument_is_one_line_before_training():
+    with pytest.raises(ConfigError, match="Pendulum-v1 raised TypeError when made: .*unexpected keyword argument 'gravity'"):
+        env_spaces(EnvConfig(id="Pendulum-v1", total_steps=10, kwargs={"gravity": 3.0}))
+
+
+def test_a_custom_environment_in_the_working_folder_trains_through_the_rlrun_command(tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import REPO, _env
+
+    shutil.copy(REPO / "examples" / "point_env.py", tmp_path / "my_point.py")
+    rlrun = shutil.which("rlrun")
+    assert rlrun, "the rlrun command is installed by the set-up command"
+    result = subprocess.run(
+        [rlrun, "experiment=smoke", "algo=sac", "env=Pendulum", "env.id=my_point:PointMass-v0", "+env.kwargs.friction=0.5",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    saved = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+    assert "friction: 0.5" in saved and "my_point:PointMass-v0" in saved  # resume and evaluation see the same env
