@@ -293,31 +293,11 @@ def pair_ratios(rlrun_runs: list[dict], sb3_runs: list[dict]) -> list[float]:
     return [r["train_sps"] / sb3[key] for r in rlrun_runs if (key := (r["seed"], r.get("repeat", 0))) in sb3]
 
 
-def iqm(values: list[float]) -> float:
-    """Interquartile mean: the mean of the middle half (Agarwal et al. 2021, "Deep RL at the
-    Edge of the Statistical Precipice"); for n not divisible by 4 the cut points are weighted."""
-    ordered = sorted(values)
-    n = len(ordered)
-    low, high = n / 4, 3 * n / 4
-    total = 0.0
-    for i, value in enumerate(ordered):
-        weight = max(0.0, min(i + 1, high) - max(i, low))  # how much of [i, i+1) lies in the middle half
-        total += weight * value
-    return total / (high - low)
-
-
-def bootstrap_interval(values: list[float], statistic=iqm, level: float = 0.95, resamples: int = 10_000, seed: int = 0):
-    """Percentile bootstrap confidence interval of `statistic` over runs (seeds)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    data = np.asarray(values, dtype=float)
-    draws = [statistic(list(rng.choice(data, size=len(data), replace=True))) for _ in range(resamples)]
-    return float(np.quantile(draws, (1 - level) / 2)), float(np.quantile(draws, (1 + level) / 2))
-
-
 def learning_markdown(results: list[dict]) -> str:
-    """Final eval returns across seeds: IQM and a bootstrap 95% interval per runner."""
+    """Final eval returns across seeds: IQM (the 25% trimmed mean) and its 95% bootstrap
+    interval per runner, with the report's statistics (rlrun/report/stats.py)."""
+    from rlrun.report.stats import Bootstrap, iqm
+
     lines = ["| algo | env | runner | seeds | final eval returns | IQM | 95% bootstrap CI |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for algo, env in sorted({(r["algo"], r["env"]) for r in results}):
         for runner in ("rlrun", "sb3"):
@@ -326,10 +306,10 @@ def learning_markdown(results: list[dict]) -> str:
             finals = [float(r["eval_returns"][max(r["eval_returns"], key=int)]) for r in runs.values()]
             if not finals:
                 continue
-            low, high = bootstrap_interval(finals)
+            estimate = Bootstrap(resamples=10_000).estimate(iqm, finals)
             lines.append(
                 f"| {algo} | {env} | {runner} | {len(finals)} | {', '.join(f'{v:.1f}' for v in finals)} | "
-                f"{iqm(finals):.1f} | [{low:.1f}, {high:.1f}] |"
+                f"{float(estimate.value):.1f} | [{float(estimate.low):.1f}, {float(estimate.high):.1f}] |"
             )
     return "\n".join(lines)
 

@@ -3,25 +3,28 @@
 import importlib.util
 from pathlib import Path
 
-import pytest
-
 spec = importlib.util.spec_from_file_location("benchmark", Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py")
 benchmark = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(benchmark)
 
 
-def test_iqm_is_the_mean_of_the_middle_half():
-    assert benchmark.iqm([1, 2, 3, 4, 5, 6, 7, 100]) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
-    # n = 3: the middle half is [0.75, 2.25): a quarter of the lowest and the highest, all of the middle one.
-    assert benchmark.iqm([0.0, 10.0, 1000.0]) == pytest.approx((0.25 * 0 + 10 + 0.25 * 1000) / 1.5)
-    assert benchmark.iqm([5.0]) == 5.0
+def _learning_run(runner: str, seed: int, final: float) -> dict:
+    return {"algo": "sac", "env": "HalfCheetah", "threads": 1, "runner": runner, "seed": seed, "repeat": 0,
+            "train_sps": 100, "peak_rss_mib": 300, "eval_returns": {"50": 0.0, "100": final}}
 
 
-def test_bootstrap_interval_brackets_the_statistic_and_is_reproducible():
-    values = [100.0, 120.0, 90.0, 110.0, 105.0]
-    low, high = benchmark.bootstrap_interval(values, resamples=2000)
-    assert low <= benchmark.iqm(values) <= high and low >= 90.0 and high <= 120.0
-    assert benchmark.bootstrap_interval(values, resamples=2000) == (low, high)
+def test_learning_table_uses_the_reports_iqm_and_interval():
+    """The IQM is the 25% trimmed mean (rlrun/report/stats.py), not a weighted middle half:
+    with 8 seeds the mean of the middle 4; with 3 seeds nothing is trimmed."""
+    finals = [1, 2, 3, 4, 5, 6, 7, 100]
+    eight = benchmark.learning_markdown([_learning_run("rlrun", seed, v) for seed, v in enumerate(finals)])
+    assert "| 4.5 | [" in eight.splitlines()[-1]  # mean of 3, 4, 5, 6
+    three = benchmark.learning_markdown([_learning_run("sb3", seed, v) for seed, v in enumerate([0.0, 10.0, 1000.0])])
+    row = three.splitlines()[-1]
+    assert "| 336.7 | [" in row  # the plain mean: floor(3 / 4) = 0 runs trimmed at each end
+    low, high = (float(x) for x in row.rsplit("[", 1)[1].rstrip("] |").split(", "))
+    assert 0.0 <= low <= 336.7 <= high <= 1000.0
+    assert benchmark.learning_markdown([_learning_run("sb3", s, v) for s, v in enumerate([0.0, 10.0, 1000.0])]) == three
 
 
 def test_speed_ratio_is_the_median_of_back_to_back_pairs():
