@@ -21,8 +21,8 @@ from pathlib import Path
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -38,8 +38,9 @@ _MULTIRUN_FLAGS = {"-m", "--multirun"}
 _MAX_REPORTED_JOBS = 20
 
 
-# Commands that read a run folder instead of training: `rlrun evaluate=<run> ...`, `rlrun export=<run> ...`.
-_FOLDER_COMMANDS = ("evaluate", "export")
+# Commands that read run folders instead of training: `rlrun evaluate=<run> ...`, `rlrun export=<run> ...`,
+# `rlrun report=<folder> [report=<folder> ...] [report.<option>=...]`.
+_FOLDER_COMMANDS = ("evaluate", "export", "report")
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     args = sys.argv[1:]
-    if any(_override_key(a) in _FOLDER_COMMANDS for a in args):
+    if any(_override_key(a) in _FOLDER_COMMANDS or _override_key(a).startswith("report.") for a in args):
         _folder_command(args)
         return
     try:
@@ -83,6 +84,19 @@ def _folder_command(args: list[str]) -> None:
     commands = [a for a in args if _override_key(a) in _FOLDER_COMMANDS]
     rest = [a for a in args if a not in commands]
     try:
+        if not commands:
+            raise ConfigError("report.<option>= needs report=<folder>, e.g. rlrun report=multirun/<date>/<time> report.seed=1")
+        if {_override_key(c) for c in commands} == {"report"}:
+            clashing = [a for a in rest if a.startswith("-") or _override_key(a) == "resume"]
+            if clashing:
+                raise ConfigError(f"report= reads saved runs and takes no {' '.join(clashing)}")
+            folders = [c.partition("=")[2] for c in commands]
+            if not all(folders):
+                raise ConfigError("report= needs a run or sweep folder, e.g. report=multirun/<date>/<time>")
+            from rlrun.report.command import report_command
+
+            report_command(folders, rest)
+            return
         if len(commands) > 1:
             raise ConfigError(f"give one of {', '.join(c + '=' for c in _FOLDER_COMMANDS)} at a time, not {' '.join(commands)}")
         name, _, folder = commands[0].partition("=")

@@ -1,5 +1,6 @@
 """Multirun bookkeeping: job folder names, one row per job in `sweep.csv`, a table on the
-console at the end, and a non-zero exit when any job failed."""
+console at the end, the report across seeds (rlrun/report), and a non-zero exit when any job
+failed."""
 
 from __future__ import annotations
 
@@ -89,6 +90,9 @@ class SweepSummary(Callback):
         write_csv(rows, sweep_dir / "sweep.csv")
         print(format_table(rows))
         print(f"sweep summary: {sweep_dir / 'sweep.csv'}")
+        from rlrun.report.command import sweep_report
+
+        sweep_report(sweep_dir)  # statistics across seeds, in <sweep>/report/; never fails the sweep
         # A pruned Optuna trial ended as its study asked: not a failure.
         failed = [row for row in rows if row["status"] not in ("completed", "pruned")]
         if failed:

@@ -1,0 +1,127 @@
+"""Run folders read back for a report: settings, seed, environment and evaluation curve."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rlrun.config import ConfigError
+
+EVAL_METRIC = "eval/return_mean"
+# Keys that never tell runs apart for a report: the seed is what a group aggregates over, the
+# environment is the report's other axis, and the rest is bookkeeping or placement.
+NOT_A_SETTING = ("seed", "env", "env.id", "trial", "progress", "hydra", "resume")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    folder: Path
+    env_id: str
+    seed: int
+    settings: dict[str, Any]  # the resolved config, flattened to dotted keys, and the Hydra group choices (algo, env, ...)
+    overridden: tuple[str, ...]  # the keys the run's command line set
+    steps: np.ndarray  # environment steps of its evaluations, increasing
+    returns: np.ndarray  # mean evaluation return at each
+    status: str  # summary.json's status; "running" without one
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+def find_run_folders(folder: Path) -> list[Path]:
+    """`folder` itself if it is a run folder, else every run folder below it (a sweep, or a
+    folder of sweeps), in job-number order within each sweep."""
+    if (folder / ".hydra" / "config.yaml").is_file():
+        return [folder]
+
+    def order(path: Path) -> tuple:
+        return tuple((int(m.group(1)), part) if (m := re.match(r"(\d+)", part)) else (1 << 62, part)
+                     for part in path.relative_to(folder).parts)
+
+    return sorted((config.parent.parent for config in folder.rglob(".hydra/config.yaml")), key=order)
+
+
+def flatten(mapping: Any, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def load_run(folder: Path) -> RunRecord:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    hydra_dir = folder / ".hydra"
+    config = OmegaConf.load(hydra_dir / "config.yaml")
+    try:
+        resolved = OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException:
+        resolved = OmegaConf.to_container(config, resolve=False)
+    settings = flatten(resolved)
+    hydra_file = hydra_dir / "hydra.yaml"
+    if hydra_file.is_file():
+        choices = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
+        settings.update({group: choice for group, choice in choices.items()
+                         if not group.startswith("hydra/") and choice not in (None, "None") and "None-" not in str(choice)})
+    overrides_file = hydra_dir / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
+    summary_file = folder / "summary.json"
+    status = json.loads(summary_file.read_text()).get("status", "unknown") if summary_file.is_file() else "running"
+    steps, returns = _evaluations(folder / "metrics.jsonl")
+    return RunRecord(
+        folder=folder, env_id=str(settings.get("env.id", "?")), seed=int(settings.get("seed", 0)), settings=settings,
+        overridden=tuple(_override_key(o) for o in overrides), steps=steps, returns=returns, status=status,
+    )
+
+
+def _evaluations(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean returns) of the evaluations in metrics.jsonl; a step logged twice keeps its
+    last value, and a line cut short (a run still writing, or killed) is skipped."""
+    by_step: dict[int, float] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if EVAL_METRIC in row:
+                by_step[int(row["step"])] = float(row[EVAL_METRIC])
+    steps = sorted(by_step)
+    return np.array(steps, dtype=np.int64), np.array([by_step[s] for s in steps], dtype=float)
+
+
+def load_runs(folder_texts: list[str]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """The runs under the given folders: those with at least one evaluation, and those without."""
+    folders = []
+    for text in folder_texts:
+        folder = Path(text)
+        if not folder.is_dir():
+            raise ConfigError(f"report={text}: no such folder; give run or sweep folders, e.g. report=multirun/<date>/<time>")
+        found = find_run_folders(folder)
+        if not found:
+            raise ConfigError(f"report={text} holds no runs (no .hydra/config.yaml in it or below it)")
+        folders.extend(f for f in found if f not in folders)
+    runs = [load_run(folder) for folder in folders]
+    evaluated = [run for run in runs if len(run.steps)]
+    if not evaluated:
+        where = " ".join(folder_texts)
+        raise ConfigError(
+            f"report={where}: none of its {len(runs)} run(s) has evaluated yet (no {EVAL_METRIC} in metrics.jsonl; "
+            "runs evaluate every eval.every steps and at the end)"
+        )
+    return evaluated, [run for run in runs if not len(run.steps)]
