@@ -25,7 +25,7 @@ def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):
     rest = "checkpoint.every=250,env=Pendulum,eval.every=250,experiment=smoke"
     expected = [f"{i}-algo.learning_starts=100,algo={a},{rest},seed={s},threads=1,total_steps=250"
                 for i, (a, s) in enumerate([("sac", 0), ("sac", 1), ("td3", 0), ("td3", 1)])]
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == expected
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name != "report") == expected
     with open(sweep_dir / "sweep.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["status"] for row in rows] == ["completed"] * 4
@@ -34,6 +34,10 @@ def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):
     ]
     assert all(float(row["eval_return_mean"]) < 0 and row["total_steps"] == "250" for row in rows)
     assert "eval_return_mean" in result.stdout and result.stdout.count("completed  ") == 4  # table cells
+    # The report across seeds follows the table (rlrun/report): a group per algorithm, 2 seeds each.
+    with open(sweep_dir / "report" / "report.csv") as file:
+        assert [(row["group"], row["seeds"]) for row in csv.DictReader(file)] == [("algo=sac", "2"), ("algo=td3", "2")]
+    assert f"report: {sweep_dir / 'report' / 'report.md'}" in result.stdout
 
     # TensorBoard names each run by its folder, which spells out the job's overrides.
     multiplexer = EventMultiplexer().AddRunsFromDirectory(str(sweep_dir)).Reload()
