@@ -214,6 +214,8 @@ def _train_job(cfg: DictConfig, plan, run_dir: Path, multirun: bool) -> dict | N
         plan = plan or validate(cfg)
         if plan.run_config.threads is None and (threads := _threads_per_parallel_job()) is not None:
             plan = dataclasses.replace(plan, run_config=dataclasses.replace(plan.run_config, threads=threads))
+        if multirun and plan.run_config.log.wandb.project is not None and plan.run_config.log.wandb.group is None:
+            plan = _with_wandb_group(plan, str(HydraConfig.get().sweep.dir))
         log.info(
             "%s on %s, seed %d, %d steps, pid %d, %s torch threads → %s", plan.algo_name, plan.run_config.env.id,
             plan.run_config.seed, plan.run_config.total_steps, os.getpid(), plan.run_config.threads or "default", run_dir,
@@ -288,6 +290,15 @@ def _config_groups() -> set[str]:
 
     root = importlib.resources.files(CONFIG_MODULE)
     return {entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(("_", "."))}
+
+
+def _with_wandb_group(plan, group: str):
+    """`plan` with its W&B group set: a sweep's jobs share their sweep folder's path (W&B keeps
+    128 characters of a group)."""
+    settings = plan.run_config
+    wandb = dataclasses.replace(settings.log.wandb, group=group[-128:])
+    log_settings = dataclasses.replace(settings.log, wandb=wandb)
+    return dataclasses.replace(plan, run_config=dataclasses.replace(settings, log=log_settings))
 
 
 def expand_resume(args: list[str]) -> list[str]:

@@ -87,11 +87,40 @@ class VideoConfig:
             positive("video.every", self.every)
 
 
+WANDB_INSTALL = "python -m pip install -c constraints.txt -e '.[wandb]'"
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases tracking, besides TensorBoard (which always runs): every scalar, the
+    config as the run's hyperparameters, and recorded videos. The W&B run id is kept in the run
+    folder (wandb-run-id), so a resumed run continues the same W&B run."""
+
+    project: str | None = None
+    """The W&B project to log to; null: no W&B. Needs the wandb extra."""
+    entity: str | None = None
+    """The W&B team or user that owns the project; null: the logged-in user's default."""
+    group: str | None = None
+    """Groups runs in the W&B interface; null: a sweep's jobs share their sweep folder's path,
+    a single run has none."""
+    mode: Literal["online", "offline", "disabled"] | None = None
+    """offline writes to the run folder's wandb/ for a later `wandb sync`; null: W&B's own
+    default (online, or the WANDB_MODE environment variable)."""
+
+    def __post_init__(self) -> None:
+        import importlib.util
+
+        if self.project is not None and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"log.wandb.project={self.project} needs the wandb extra: {WANDB_INSTALL}")
+
+
 @dataclass(frozen=True)
 class LogConfig:
     every: int = 1000
     """Environment steps between writes of the latest training metrics and steps/s, each also
     checked for NaN/inf; not every step, since reading on-device metrics syncs the device."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Mirror the run to Weights & Biases (log.wandb.project=<name>); off by default."""
 
     def __post_init__(self) -> None:
         positive("log.every", self.every)

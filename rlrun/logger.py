@@ -47,11 +47,13 @@ class RunLogger:
     created at the first write: its import is slow, and training need not wait for it.
     """
 
-    def __init__(self, run_dir: Path, total_steps: int, progress: bool, start_step: int = 0) -> None:
+    def __init__(self, run_dir: Path, total_steps: int, progress: bool, start_step: int = 0, mirror=None) -> None:
         """`start_step` is where the run starts: 0, or the step of the checkpoint it continues
         from. Whatever an earlier attempt in this folder logged after it is dropped, since
-        this run logs it again."""
+        this run logs it again. `mirror` (rlrun.tracking.WandbMirror), if given, gets every
+        scalar and video too."""
         self.run_dir = run_dir
+        self.mirror = mirror
         self.reused_folder = any(run_dir.glob("events.out.tfevents.*"))  # a rerun or a resume
         # purge_step makes TensorBoard discard the old events after start_step.
         self.purge_step = start_step + 1 if self.reused_folder else None
@@ -93,6 +95,8 @@ class RunLogger:
             self.writer.add_scalar(name, value, step)
         self.metrics_file.write(json.dumps({"step": step, **row}) + "\n")
         self.metrics_file.flush()  # readable while the run goes on
+        if self.mirror is not None:
+            self.mirror.scalars(step, row)
 
     def episode(self, step: int, episode_return: float, episode_length: int) -> None:
         self.latest_return = episode_return
@@ -116,6 +120,8 @@ class RunLogger:
         width, height = images[0].size
         image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encoded.getvalue())
         self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        if self.mirror is not None:
+            self.mirror.video(step, tag, frames, fps)
 
     def hyperparameters(self, flat_config: Mapping[str, object], metric_names: list[str]) -> None:
         """Record the run's settings in TensorBoard's HPARAMS tab, next to the given metrics."""
@@ -143,6 +149,8 @@ class RunLogger:
                 self._writer.close()
         finally:
             self.metrics_file.close()
+            if self.mirror is not None:
+                self.mirror.close()
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:

@@ -101,7 +101,12 @@ class Run:
         self.resumed = resumed
         self.step = resumed["step"] if resumed else 0
         self.eval_env = make_env(settings.env, self.seed + EVAL_SEED_OFFSET, training=False)
-        self.logger = RunLogger(run_dir, settings.total_steps, settings.progress, start_step=self.step)
+        mirror = None
+        if settings.log.wandb.project is not None:
+            from rlrun.tracking import WandbMirror
+
+            mirror = WandbMirror(settings.log.wandb, run_dir, flatten_config(plan.config))
+        self.logger = RunLogger(run_dir, settings.total_steps, settings.progress, start_step=self.step, mirror=mirror)
         self.checkpointer = Checkpointer(run_dir, plan.algo_name, settings.env.id, plan.config, settings.checkpoint.keep)
         self.log_due, self.eval_due = Every(settings.log.every), Every(settings.eval.every)
         self.checkpoint_due = Every(settings.checkpoint.every)
@@ -301,6 +306,17 @@ class Run:
         for env in envs:
             env.close()
         self.logger.close()
+
+
+def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys (algo.lr), as hyperparameter tables show them."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def first_nonfinite(tree: Any, name: str = "") -> str | None:

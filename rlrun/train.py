@@ -7,9 +7,10 @@ import json
 import os
 import random
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from rlrun.config import RunError
 from rlrun.logger import log
 from rlrun.plan import Plan
 from rlrun.protocols import Algorithm
-from rlrun.run import DivergenceError, Run, StopRun
+from rlrun.run import DivergenceError, Run, StopRun, flatten_config
 
 
 def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
         raise RunError(f"cannot write in the run folder {run_dir}: {describe_write_error(error)}") from error
     agent = build_agent(plan, run.device)
     if not run.logger.reused_folder:
-        run.logger.hyperparameters(_flatten(plan.config), ["eval/return_mean"])
+        run.logger.hyperparameters(flatten_config(plan.config), ["eval/return_mean"])
     del resumed  # the run holds it until the loop has restored itself
     status, error = "failed", None
     try:
@@ -198,16 +199,6 @@ def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
         os.replace(temporary, run_dir / "summary.json")
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def seed_everything(seed: int) -> None:
