@@ -12,8 +12,8 @@ cheap and safe:
 - a command for a cluster launcher (Slurm, Ray) prints its config instead (`--cfg hydra`, for
   the grid's first job), so nothing is submitted;
 - every folder a command writes or reads goes under pytest's tmp_path, and a folder it needs
-  (the run of `resume=<run>`, `evaluate=<run>` or `export=<run>`, the Optuna sweep of
-  `+optuna=best`) is made by a smoke run first.
+  (the run of `resume=<run>`, `evaluate=<run>` or `export=<run>`, the runs of `report=<folders>`,
+  the Optuna sweep of `+optuna=best`) is made by a smoke run or sweep first.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ KNOWN_FAILURES: dict[str, str] = {}
 # experiment's checkpoint.every).
 STOPPED_AT = 300
 OK_STATUSES = {"completed", "pruned"}  # a pruned Optuna trial ended as its study asked
-READS_A_RUN = ("resume", "evaluate", "export")  # keys whose value is a run folder to read
+READS_A_RUN = ("resume", "evaluate", "export", "report")  # keys whose value is a run folder to read
+FOLDER_COMMANDS = ("evaluate", "export", "report")  # commands that read runs and train nothing
 
 _parser = OverridesParser.create()
 
@@ -118,7 +119,9 @@ def _under(tmp_path: Path, folder: str) -> Path:
 
 def _relocate(override: str, tmp_path: Path) -> str:
     key, _, value = override.partition("=")
-    if _key(override) in ("hydra.run.dir", "hydra.sweep.dir", *READS_A_RUN):
+    if _key(override) == "report":  # a comma-separated list of folders
+        return f"{key}={','.join(str(_under(tmp_path, folder)) for folder in value.split(','))}"
+    if _key(override) in ("hydra.run.dir", "hydra.sweep.dir", "report.out", *READS_A_RUN):
         return f"{key}={_under(tmp_path, value)}"
     if _key(override) == "hydra.searchpath":
         return re.sub(r"file://([^,\]]+)", lambda m: f"file://{_under(tmp_path, m.group(1))}", override)
@@ -174,13 +177,17 @@ def _finished(folder: Path) -> None:
 
 
 def _check_folders(args: list[str]) -> None:
-    """Make the folders a command reads (resume=, evaluate=, export=, an Optuna best config) if
-    it names any."""
+    """Make the folders a command reads (resume=, evaluate=, export=, report=, an Optuna best
+    config) if it names any."""
     for arg in args:
         if _key(arg) == "resume" and not Path(arg.split("=", 1)[1]).exists():
             _stopped_run(Path(arg.split("=", 1)[1]))
         if _key(arg) in ("evaluate", "export") and not Path(arg.split("=", 1)[1]).exists():
             _finished(Path(arg.split("=", 1)[1]))
+        if _key(arg) == "report":
+            for folder in arg.split("=", 1)[1].split(","):
+                if not Path(folder).exists():
+                    _finished(Path(folder))
         if _key(arg) == "hydra.searchpath" and any(_key(a) == "optuna" for a in args):
             for folder in re.findall(r"file://([^,\]]+)", arg):
                 if not (Path(folder) / "optuna" / "best.yaml").exists():
@@ -196,8 +203,13 @@ def _check_cluster_config(args: list[str], output: str) -> None:
 
 
 def _check_outputs(args: list[str], output: str) -> None:
-    """Every run the command made completed (or, in an Optuna search, was pruned); an
-    evaluation or an export wrote its files."""
+    """Every run the command made completed (or, in an Optuna search, was pruned), and a sweep
+    wrote its report; an evaluation, an export or a report wrote its files."""
+    reports = [a.split("=", 1)[1].split(",") for a in args if _key(a) == "report"]
+    if reports:
+        out = next((Path(a.split("=", 1)[1]) for a in args if _key(a) == "report.out"), Path(reports[0][0]) / "report")
+        assert (out / "report.md").is_file() and list(out.glob("curves-*.png")), output
+        return
     for key, written in (("evaluate", "evaluations/*.json"), ("export", "export/policy-*.json")):
         folders = [Path(a.split("=", 1)[1]) for a in args if _key(a) == key]
         if folders:
@@ -210,6 +222,8 @@ def _check_outputs(args: list[str], output: str) -> None:
         with open(Path(folder) / "sweep.csv", encoding="utf-8") as table:
             rows = list(csv.DictReader(table))
         assert rows and all(row["status"] in OK_STATUSES for row in rows), rows
+        if importlib.util.find_spec("matplotlib") is not None:  # the report extra
+            assert (Path(folder) / "report" / "report.md").is_file(), output
         return
     summary = json.loads((Path(folder) / "summary.json").read_text())
     assert summary["status"] == "completed", summary
@@ -225,8 +239,8 @@ def runnable(doc: Documented, tmp_path: Path) -> list[str]:
     args = [_relocate(a, tmp_path) for a in shlex.split(text)[1:]]
     if doc.error or any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in args):
         return args
-    if any(_key(a) in ("evaluate", "export") for a in args):
-        return args  # reads a finished run (made by _check_folders); trains nothing
+    if any(_key(a) in FOLDER_COMMANDS for a in args):
+        return args  # reads finished runs (made by _check_folders); trains nothing
     if _launcher(args) in CLUSTER_LAUNCHERS:
         return [*_shrink_grid([a for a in args if a not in ("-m", "--multirun")], keep_first=1), "--cfg", "hydra"]
     multirun = "-m" in args or "--multirun" in args
@@ -252,6 +266,8 @@ def _missing_extra(command: str) -> str | None:
         "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra/launcher=slurm" in command),
         "video": ("moviepy", "video=true" in command or "video.every=" in command),
         "export": ("onnxscript", "export=" in command and "format=torchscript" not in command),
+        "report": ("matplotlib", "report=" in command),
+        "wandb": ("wandb", "log.wandb.project=" in command),
     }
     for extra, (module, needed) in needs.items():
         if needed and importlib.util.find_spec(module) is None:
@@ -296,7 +312,7 @@ def test_the_docs_show_commands_of_every_kind():
     assert sum(doc.error is not None for doc in DOCUMENTED) >= 3
     for needed in (
         "-m ", "hydra/sweeper=rlrun_optuna", "resume=", "+optuna=best", "hydra/launcher=slurm", "hydra/launcher=ray",
-        "evaluate=", "export=", "video=true",
+        "evaluate=", "export=", "video=true", "report=", "report.reference=", "log.wandb.project=",
     ):
         assert any(needed in command for command in commands), needed
     assert set(KNOWN_FAILURES) | set(NOT_RUNNABLE) <= set(commands)

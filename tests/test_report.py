@@ -193,6 +193,19 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path):
     assert not any(path.name == "report" for path in tmp_path.rglob("*"))  # nothing written
 
 
+def test_without_the_report_extra(tmp_path):
+    hide = (
+        "import importlib.util\n_find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'matplotlib' else _find(name, *a)"
+    )
+    sweep = synthetic_sweep(tmp_path / "sweep")
+    result = run_rlrun(f"report={sweep}", patch=hide)
+    assert (result.returncode, result.stderr.strip()) == (
+        2, "rlrun: error: report= needs the report extra (matplotlib missing): python -m pip install -c constraints.txt -e '.[report]'"
+    )
+    assert not (sweep / "report").exists()
+
+
 def test_several_folders_and_a_comma_list(tmp_path):
     fake_run(tmp_path / "a" / "0-algo=sac,seed=0", "sac", "Hopper", 0, [100, 200], [1.0, 2.0])
     fake_run(tmp_path / "b" / "0-algo=td3,seed=0", "td3", "Hopper", 0, [100, 200], [3.0, 4.0])

@@ -127,3 +127,18 @@ def test_a_recorded_video_goes_to_wandb(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("wandb/offline-run-*/files/media/videos/eval/video_*.mp4"))) == 1
     (run,) = offline_runs(tmp_path)
     assert any(row.get("global_step") == 100 and row.get("eval/video/_type") == "video-file" for row in run["rows"])
+
+
+def test_a_wandb_run_that_cannot_start_stops_the_run_with_one_line(tmp_path):
+    no_login = (
+        "import wandb, wandb.errors\n"
+        "def refuse(**kwargs):\n    raise wandb.errors.UsageError('api_key not configured (no-tty)')\n"
+        "wandb.init = refuse"
+    )
+    run_dir = tmp_path / "run"
+    result = run_rlrun(*SMOKE[:-1], f"hydra.run.dir={run_dir}", patch=no_login)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "rlrun: error: cannot start the W&B run for log.wandb.project=rlrun-test: api_key not configured (no-tty); "
+        "log in with `wandb login`, or set log.wandb.mode=offline"
+    )
