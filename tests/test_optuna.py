@@ -222,3 +222,14 @@ def test_without_optuna_the_sweep_names_the_install_command(rlrun, tmp_path):
     )
     assert result.returncode == 2
     assert f"rlrun: error: the Optuna sweeper needs optuna, which is not installed; install it with: {INSTALL}" in result.stderr
+
+
+@needs_optuna
+def test_the_sweeps_report_shows_the_trials_and_parameter_importances(study):
+    text = (study["dir"] / "report" / "report.md").read_text()
+    trials = load_study(study["dir"]).trials
+    assert "## Optuna study rlrun" in text and f"{len(trials)} trials: " in text
+    best = max((t for t in trials if t.value is not None), key=lambda t: t.value)
+    assert f"Best: trial {best.number}, value {best.value:.1f}" in text
+    assert "| algo.lr | 1.000 |" in text  # Optuna's fANOVA: the one parameter explains it all
+    assert "pruned" in text

@@ -108,7 +108,9 @@ def write(report, out: Path, folders: list[str], report_format: str = "md") -> s
     if report.profiles:
         profile_figure(report).savefig(out / "profile.png", dpi=110)
     table(report).to_csv(out / "report.csv", index=False, float_format="%.8g")
-    text = markdown(report, folders, images)
+    from rlrun.report.studies import study_sections
+
+    text = markdown(report, folders, images, study_sections(report.runs + report.skipped))
     (out / "report.md").write_text(text, encoding="utf-8")
     if report_format == "html":
         (out / "report.html").write_text(to_html(text, out), encoding="utf-8")
@@ -165,7 +167,7 @@ def _interval(estimate, digits: int = 1) -> str:
     return f"[{float(estimate.low):.{digits}f}, {float(estimate.high):.{digits}f}]"
 
 
-def markdown(report, folders: list[str], images: dict[str, str]) -> str:
+def markdown(report, folders: list[str], images: dict[str, str], studies: list[str] | None = None) -> str:
     options = report.options
     percent = f"{options.last_fraction:.0%}"
     grouped = ", ".join(report.group_keys) or "nothing (one group)"
@@ -217,6 +219,7 @@ def markdown(report, folders: list[str], images: dict[str, str]) -> str:
             lines.append(f"| {item.x} | {item.y} | {item.envs} | {float(item.probability.value):.2f} | "
                          f"{_interval(item.probability, 2)} |")
         lines.append("")
+    lines += studies or []
     cited = {s for env_id in report.envs for s in report.references(env_id)}
     if report.aggregates:
         reference = options.reference
