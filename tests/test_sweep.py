@@ -70,7 +70,7 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_the_failed_one(rlrun,
         f"hydra.sweep.dir={sweep_dir}",
     ]
     assert rlrun(*command).returncode == 1  # the first job crashes at step 150, after its checkpoint at 100
-    crashed, finished = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    crashed, finished = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != "report")
     finished_checkpoints = {p.name: p.stat().st_mtime_ns for p in (finished / "checkpoints").iterdir()}
 
     monkeypatch.setenv("RLRUN_TEST_CRASH_AT", "0")  # the fault is gone
@@ -91,7 +91,7 @@ def test_joblib_runs_jobs_in_separate_processes_with_a_share_of_the_cores(rlrun,
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr
-    job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != "report")
     pids = {re.search(r"pid (\d+)", (job / "rlrun.log").read_text()).group(1) for job in job_dirs}
     assert len(job_dirs) == 2 and len(pids) == 2 and str(os.getpid()) not in pids
     expected_threads = max(1, (os.cpu_count() or 1) // 2)
