@@ -200,9 +200,10 @@ def test_without_the_report_extra(tmp_path):
     )
     sweep = synthetic_sweep(tmp_path / "sweep")
     result = run_rlrun(f"report={sweep}", patch=hide)
-    assert (result.returncode, result.stderr.strip()) == (
-        2, "rlrun: error: report= needs the report extra (matplotlib missing): python -m pip install -c constraints.txt -e '.[report]'"
-    )
+    assert (result.returncode, result.stderr.strip()) == (2, (
+        "rlrun: error: report= needs the report extra (matplotlib missing): "
+        "python -m pip install -c constraints.txt -e '.[report]'"
+    ))
     assert not (sweep / "report").exists()
 
 
