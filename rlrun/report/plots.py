@@ -41,8 +41,9 @@ def profile_figure(report: Report) -> Figure:
     axes = figure.add_subplot()
     taus = report.profile_thresholds
     for group, profile in report.profiles.items():
-        (line,) = axes.plot(taus, profile.value, label=group)
-        axes.fill_between(taus, profile.low, profile.high, color=line.get_color(), alpha=0.2, linewidth=0)
+        # A step function: the fraction above τ holds from one threshold to the next.
+        (line,) = axes.plot(taus, profile.value, label=group, drawstyle="steps-post")
+        axes.fill_between(taus, profile.low, profile.high, color=line.get_color(), alpha=0.2, linewidth=0, step="post")
     axes.set_title(f"performance profile (normalised by {report.options.reference.name})")
     axes.set_xlabel("normalised score τ")
     axes.set_ylabel("fraction of runs with score > τ")
