@@ -116,6 +116,7 @@ def test_without_the_extra_the_run_stops_before_writing(tmp_path):
 def test_a_recorded_video_goes_to_wandb(tmp_path, monkeypatch):
     pytest.importorskip("moviepy")  # W&B encodes frames with it; the video extra
     import numpy as np
+    import wandb
 
     from rlrun.config import WandbConfig
     from rlrun.tracking import WandbMirror
@@ -124,9 +125,10 @@ def test_a_recorded_video_goes_to_wandb(tmp_path, monkeypatch):
     mirror = WandbMirror(WandbConfig(project="rlrun-test", mode="offline"), tmp_path, {"seed": 0})
     mirror.video(100, "eval/video", np.zeros((12, 32, 48, 3), dtype=np.uint8), fps=30)
     mirror.close()
+    wandb.teardown()  # the W&B service writes the run's files out when it stops, as at a run's exit
     assert len(list(tmp_path.glob("wandb/offline-run-*/files/media/videos/eval/video_*.mp4"))) == 1
     (run,) = offline_runs(tmp_path)
-    assert any(row.get("global_step") == 100 and row.get("eval/video/_type") == "video-file" for row in run["rows"])
+    assert any(row.get("global_step") == 100 and row.get("eval/video/_type") == "video-file" for row in run["rows"]), run
 
 
 def test_a_wandb_run_that_cannot_start_stops_the_run_with_one_line(tmp_path):
