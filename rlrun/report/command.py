@@ -235,7 +235,7 @@ def markdown(report, folders: list[str], images: dict[str, str], studies: list[s
 
 
 def _without_images(text: str) -> str:
-    return re.sub(r"\n!\[[^\]]*\]\([^)]*\)\n", "\n", text).rstrip()
+    return re.sub(r"\n!\[[^\]]*\]\([^)]*\)\n\n?", "\n", text).rstrip()  # the figure and its blank line
 
 
 def to_html(text: str, folder: Path) -> str:
