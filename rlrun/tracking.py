@@ -44,8 +44,8 @@ class WandbMirror:
         except Exception as error:  # wandb raises its own types for a missing login, a bad entity, ...
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise RunError(
-                f"cannot start the W&B run for log.wandb.project={settings.project}: {reason}; log in with `wandb login`, "
-                "or set log.wandb.mode=offline"
+                f"cannot start the W&B run for log.wandb.project={settings.project}: {reason.rstrip('.')}; "
+                "set log.wandb.mode=offline to keep it in the run folder for a later `wandb sync`"
             ) from None
         self.run.define_metric(STEP_METRIC)
         self.run.define_metric("*", step_metric=STEP_METRIC)

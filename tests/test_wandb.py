@@ -142,5 +142,5 @@ def test_a_wandb_run_that_cannot_start_stops_the_run_with_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "rlrun: error: cannot start the W&B run for log.wandb.project=rlrun-test: api_key not configured (no-tty); "
-        "log in with `wandb login`, or set log.wandb.mode=offline"
+        "set log.wandb.mode=offline to keep it in the run folder for a later `wandb sync`"
     )
