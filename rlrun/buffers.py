@@ -82,9 +82,7 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> Batch:
         index = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
-        return Batch(
-            self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminated[index]
-        )
+        return Batch(self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminated[index])
 
     def __len__(self) -> int:
         return self.size
@@ -95,9 +93,14 @@ class ReplayBuffer:
         docs/checkpoints.md)."""
         n = self.size
         return {
-            "obs": self.obs[:n], "actions": self.actions[:n], "rewards": self.rewards[:n],
-            "next_obs": self.next_obs[:n], "terminated": self.terminated[:n],
-            "position": self.position, "size": n, "generator": self.generator.get_state(),
+            "obs": self.obs[:n],
+            "actions": self.actions[:n],
+            "rewards": self.rewards[:n],
+            "next_obs": self.next_obs[:n],
+            "terminated": self.terminated[:n],
+            "position": self.position,
+            "size": n,
+            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:

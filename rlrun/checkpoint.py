@@ -84,8 +84,15 @@ class Checkpointer:
         temporary = path.with_suffix(".pt.tmp")
         try:
             state = Checkpoint(
-                format=FORMAT_VERSION, rlrun_version=rlrun.__version__, algo=self.algo, env_id=self.env_id, step=step,
-                config=self.config, agent=agent, loop=loop, run=run,
+                format=FORMAT_VERSION,
+                rlrun_version=rlrun.__version__,
+                algo=self.algo,
+                env_id=self.env_id,
+                step=step,
+                config=self.config,
+                agent=agent,
+                loop=loop,
+                run=run,
             )
             torch.save(state, temporary)
             os.replace(temporary, path)
@@ -188,7 +195,12 @@ def rng_state() -> dict[str, Any]:
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.copy()), "position": position, "has_gauss": has_gauss, "cached_gaussian": cached_gaussian},
+        "numpy": {
+            "keys": torch.from_numpy(keys.copy()),
+            "position": position,
+            "has_gauss": has_gauss,
+            "cached_gaussian": cached_gaussian,
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }

@@ -7,6 +7,7 @@ gets a one-line error and nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import difflib
@@ -21,8 +22,8 @@ from pathlib import Path
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -168,8 +169,10 @@ def _run_one(overrides: list[str]) -> None:
         callbacks.on_run_start(config=cfg, config_name="config")
         result = run_job(
             hydra_context=HydraContext(config_loader=hydra_app.config_loader, callbacks=callbacks),
-            task_function=lambda job_cfg: _job(job_cfg, plan), config=cfg,
-            job_dir_key="hydra.run.dir", job_subdir_key=None,
+            task_function=lambda job_cfg: _job(job_cfg, plan),
+            config=cfg,
+            job_dir_key="hydra.run.dir",
+            job_subdir_key=None,
         )
         callbacks.on_run_end(config=cfg, config_name="config", job_return=result)
         run_and_report(lambda: result.return_value)  # a crash: Hydra's short traceback, exit 1
@@ -217,8 +220,14 @@ def _train_job(cfg: DictConfig, plan, run_dir: Path, multirun: bool) -> dict | N
         if multirun and plan.run_config.log.wandb.project is not None and plan.run_config.log.wandb.group is None:
             plan = _with_wandb_group(plan, str(HydraConfig.get().sweep.dir))
         log.info(
-            "%s on %s, seed %d, %d steps, pid %d, %s torch threads → %s", plan.algo_name, plan.run_config.env.id,
-            plan.run_config.seed, plan.run_config.total_steps, os.getpid(), plan.run_config.threads or "default", run_dir,
+            "%s on %s, seed %d, %d steps, pid %d, %s torch threads → %s",
+            plan.algo_name,
+            plan.run_config.env.id,
+            plan.run_config.seed,
+            plan.run_config.total_steps,
+            os.getpid(),
+            plan.run_config.threads or "default",
+            run_dir,
         )
         summary = execute(plan, run_dir)
     except Exception as error:
@@ -242,19 +251,20 @@ def _train_job(cfg: DictConfig, plan, run_dir: Path, multirun: bool) -> dict | N
         sys.exit(128 + signal.Signals[summary["signal"]])
     evaluated = summary["eval_return_mean"] is not None
     log.info(
-        "%s after %d steps: eval return %s, %s steps/s, %.0f s", summary["status"], summary["total_steps"],
+        "%s after %d steps: eval return %s, %s steps/s, %.0f s",
+        summary["status"],
+        summary["total_steps"],
         f"{summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}" if evaluated else "none",
-        f"{summary['sps']:.0f}" if summary.get("sps") else "?", summary["wall_time_s"],
+        f"{summary['sps']:.0f}" if summary.get("sps") else "?",
+        summary["wall_time_s"],
     )
     return summary
 
 
 def _say(line: str) -> None:
     """A line on stderr, unless stderr is gone (the terminal of a dropped SSH session)."""
-    try:
+    with contextlib.suppress(OSError):
         print(line, file=sys.stderr)
-    except OSError:
-        pass
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -331,7 +341,9 @@ def expand_resume(args: list[str]) -> list[str]:
         reason = str(error).strip().splitlines()[0]
         raise ConfigError(f"resume={folder_text}: {saved_file} is damaged ({reason}); it lists the run's overrides") from None
     if not isinstance(saved_overrides, list) or not all(isinstance(o, str) for o in saved_overrides):
-        raise ConfigError(f"resume={folder_text}: {saved_file} is damaged (not a list of overrides); it lists the run's overrides")
+        raise ConfigError(
+            f"resume={folder_text}: {saved_file} is damaged (not a list of overrides); it lists the run's overrides"
+        )
     saved = [o for o in saved_overrides if _override_key(o) not in given_keys | {"hydra.run.dir"}]
     return [*saved, *given, f"hydra.run.dir={folder}", "hydra.output_subdir=null"]
 
@@ -488,8 +500,10 @@ def _describe(error: Exception, overrides: list[str]) -> str:
         siblings = list(cause.parent_node.keys()) if cause.parent_node is not None else []
         close = difflib.get_close_matches(str(cause.key), [str(k) for k in siblings], n=1)
         parent = cause.full_key.rpartition(".")[0]
-        hint = f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else (
-            f"; valid keys here: {', '.join(map(str, siblings))}" if siblings else ""
+        hint = (
+            f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?"
+            if close
+            else (f"; valid keys here: {', '.join(map(str, siblings))}" if siblings else "")
         )
         return f"unknown config key '{cause.full_key}'{hint}"
     return str(error).strip().splitlines()[0]

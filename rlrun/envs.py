@@ -154,7 +154,10 @@ class EpisodeReplay(gym.Wrapper):
             raise RuntimeError("the environment was never reset; nothing to save")
         actions = torch.from_numpy(np.stack(self._actions)) if self._actions else torch.zeros(0)
         return {
-            "seeds": self._seeds.bit_generator.state, "seed": self._episode_seed, "actions": actions, "done": self._done,
+            "seeds": self._seeds.bit_generator.state,
+            "seed": self._episode_seed,
+            "actions": actions,
+            "done": self._done,
             "obs": torch.as_tensor(np.asarray(self._last_obs)),  # to check the replay against
         }
 
@@ -166,7 +169,8 @@ class EpisodeReplay(gym.Wrapper):
         if not np.array_equal(np.asarray(obs), state["obs"].cpu().numpy()):
             log.warning(
                 "%s did not replay to its saved state (it is not deterministic given its seed); "
-                "the resumed run continues from the replayed one", self.spec.id if self.spec else "the environment",
+                "the resumed run continues from the replayed one",
+                self.spec.id if self.spec else "the environment",
             )
         self._last_obs = obs
         self._seeds = np.random.default_rng()
@@ -265,7 +269,9 @@ def _registered_id(env_id: str) -> str:
     if not separator:
         return env_id
     if not module or module.startswith("."):
-        raise ConfigError(f"env.id={env_id!r}: {module!r} is not an importable module name; write env.id=<package.module>:<EnvId>")
+        raise ConfigError(
+            f"env.id={env_id!r}: {module!r} is not an importable module name; write env.id=<package.module>:<EnvId>"
+        )
     try:
         importlib.import_module(module)
     except ImportError as error:
@@ -285,7 +291,10 @@ def _make_atari(env: EnvConfig, env_id: str, training: bool, render_mode: str | 
     """
     atari = env.atari
     game = gym.make(
-        env_id, frameskip=1, repeat_action_probability=atari.repeat_action_probability, render_mode=render_mode,
+        env_id,
+        frameskip=1,
+        repeat_action_probability=atari.repeat_action_probability,
+        render_mode=render_mode,
         **_make_kwargs(env),
     )
     game = gym.wrappers.AtariPreprocessing(

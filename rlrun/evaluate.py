@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -105,12 +106,22 @@ def _evaluate_checkpoint(run_dir, checkpoint, options: dict) -> dict:
             env.close()
     wall = time.perf_counter() - start
     summary = {
-        "checkpoint": str(checkpoint), "step": step, "algo": saved.plan.algo_name, "env_id": settings.env.id,
-        "seed": settings.seed, "eval_seed": seed, "episodes": episodes, "deterministic": deterministic,
+        "checkpoint": str(checkpoint),
+        "step": step,
+        "algo": saved.plan.algo_name,
+        "env_id": settings.env.id,
+        "seed": settings.seed,
+        "eval_seed": seed,
+        "episodes": episodes,
+        "deterministic": deterministic,
         "device": str(saved.agent.device),
-        "return_mean": float(result.returns.mean()), "return_std": float(result.returns.std()),
-        "length_mean": float(result.lengths.mean()), "wall_time_s": round(wall, 3),
-        "returns": result.returns.tolist(), "lengths": result.lengths.tolist(), "videos": videos,
+        "return_mean": float(result.returns.mean()),
+        "return_std": float(result.returns.std()),
+        "length_mean": float(result.lengths.mean()),
+        "wall_time_s": round(wall, 3),
+        "returns": result.returns.tolist(),
+        "lengths": result.lengths.tolist(),
+        "videos": videos,
     }
     path = new_file(run_dir / "evaluations", checkpoint.stem, ".json")
     path.write_text(json.dumps(summary, indent=2) + "\n")

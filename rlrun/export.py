@@ -34,7 +34,9 @@ def export_command(folder_text: str, args: list[str]) -> None:
         raise ConfigError(f"format={fmt!r} is not valid; choose one of: {', '.join(FORMATS)}")
     folder = Path(folder_text)
     if not folder.is_dir() or not is_run_folder(folder):
-        raise ConfigError(f"export={folder_text} is not a run folder (no checkpoints/); give a run folder such as outputs/<date>/<time>")
+        raise ConfigError(
+            f"export={folder_text} is not a run folder (no checkpoints/); give a run folder such as outputs/<date>/<time>"
+        )
     if fmt == "onnx":
         _import_onnx()
     checkpoint = choose_checkpoint("export", folder, options.get("which"))
@@ -62,8 +64,13 @@ def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 onnx_program = torch.onnx.export(
-                    module, (example,), input_names=["obs"], output_names=["action"],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                    module,
+                    (example,),
+                    input_names=["obs"],
+                    output_names=["action"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    dynamo=True,
+                    verbose=False,
                 )
             onnx_program.save(str(temporary))
         else:
@@ -73,8 +80,12 @@ def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path
         temporary.unlink(missing_ok=True)
     description = folder / f"{stem}.json"
     info = {
-        "format": fmt, "file": path.name, "algo": saved.plan.algo_name, "env_id": saved.plan.run_config.env.id,
-        "checkpoint": str(saved.checkpoint), "step": saved.state["step"],
+        "format": fmt,
+        "file": path.name,
+        "algo": saved.plan.algo_name,
+        "env_id": saved.plan.run_config.env.id,
+        "checkpoint": str(saved.checkpoint),
+        "step": saved.state["step"],
         "input": {"name": "obs", "shape": ["batch", *obs_space.shape], "dtype": str(example.dtype).removeprefix("torch.")},
         "output": {"name": "action", **_describe_actions(action_space)},
         "note": "deterministic policy: observation normalisation and action rescaling are inside the file",

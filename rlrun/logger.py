@@ -6,8 +6,9 @@ import functools
 import io
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ class RunLogger:
         metrics_path = run_dir / "metrics.jsonl"
         if metrics_path.exists():
             _truncate_metrics(metrics_path, start_step)
-        self.metrics_file = open(metrics_path, "a", encoding="utf-8")
+        self.metrics_file = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run's life, closed by close()
         # disable=None hides the bar when the console is not a terminal (CI, Slurm logs).
         self.bar = tqdm(
             total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=None if progress else True

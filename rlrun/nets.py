@@ -7,8 +7,8 @@ actor, TD3's deterministic actor, DQN's Nature CNN and dueling head, PPO's actor
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -24,9 +24,7 @@ def hidden_layers(in_dim: int, hidden_sizes: Sequence[int], activation: type[nn.
     return nn.Sequential(*layers)
 
 
-def mlp(
-    in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU
-) -> nn.Sequential:
+def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """in → [Linear, activation] per hidden size → OutputLinear → out."""
     torso = hidden_layers(in_dim, hidden_sizes, activation)
     return nn.Sequential(*torso, OutputLinear(hidden_sizes[-1] if hidden_sizes else in_dim, out_dim))

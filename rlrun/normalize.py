@@ -57,8 +57,11 @@ class RunningMeanStd:
         return np.clip(x / self.std(), -clip, clip)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": torch.tensor(np.asarray(self.mean)), "var": torch.tensor(np.asarray(self.var)),
-                "count": torch.tensor(self.count, dtype=torch.float64)}
+        return {
+            "mean": torch.tensor(np.asarray(self.mean)),
+            "var": torch.tensor(np.asarray(self.var)),
+            "count": torch.tensor(self.count, dtype=torch.float64),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.mean = state["mean"].cpu().numpy().astype(np.float64)

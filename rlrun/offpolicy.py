@@ -101,14 +101,14 @@ def train_off_policy(agent: OffPolicyAgent, run: RunContext, config: OffPolicyCo
     buffer = ReplayBuffer(
         min(config.buffer_size, run.total_steps), env.observation_space.shape, env.action_space.shape, agent.device, agent.seed
     )
-    obs, step = run.start(agent, loop={"buffer": buffer})
+    obs, start_step = run.start(agent, loop={"buffer": buffer})
     # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
     warmup = max(1, min(config.learning_starts, buffer.capacity))
 
     # Each observation crosses to the device once, to be both acted on and stored; the action
     # comes back to the host for the env. On a GPU those are the loop's only per-step copies.
     obs = to_device(obs, agent.device, torch.float32)
-    for step in range(step + 1, run.total_steps + 1):
+    for step in range(start_step + 1, run.total_steps + 1):
         if step <= config.learning_starts:
             unit_action = action = agent.actions.to_unit(env.action_space.sample())
         else:

@@ -33,10 +33,21 @@ class Adam:
         steps = [self.steps[i] for i in live]
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(
-            [self.params[i] for i in live], [self.params[i].grad for i in live],
-            [self.exp_avgs[i] for i in live], [self.exp_avg_sqs[i] for i in live], [], steps,
-            lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
-            amsgrad=False, maximize=False, grad_scale=None, found_inf=None,
+            [self.params[i] for i in live],
+            [self.params[i].grad for i in live],
+            [self.exp_avgs[i] for i in live],
+            [self.exp_avg_sqs[i] for i in live],
+            [],
+            steps,
+            lr=self.lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=0.0,
+            eps=self.eps,
+            amsgrad=False,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
         )
 
     def state_dict(self) -> dict:
@@ -44,7 +55,11 @@ class Adam:
 
     def load_state_dict(self, state: dict) -> None:
         self.lr = state["lr"]
-        for mine, saved in [(self.exp_avgs, state["exp_avgs"]), (self.exp_avg_sqs, state["exp_avg_sqs"]), (self.steps, state["steps"])]:
+        for mine, saved in [
+            (self.exp_avgs, state["exp_avgs"]),
+            (self.exp_avg_sqs, state["exp_avg_sqs"]),
+            (self.steps, state["steps"]),
+        ]:
             for tensor, value in zip(mine, saved, strict=True):
                 tensor.copy_(value)
 

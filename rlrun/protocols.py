@@ -19,7 +19,8 @@ eval.deterministic=false) for one host observation, in the environment's units.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
 
 import gymnasium as gym
 import numpy as np

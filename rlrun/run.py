@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -216,7 +217,9 @@ class Run:
         deterministic = self.settings.eval.deterministic
         with self.clock.pause():
             returns = evaluate(
-                lambda obs: self._agent.act(obs, deterministic=deterministic), self.eval_env, self.settings.eval.episodes,
+                lambda obs: self._agent.act(obs, deterministic=deterministic),
+                self.eval_env,
+                self.settings.eval.episodes,
                 self.seed + EVAL_SEED_OFFSET,
             ).returns
             self.last_eval = returns
@@ -279,10 +282,16 @@ class Run:
         bad = first_nonfinite({"metrics": self.metrics, "agent": self._agent.state_dict()})
         if bad is None:
             return
-        what = "a training metric" if bad.startswith("metrics.") else (
-            "optimiser state: a gradient was not finite" if "optimizer" in bad else "a network parameter"
+        what = (
+            "a training metric"
+            if bad.startswith("metrics.")
+            else ("optimiser state: a gradient was not finite" if "optimizer" in bad else "a network parameter")
         )
-        kept = f"the last good checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no checkpoint had been written"
+        kept = (
+            f"the last good checkpoint {self.last_checkpoint} is intact"
+            if self.last_checkpoint
+            else "no checkpoint had been written"
+        )
         raise DivergenceError(f"training diverged by step {step}: {bad.split('.', 1)[1]} is NaN or infinite ({what}); {kept}")
 
     def summary(self, status: str) -> dict[str, Any]:
@@ -337,7 +346,7 @@ def first_nonfinite(tree: Any, name: str = "") -> str | None:
     walk(tree, name)
     if not leaves:
         return None
-    finite = torch.stack([
-        torch.isfinite(v).all().cpu() if isinstance(v, torch.Tensor) else torch.tensor(math.isfinite(v)) for _, v in leaves
-    ]).tolist()
+    finite = torch.stack(
+        [torch.isfinite(v).all().cpu() if isinstance(v, torch.Tensor) else torch.tensor(math.isfinite(v)) for _, v in leaves]
+    ).tolist()
     return next((path for (path, _), ok in zip(leaves, finite) if not ok), None)

@@ -106,9 +106,7 @@ def load_agent(path: Path, overrides: dict[str, Any], device: str) -> SavedAgent
             node = node.setdefault(parent, {})
         node[leaf] = value
     plan = validate(OmegaConf.create(config))
-    agent = plan.algo_class(
-        plan.algo_config, plan.obs_space, plan.action_space, resolve_device(device), plan.run_config.seed
-    )
+    agent = plan.algo_class(plan.algo_config, plan.obs_space, plan.action_space, resolve_device(device), plan.run_config.seed)
     try:
         agent.load_state_dict(state["agent"])
     except (KeyError, RuntimeError) as error:
@@ -128,7 +126,6 @@ def new_file(folder: Path, stem: str, suffix: str) -> Path:
         except FileExistsError:
             continue
     raise ConfigError(f"{folder} holds too many files named {stem}-*{suffix}")
-
 
 
 def unused_path(parent: Path, name: str) -> Path:

@@ -37,8 +37,14 @@ class WandbMirror:
 
         try:
             self.run = wandb.init(
-                project=settings.project, entity=settings.entity, group=settings.group, mode=settings.mode,
-                id=run_id(run_dir), resume="allow", name=run_dir.name, config=dict(config),
+                project=settings.project,
+                entity=settings.entity,
+                group=settings.group,
+                mode=settings.mode,
+                id=run_id(run_dir),
+                resume="allow",
+                name=run_dir.name,
+                config=dict(config),
                 dir=None if os.environ.get("WANDB_DIR") else str(run_dir),
             )
         except Exception as error:  # wandb raises its own types for a missing login, a bad entity, ...
@@ -57,8 +63,9 @@ class WandbMirror:
         import wandb
 
         # W&B wants (time, channel, height, width).
-        self.run.log({tag: wandb.Video(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)), fps=int(fps), format="mp4"),
-                      STEP_METRIC: step})
+        self.run.log(
+            {tag: wandb.Video(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)), fps=int(fps), format="mp4"), STEP_METRIC: step}
+        )
 
     def close(self) -> None:
         self.run.finish()

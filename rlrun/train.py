@@ -7,9 +7,10 @@ import json
 import os
 import random
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,11 +165,15 @@ def _completed_summary(plan: Plan, run_dir: Path, header: Checkpoint, checkpoint
             return summary
     last_eval = header["run"]["last_eval"]
     summary = {
-        "algo": plan.algo_name, "env_id": plan.run_config.env.id, "seed": plan.run_config.seed, "status": "completed",
+        "algo": plan.algo_name,
+        "env_id": plan.run_config.env.id,
+        "seed": plan.run_config.seed,
+        "status": "completed",
         "total_steps": header["step"],
         "eval_return_mean": None if last_eval is None else float(last_eval.mean()),
         "eval_return_std": None if last_eval is None else float(last_eval.std()),
-        "wall_time_s": round(header["run"]["clock"]["elapsed"], 3), "checkpoint": str(checkpoint_path),
+        "wall_time_s": round(header["run"]["clock"]["elapsed"], 3),
+        "checkpoint": str(checkpoint_path),
     }
     _write_summary(run_dir, summary)
     return summary
@@ -185,7 +190,9 @@ def _finish(run: Run, run_dir: Path, summary: dict[str, Any]) -> list[str]:
     try:
         run.close()
     except (OSError, RunError) as error:
-        problems.append(str(error) if isinstance(error, RunError) else f"cannot close the run's logs: {describe_write_error(error)}")
+        problems.append(
+            str(error) if isinstance(error, RunError) else f"cannot close the run's logs: {describe_write_error(error)}"
+        )
     for problem in problems:
         log.error("%s", problem)
     return problems

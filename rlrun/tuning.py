@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from rlrun.config import ConfigError, TrialConfig
 
@@ -30,7 +31,9 @@ def import_optuna() -> Any:
     try:
         import optuna
     except ImportError:
-        raise ConfigError(f"the Optuna sweeper needs optuna, which is not installed; install it with: {INSTALL_COMMAND}") from None
+        raise ConfigError(
+            f"the Optuna sweeper needs optuna, which is not installed; install it with: {INSTALL_COMMAND}"
+        ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
@@ -87,9 +90,7 @@ class TrialReporter:
         self.number = trial.number
         storage = open_storage(trial.storage)
         try:
-            study = optuna.load_study(
-                study_name=trial.study_name, storage=storage, sampler=optuna.samplers.RandomSampler()
-            )
+            study = optuna.load_study(study_name=trial.study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
             study_id = storage.get_study_id_from_name(trial.study_name)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         except KeyError as error:

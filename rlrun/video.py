@@ -7,8 +7,9 @@ from __future__ import annotations
 import ctypes.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
@@ -72,8 +73,12 @@ def record_episodes(
     from rlrun.evaluate import evaluate
 
     recorded = gym.wrappers.RecordVideo(
-        make_env(env, seed, training=False, render_mode="rgb_array"), str(folder), episode_trigger=lambda episode: episode < episodes,
-        name_prefix="recording", fps=fps, disable_logger=True,
+        make_env(env, seed, training=False, render_mode="rgb_array"),
+        str(folder),
+        episode_trigger=lambda episode: episode < episodes,
+        name_prefix="recording",
+        fps=fps,
+        disable_logger=True,
     )
     try:
         result = evaluate(act, recorded, episodes, seed)

@@ -51,11 +51,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--repeats", type=int, default=1, help="rlrun/SB3 pairs per algorithm, thread count and seed")
     parser.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
         help="rlrun overrides for both sides, e.g. algo.learning_starts=1000 (a short run then measures mostly updates)",
     )
     parser.add_argument("--runners", default="rlrun,sb3", help="which sides to run (one side: merge later with --merge)")
-    parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR", help="only write the tables for these earlier --out folders")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, metavar="DIR", help="only write the tables for these earlier --out folders"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     parser.add_argument("--worker", choices=["sb3"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -79,9 +84,18 @@ def main() -> None:
         for threads in map(int, args.threads.split(",")):
             for seed in map(int, args.seeds.split(",")):
                 for repeat in range(args.repeats):
-                    spec = {"algo": algo, "env": env, "steps": args.steps, "threads": threads, "seed": seed,
-                            "repeat": repeat, "device": args.device, "eval_every": eval_every,
-                            "eval_episodes": args.eval_episodes, "overrides": args.set}
+                    spec = {
+                        "algo": algo,
+                        "env": env,
+                        "steps": args.steps,
+                        "threads": threads,
+                        "seed": seed,
+                        "repeat": repeat,
+                        "device": args.device,
+                        "eval_every": eval_every,
+                        "eval_episodes": args.eval_episodes,
+                        "overrides": args.set,
+                    }
                     for name in args.runners.split(","):
                         result = {**spec, **runners[name](spec)}
                         print(json.dumps(result), flush=True)
@@ -119,17 +133,34 @@ def run_rlrun_process(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         command = [
-            sys.executable, "-m", "rlrun.cli", f"algo={spec['algo']}", f"env={spec['env']}", f"seed={spec['seed']}",
-            f"total_steps={spec['steps']}", f"threads={spec['threads']}", f"eval.every={spec['eval_every']}",
-            f"eval.episodes={spec['eval_episodes']}", f"checkpoint.every={spec['steps']}", "progress=false",
-            f"device={spec['device']}", f"hydra.run.dir={run_dir}", *spec["overrides"],
+            sys.executable,
+            "-m",
+            "rlrun.cli",
+            f"algo={spec['algo']}",
+            f"env={spec['env']}",
+            f"seed={spec['seed']}",
+            f"total_steps={spec['steps']}",
+            f"threads={spec['threads']}",
+            f"eval.every={spec['eval_every']}",
+            f"eval.episodes={spec['eval_episodes']}",
+            f"checkpoint.every={spec['steps']}",
+            "progress=false",
+            f"device={spec['device']}",
+            f"hydra.run.dir={run_dir}",
+            *spec["overrides"],
         ]
         _, wall, rss = _run(command, spec["threads"])
         summary = json.loads((run_dir / "summary.json").read_text())
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         evals = {row["step"]: row["eval/return_mean"] for row in rows if "eval/return_mean" in row}
-    return {"runner": "rlrun", "train_sps": summary["sps"], "steps_run": summary["total_steps"], "wall_s": round(wall, 1),
-            "peak_rss_mib": rss, "eval_returns": evals}
+    return {
+        "runner": "rlrun",
+        "train_sps": summary["sps"],
+        "steps_run": summary["total_steps"],
+        "wall_s": round(wall, 1),
+        "peak_rss_mib": rss,
+        "eval_returns": evals,
+    }
 
 
 def run_sb3_process(spec: dict) -> dict:
@@ -159,39 +190,74 @@ def sb3_model(algo: str, config: dict, env, seed: int, device: str = "cpu"):
     a = config["algo"]
     common = dict(gamma=a["gamma"], seed=seed, device=device, verbose=0)
     if algo in ("sac", "td3", "ddpg"):
-        off_policy = dict(learning_rate=a["lr"], buffer_size=a["buffer_size"], learning_starts=a["learning_starts"],
-                          batch_size=a["batch_size"], tau=a["tau"], train_freq=1, gradient_steps=a["updates_per_step"],
-                          policy_kwargs=dict(net_arch=list(a["hidden_sizes"])), **common)
+        off_policy = dict(
+            learning_rate=a["lr"],
+            buffer_size=a["buffer_size"],
+            learning_starts=a["learning_starts"],
+            batch_size=a["batch_size"],
+            tau=a["tau"],
+            train_freq=1,
+            gradient_steps=a["updates_per_step"],
+            policy_kwargs=dict(net_arch=list(a["hidden_sizes"])),
+            **common,
+        )
         if algo == "sac":
             return sb3.SAC("MlpPolicy", env, ent_coef=f"auto_{a['init_temperature']}", **off_policy)
         # rlrun's noise is relative to the half-range of the action bounds.
         half_range = (env.action_space.high - env.action_space.low) / 2
         noise = NormalActionNoise(np.zeros_like(half_range), a["exploration_noise"] * half_range)
         if algo == "td3":
-            return sb3.TD3("MlpPolicy", env, action_noise=noise, policy_delay=a["policy_delay"],
-                           target_policy_noise=a["policy_noise"], target_noise_clip=a["noise_clip"], **off_policy)
+            return sb3.TD3(
+                "MlpPolicy",
+                env,
+                action_noise=noise,
+                policy_delay=a["policy_delay"],
+                target_policy_noise=a["policy_noise"],
+                target_noise_clip=a["noise_clip"],
+                **off_policy,
+            )
         return sb3.DDPG("MlpPolicy", env, action_noise=noise, **off_policy)
     if algo == "ppo":
         lr = a["lr"]
         return sb3.PPO(
-            "MlpPolicy", env, learning_rate=(lambda progress: progress * lr) if a["anneal_lr"] else lr,
-            n_steps=a["num_steps"], batch_size=a["num_envs"] * a["num_steps"] // a["num_minibatches"],
-            n_epochs=a["update_epochs"], gae_lambda=a["gae_lambda"], clip_range=a["clip_coef"],
-            clip_range_vf=a["clip_coef"] if a["clip_value_loss"] else None, ent_coef=a["ent_coef"],
+            "MlpPolicy",
+            env,
+            learning_rate=(lambda progress: progress * lr) if a["anneal_lr"] else lr,
+            n_steps=a["num_steps"],
+            batch_size=a["num_envs"] * a["num_steps"] // a["num_minibatches"],
+            n_epochs=a["update_epochs"],
+            gae_lambda=a["gae_lambda"],
+            clip_range=a["clip_coef"],
+            clip_range_vf=a["clip_coef"] if a["clip_value_loss"] else None,
+            ent_coef=a["ent_coef"],
             vf_coef=a["vf_coef"] / 2,  # rlrun's value loss is ½·MSE, SB3's the plain MSE
-            max_grad_norm=a["max_grad_norm"], normalize_advantage=a["normalize_advantage"],
-            policy_kwargs=dict(net_arch=dict(pi=list(a["hidden_sizes"]), vf=list(a["hidden_sizes"])),
-                               activation_fn={"tanh": nn.Tanh, "relu": nn.ReLU}[a["activation"]],
-                               ortho_init=a["ortho_init"], log_std_init=a["log_std_init"]),
+            max_grad_norm=a["max_grad_norm"],
+            normalize_advantage=a["normalize_advantage"],
+            policy_kwargs=dict(
+                net_arch=dict(pi=list(a["hidden_sizes"]), vf=list(a["hidden_sizes"])),
+                activation_fn={"tanh": nn.Tanh, "relu": nn.ReLU}[a["activation"]],
+                ortho_init=a["ortho_init"],
+                log_std_init=a["log_std_init"],
+            ),
             **common,
         )
     if algo == "dqn":
         return sb3.DQN(
-            "MlpPolicy", env, learning_rate=a["lr"], buffer_size=a["buffer_size"], learning_starts=a["learning_starts"],
-            batch_size=a["batch_size"], tau=a["tau"], train_freq=a["train_every"], gradient_steps=a["gradient_steps"],
-            target_update_interval=a["target_update_every"], exploration_fraction=a["exploration_fraction"],
-            exploration_initial_eps=a["start_epsilon"], exploration_final_eps=a["end_epsilon"],
-            max_grad_norm=a["max_grad_norm"] or float("inf"), policy_kwargs=dict(net_arch=list(a["hidden_sizes"])),
+            "MlpPolicy",
+            env,
+            learning_rate=a["lr"],
+            buffer_size=a["buffer_size"],
+            learning_starts=a["learning_starts"],
+            batch_size=a["batch_size"],
+            tau=a["tau"],
+            train_freq=a["train_every"],
+            gradient_steps=a["gradient_steps"],
+            target_update_interval=a["target_update_every"],
+            exploration_fraction=a["exploration_fraction"],
+            exploration_initial_eps=a["start_epsilon"],
+            exploration_final_eps=a["end_epsilon"],
+            max_grad_norm=a["max_grad_norm"] or float("inf"),
+            policy_kwargs=dict(net_arch=list(a["hidden_sizes"])),
             **common,
         )
     raise ValueError(f"no SB3 mapping for {algo}")
@@ -238,8 +304,7 @@ def run_sb3(spec: dict) -> dict:
     model.learn(total_timesteps=spec["steps"], callback=Evaluate())
     train_seconds = time.perf_counter() - start - eval_seconds[0]
     # SB3's PPO finishes its last rollout, so it may run past spec["steps"]; count what it ran.
-    return {"train_sps": round(model.num_timesteps / train_seconds, 2), "steps_run": model.num_timesteps,
-            "eval_returns": evals}
+    return {"train_sps": round(model.num_timesteps / train_seconds, 2), "steps_run": model.num_timesteps, "eval_returns": evals}
 
 
 class _Normalized:
@@ -263,15 +328,17 @@ def markdown(results: list[dict]) -> str:
         return r["algo"], r["env"], r.get("device", "cpu"), r["threads"]  # a result without a device is a CPU run
 
     for algo, env, device, threads in sorted({key(r) for r in results}, key=lambda k: (k[0], k[2], k[3])):
-        runs = {runner: [r for r in results if key(r) == (algo, env, device, threads) and r["runner"] == runner]
-                for runner in ("rlrun", "sb3")}
+        runs = {
+            runner: [r for r in results if key(r) == (algo, env, device, threads) and r["runner"] == runner]
+            for runner in ("rlrun", "sb3")
+        }
         if not runs["rlrun"] or not runs["sb3"]:
             continue  # one side only: nothing to compare
 
-        def mean(runner: str, key: str) -> float:
+        def mean(runner: str, key: str, runs: dict = runs) -> float:
             return statistics.mean(float(r[key]) for r in runs[runner])
 
-        def final(runner: str) -> float:
+        def final(runner: str, runs: dict = runs) -> float:
             return statistics.mean(float(r["eval_returns"][max(r["eval_returns"], key=int)]) for r in runs[runner])
 
         ratios = pair_ratios(runs["rlrun"], runs["sb3"])
@@ -298,7 +365,10 @@ def learning_markdown(results: list[dict]) -> str:
     interval per runner, with the report's statistics (rlrun/report/stats.py)."""
     from rlrun.report.stats import Bootstrap, iqm
 
-    lines = ["| algo | env | runner | seeds | final eval returns | IQM | 95% bootstrap CI |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| algo | env | runner | seeds | final eval returns | IQM | 95% bootstrap CI |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for algo, env in sorted({(r["algo"], r["env"]) for r in results}):
         for runner in ("rlrun", "sb3"):
             # One result per seed: the first thread count's (returns do not depend on threads).

@@ -44,8 +44,12 @@ def measure(side: str, env_id: str, transitions: int) -> dict:
             getattr(buffer, name).fill(1)
     obs_dim, action_dim = int(np.prod(obs_space.shape)), int(np.prod(action_space.shape))
     raw_mib = transitions * (2 * obs_dim + action_dim + 2) * 4 / 2**20
-    return {"side": side, "raw_mib": round(raw_mib, 1), "buffer_mib": round(peak_rss_mib() - before, 1),
-            "peak_rss_mib": round(peak_rss_mib(), 1)}
+    return {
+        "side": side,
+        "raw_mib": round(raw_mib, 1),
+        "buffer_mib": round(peak_rss_mib() - before, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
 
 
 def main() -> None:

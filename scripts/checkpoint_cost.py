@@ -47,8 +47,10 @@ def main() -> None:
         load(path)
         read_s = time.perf_counter() - start
         size_mb = path.stat().st_size / 1e6
-    print(f"{args.env}, {args.transitions} transitions: buffer contents {raw_mb:.1f} MB, "
-          f"checkpoint {size_mb:.1f} MB, write {write_s:.2f} s, read {read_s:.2f} s")
+    print(
+        f"{args.env}, {args.transitions} transitions: buffer contents {raw_mb:.1f} MB, "
+        f"checkpoint {size_mb:.1f} MB, write {write_s:.2f} s, read {read_s:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -110,8 +110,10 @@ def main(overrides: list[str]) -> None:
         wall = time.perf_counter() - start
     # Evaluation calls the policy and steps its own env inside after_step; charged there.
     accounted = sum(TOTALS.values())
-    print(f"{plan.algo_name} on {plan.run_config.env.id}: {summary['total_steps']} steps in {wall:.1f} s, "
-          f"{torch.get_num_threads()} torch threads, training {summary['sps']:.0f} steps/s")
+    print(
+        f"{plan.algo_name} on {plan.run_config.env.id}: {summary['total_steps']} steps in {wall:.1f} s, "
+        f"{torch.get_num_threads()} torch threads, training {summary['sps']:.0f} steps/s"
+    )
     print(f"{'part':<36} {'total s':>8} {'share':>6} {'calls':>8} {'ms/call':>8}")
     for name, total in sorted(TOTALS.items(), key=lambda item: -item[1]):
         print(f"{name:<36} {total:8.2f} {total / wall:6.1%} {COUNTS[name]:8d} {1000 * total / COUNTS[name]:8.3f}")

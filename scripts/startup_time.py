@@ -45,7 +45,9 @@ def main() -> None:
             start = time.perf_counter()
             output = subprocess.run(
                 [sys.executable, "-c", CHILD, *args.overrides, "progress=false", f"hydra.run.dir={folder}/run"],
-                capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
             )
             elapsed = time.perf_counter() - start
         if "FIRST_STEP" not in output.stdout:

@@ -59,7 +59,12 @@ def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:
     SIGINT is handled as in a terminal even when the tests run as a shell's background job
     (which starts children with SIGINT ignored)."""
     return subprocess.Popen(
-        _command(args, patch), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+        _command(args, patch),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=REPO,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 

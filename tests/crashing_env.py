@@ -64,8 +64,10 @@ class BrokenConstructor(PendulumEnv):
 
 
 for name, entry_point in [
-    ("CrashingPendulum-v0", CrashingPendulum), ("NaNRewardPendulum-v0", NaNRewardPendulum),
-    ("NaNObservationPendulum-v0", NaNObservationPendulum), ("BrokenResetPendulum-v0", BrokenResetPendulum),
+    ("CrashingPendulum-v0", CrashingPendulum),
+    ("NaNRewardPendulum-v0", NaNRewardPendulum),
+    ("NaNObservationPendulum-v0", NaNObservationPendulum),
+    ("BrokenResetPendulum-v0", BrokenResetPendulum),
     ("BrokenConstructor-v0", BrokenConstructor),
 ]:
     gym.register(name, entry_point=entry_point, max_episode_steps=200)

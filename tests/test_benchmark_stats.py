@@ -9,8 +9,17 @@ spec.loader.exec_module(benchmark)
 
 
 def _learning_run(runner: str, seed: int, final: float) -> dict:
-    return {"algo": "sac", "env": "HalfCheetah", "threads": 1, "runner": runner, "seed": seed, "repeat": 0,
-            "train_sps": 100, "peak_rss_mib": 300, "eval_returns": {"50": 0.0, "100": final}}
+    return {
+        "algo": "sac",
+        "env": "HalfCheetah",
+        "threads": 1,
+        "runner": runner,
+        "seed": seed,
+        "repeat": 0,
+        "train_sps": 100,
+        "peak_rss_mib": 300,
+        "eval_returns": {"50": 0.0, "100": final},
+    }
 
 
 def test_learning_table_uses_the_reports_iqm_and_interval():
@@ -29,12 +38,28 @@ def test_learning_table_uses_the_reports_iqm_and_interval():
 
 def test_speed_ratio_is_the_median_of_back_to_back_pairs():
     def run(runner, seed, repeat, sps):
-        return {"algo": "sac", "env": "HalfCheetah", "threads": 1, "runner": runner, "seed": seed, "repeat": repeat,
-                "train_sps": sps, "peak_rss_mib": 300, "eval_returns": {"100": 0.0}}
+        return {
+            "algo": "sac",
+            "env": "HalfCheetah",
+            "threads": 1,
+            "runner": runner,
+            "seed": seed,
+            "repeat": repeat,
+            "train_sps": sps,
+            "peak_rss_mib": 300,
+            "eval_returns": {"100": 0.0},
+        }
 
     # A slow spell hit the second pair; pairing keeps it from skewing the ratio.
-    results = [run("rlrun", 0, 0, 120), run("sb3", 0, 0, 80), run("rlrun", 0, 1, 60), run("sb3", 0, 1, 40),
-               run("rlrun", 0, 2, 100), run("sb3", 0, 2, 80), run("rlrun", 1, 0, 90)]  # the last has no partner
+    results = [
+        run("rlrun", 0, 0, 120),
+        run("sb3", 0, 0, 80),
+        run("rlrun", 0, 1, 60),
+        run("sb3", 0, 1, 40),
+        run("rlrun", 0, 2, 100),
+        run("sb3", 0, 2, 80),
+        run("rlrun", 1, 0, 90),
+    ]  # the last has no partner
     assert benchmark.pair_ratios(results[0::2], results[1::2]) == [1.5, 1.5, 1.25]
     row = benchmark.markdown(results).splitlines()[-1]
     assert "| 1.50× | 3: 1.25–1.50× |" in row

@@ -8,9 +8,7 @@ from rlrun.buffers import ReplayBuffer
 
 def test_replay_buffer_returns_what_was_stored_with_integer_actions_and_uint8_frames():
     capacity, frame_shape = 5, (2, 3, 3)
-    buffer = ReplayBuffer(
-        capacity, frame_shape, (), torch.device("cpu"), seed=0, obs_dtype=torch.uint8, action_dtype=torch.int64
-    )
+    buffer = ReplayBuffer(capacity, frame_shape, (), torch.device("cpu"), seed=0, obs_dtype=torch.uint8, action_dtype=torch.int64)
     # Transition k: frames full of k (next frames k + 100), action 3k, reward k/2, terminated if k odd.
     for k in range(8):  # 8 > capacity: transitions 0, 1, 2 are overwritten by 5, 6, 7
         frames = np.full(frame_shape, k, dtype=np.uint8)

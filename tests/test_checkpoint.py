@@ -6,7 +6,6 @@ import torch
 from rlrun import checkpoint
 from rlrun.config import ConfigError
 
-
 RUN_STATE = {"env": {}, "rng": {}, "metrics": None, "last_eval": None, "clock": {"elapsed": 0.0, "paused": 0.0}}
 
 

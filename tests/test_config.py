@@ -35,6 +35,7 @@ REQUIRED = {
 
 # ----- every range check fires, naming its key --------------------------------------------------------
 
+
 def config_classes() -> list[tuple[type, str]]:
     """Every config dataclass with the prefix its keys have on the command line: RunConfig and
     the groups inside it, and each registered algorithm's Config."""
@@ -94,8 +95,20 @@ RANGE_CASES = [
 
 def test_the_range_checks_were_found():
     keys = {case.values[3] for case in RANGE_CASES}
-    assert {"total_steps", "seed", "threads", "eval.every", "checkpoint.keep", "env.atari.frame_skip", "trial.number",
-            "algo.lr", "algo.gamma", "algo.hidden_sizes", "algo.num_minibatches", "algo.policy_delay"} <= keys
+    assert {
+        "total_steps",
+        "seed",
+        "threads",
+        "eval.every",
+        "checkpoint.keep",
+        "env.atari.frame_skip",
+        "trial.number",
+        "algo.lr",
+        "algo.gamma",
+        "algo.hidden_sizes",
+        "algo.num_minibatches",
+        "algo.policy_delay",
+    } <= keys
 
 
 @pytest.mark.parametrize("cls,prefix,check,key,field,value", RANGE_CASES)
@@ -116,10 +129,16 @@ def test_every_range_check_fires_with_a_message_naming_the_key(cls, prefix, chec
         assert any(c[1] == key and c[0] != check for c in range_checks(cls)), message
 
 
-@pytest.mark.parametrize("cls,key,low,high", [
-    (OffPolicyConfig, "gamma", 0.0, 1.0), (OffPolicyConfig, "tau", 0.0, 1.0), (PPOConfig, "gae_lambda", 0.0, 1.0),
-    (DQNConfig, "end_epsilon", 0.0, 1.0), (DQNConfig, "exploration_fraction", 0.0, 1.0),
-])
+@pytest.mark.parametrize(
+    "cls,key,low,high",
+    [
+        (OffPolicyConfig, "gamma", 0.0, 1.0),
+        (OffPolicyConfig, "tau", 0.0, 1.0),
+        (PPOConfig, "gae_lambda", 0.0, 1.0),
+        (DQNConfig, "end_epsilon", 0.0, 1.0),
+        (DQNConfig, "exploration_fraction", 0.0, 1.0),
+    ],
+)
 def test_range_bounds_are_inclusive(cls, key, low, high):
     assert getattr(cls(**{key: low}), key) == low
     assert getattr(cls(**{key: high}), key) == high
@@ -140,11 +159,15 @@ def test_ppo_minibatches_need_two_transitions_each():
 
 # ----- from_mapping: keys and types ------------------------------------------------------------------
 
-@pytest.mark.parametrize("data,prefix,message", [
-    ({"evry": 5}, "eval.", "unknown config key 'eval.evry'; did you mean 'eval.every'?"),
-    ({"lrr": 0.1}, "algo.", "unknown config key 'algo.lrr'; did you mean 'algo.lr'?"),
-    ({"zzz": 1}, "eval.", "unknown config key 'eval.zzz'; valid keys: {}"),  # nothing close: all of them
-])
+
+@pytest.mark.parametrize(
+    "data,prefix,message",
+    [
+        ({"evry": 5}, "eval.", "unknown config key 'eval.evry'; did you mean 'eval.every'?"),
+        ({"lrr": 0.1}, "algo.", "unknown config key 'algo.lrr'; did you mean 'algo.lr'?"),
+        ({"zzz": 1}, "eval.", "unknown config key 'eval.zzz'; valid keys: {}"),  # nothing close: all of them
+    ],
+)
 def test_unknown_keys_are_named_with_a_suggestion(data, prefix, message):
     cls = SACConfig if prefix == "algo." else EvalConfig
     with pytest.raises(ConfigError) as error:
@@ -161,20 +184,23 @@ def test_unknown_and_missing_keys_inside_groups_are_named_with_their_path():
         from_mapping(RunConfig, {**REQUIRED["RunConfig"], "eval": 5})
 
 
-@pytest.mark.parametrize("cls,key,value,expected", [
-    (RunConfig, "total_steps", 1e6, 1_000_000),  # YAML and Hydra read 1e6 as a float
-    (RunConfig, "total_steps", 7, 7),
-    (RunConfig, "progress", False, False),
-    (RunConfig, "threads", None, None),
-    (RunConfig, "threads", 2, 2),
-    (RunConfig, "device", "cpu", "cpu"),
-    (SACConfig, "lr", 1, 1.0),  # an integer where a number is expected
-    (SACConfig, "target_entropy", "auto", "auto"),
-    (SACConfig, "target_entropy", -3, -3.0),
-    (SACConfig, "hidden_sizes", [64, 32.0], (64, 32)),
-    (DQNConfig, "max_grad_norm", None, None),
-    (EnvConfig, "id", "Pendulum-v1", "Pendulum-v1"),
-])
+@pytest.mark.parametrize(
+    "cls,key,value,expected",
+    [
+        (RunConfig, "total_steps", 1e6, 1_000_000),  # YAML and Hydra read 1e6 as a float
+        (RunConfig, "total_steps", 7, 7),
+        (RunConfig, "progress", False, False),
+        (RunConfig, "threads", None, None),
+        (RunConfig, "threads", 2, 2),
+        (RunConfig, "device", "cpu", "cpu"),
+        (SACConfig, "lr", 1, 1.0),  # an integer where a number is expected
+        (SACConfig, "target_entropy", "auto", "auto"),
+        (SACConfig, "target_entropy", -3, -3.0),
+        (SACConfig, "hidden_sizes", [64, 32.0], (64, 32)),
+        (DQNConfig, "max_grad_norm", None, None),
+        (EnvConfig, "id", "Pendulum-v1", "Pendulum-v1"),
+    ],
+)
 def test_values_are_converted_to_the_field_types(cls, key, value, expected):
     prefix = "algo." if cls in (SACConfig, DQNConfig) else ""
     config = from_mapping(cls, {**REQUIRED.get(cls.__name__, {}), key: value}, prefix=prefix)
@@ -182,22 +208,25 @@ def test_values_are_converted_to_the_field_types(cls, key, value, expected):
     assert converted == expected and type(converted) is type(expected)
 
 
-@pytest.mark.parametrize("cls,key,value,message", [
-    (RunConfig, "total_steps", "abc", "total_steps must be an integer, got 'abc'"),
-    (RunConfig, "total_steps", 2.5, "total_steps must be an integer, got 2.5"),
-    (RunConfig, "total_steps", True, "total_steps must be an integer, got True"),
-    (RunConfig, "progress", "maybe", "progress must be true or false, got 'maybe'"),
-    (RunConfig, "progress", 1, "progress must be true or false, got 1"),
-    (RunConfig, "device", "tpu", "device='tpu' is not valid; choose one of: auto, cpu, cuda"),
-    (RunConfig, "precision", "fp16", "precision='fp16' is not valid; choose one of: float32, bfloat16"),
-    (RunConfig, "threads", "two", "threads must be an integer, got 'two'"),
-    (SACConfig, "lr", "fast", "algo.lr must be a number, got 'fast'"),
-    (SACConfig, "lr", True, "algo.lr must be a number, got True"),
-    (SACConfig, "hidden_sizes", 64, "algo.hidden_sizes must be a list like [256, 256], got 64"),
-    (SACConfig, "hidden_sizes", [64, "wide"], "algo.hidden_sizes[1] must be an integer, got 'wide'"),
-    (SACConfig, "target_entropy", "high", "algo.target_entropy='high' is not valid"),
-    (EnvConfig, "id", 5, "env.id must be a string, got 5"),
-])
+@pytest.mark.parametrize(
+    "cls,key,value,message",
+    [
+        (RunConfig, "total_steps", "abc", "total_steps must be an integer, got 'abc'"),
+        (RunConfig, "total_steps", 2.5, "total_steps must be an integer, got 2.5"),
+        (RunConfig, "total_steps", True, "total_steps must be an integer, got True"),
+        (RunConfig, "progress", "maybe", "progress must be true or false, got 'maybe'"),
+        (RunConfig, "progress", 1, "progress must be true or false, got 1"),
+        (RunConfig, "device", "tpu", "device='tpu' is not valid; choose one of: auto, cpu, cuda"),
+        (RunConfig, "precision", "fp16", "precision='fp16' is not valid; choose one of: float32, bfloat16"),
+        (RunConfig, "threads", "two", "threads must be an integer, got 'two'"),
+        (SACConfig, "lr", "fast", "algo.lr must be a number, got 'fast'"),
+        (SACConfig, "lr", True, "algo.lr must be a number, got True"),
+        (SACConfig, "hidden_sizes", 64, "algo.hidden_sizes must be a list like [256, 256], got 64"),
+        (SACConfig, "hidden_sizes", [64, "wide"], "algo.hidden_sizes[1] must be an integer, got 'wide'"),
+        (SACConfig, "target_entropy", "high", "algo.target_entropy='high' is not valid"),
+        (EnvConfig, "id", 5, "env.id must be a string, got 5"),
+    ],
+)
 def test_values_of_the_wrong_type_are_named(cls, key, value, message):
     prefix = {SACConfig: "algo.", EnvConfig: "env."}.get(cls, "")
     with pytest.raises(ConfigError) as error:
@@ -218,17 +247,21 @@ def test_every_field_type_is_one_from_mapping_converts():
 
 # ----- plan.validate on composed configs -------------------------------------------------------------
 
+
 @pytest.fixture
 def composer():
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         yield lambda *overrides: compose("config", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("algo,env,algo_class,spaces", [
-    ("sac", "Pendulum", SAC, (gym.spaces.Box, gym.spaces.Box)),
-    ("ppo", "CartPole", PPO, (gym.spaces.Box, gym.spaces.Discrete)),
-    ("dqn", "CartPole", DQN, (gym.spaces.Box, gym.spaces.Discrete)),
-])
+@pytest.mark.parametrize(
+    "algo,env,algo_class,spaces",
+    [
+        ("sac", "Pendulum", SAC, (gym.spaces.Box, gym.spaces.Box)),
+        ("ppo", "CartPole", PPO, (gym.spaces.Box, gym.spaces.Discrete)),
+        ("dqn", "CartPole", DQN, (gym.spaces.Box, gym.spaces.Discrete)),
+    ],
+)
 def test_a_composed_config_becomes_a_typed_plan(composer, algo, env, algo_class, spaces):
     plan = validate(composer(f"algo={algo}", f"env={env}", "seed=3", "eval.episodes=2"))
     assert plan.algo_name == algo and plan.algo_class is algo_class
@@ -245,13 +278,18 @@ def test_tuned_values_and_overrides_reach_the_plan(composer):
     assert overridden.algo_config.lr == 5e-4 and overridden.algo_config.hidden_sizes == (32, 32)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["algo=sac", "env=CartPole"], "algo=sac needs a Box action space, but CartPole-v1 has a discrete (Discrete(2)) one; "
-                                   "algorithms that fit: ppo, dqn"),
-    (["algo=td3", "env=CartPole"], "algo=td3 needs a Box action space, but CartPole-v1 has a discrete"),
-    (["algo=dqn", "env=HalfCheetah"], "algo=dqn needs a Discrete action space, but HalfCheetah-v5 has a continuous"),
-    (["algo=dqn", "env=Pendulum"], "algos that fit"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["algo=sac", "env=CartPole"],
+            "algo=sac needs a Box action space, but CartPole-v1 has a discrete (Discrete(2)) one; algorithms that fit: ppo, dqn",
+        ),
+        (["algo=td3", "env=CartPole"], "algo=td3 needs a Box action space, but CartPole-v1 has a discrete"),
+        (["algo=dqn", "env=HalfCheetah"], "algo=dqn needs a Discrete action space, but HalfCheetah-v5 has a continuous"),
+        (["algo=dqn", "env=Pendulum"], "algos that fit"),
+    ],
+)
 def test_an_algorithm_that_does_not_fit_the_action_space_is_refused(composer, overrides, message):
     with pytest.raises(ConfigError) as error:
         validate(composer(*overrides))
@@ -261,15 +299,18 @@ def test_an_algorithm_that_does_not_fit_the_action_space_is_refused(composer, ov
         assert str(error.value).startswith(message)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["total_steps=0"], "total_steps=0 must be positive"),
-    (["algo.gamma=1.5"], "algo.gamma=1.5 must lie in [0.0, 1.0]"),
-    (["algo.batch_size=512", "algo.buffer_size=256"], "algo.batch_size=512 is larger than algo.buffer_size=256"),
-    (["eval.every=0"], "eval.every=0 must be positive"),
-    (["progress=maybe"], "progress must be true or false, got 'maybe'"),
-    (["env.id=HalfCheetah-v9"], "env.id='HalfCheetah-v9' is not a registered Gymnasium environment; did you mean"),
-    (["algo.name=sacc"], "algo.name='sacc' is not a registered algorithm; choose one of: sac, ppo, dqn, td3, ddpg"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["total_steps=0"], "total_steps=0 must be positive"),
+        (["algo.gamma=1.5"], "algo.gamma=1.5 must lie in [0.0, 1.0]"),
+        (["algo.batch_size=512", "algo.buffer_size=256"], "algo.batch_size=512 is larger than algo.buffer_size=256"),
+        (["eval.every=0"], "eval.every=0 must be positive"),
+        (["progress=maybe"], "progress must be true or false, got 'maybe'"),
+        (["env.id=HalfCheetah-v9"], "env.id='HalfCheetah-v9' is not a registered Gymnasium environment; did you mean"),
+        (["algo.name=sacc"], "algo.name='sacc' is not a registered algorithm; choose one of: sac, ppo, dqn, td3, ddpg"),
+    ],
+)
 def test_validate_names_the_bad_value(composer, overrides, message):
     with pytest.raises(ConfigError) as error:
         validate(composer("algo=sac", "env=Pendulum", *overrides))
@@ -284,12 +325,16 @@ def test_cuda_without_a_gpu_is_refused(composer):
 
 # ----- composition errors, as the command line words them -------------------------------------------
 
-@pytest.mark.parametrize("overrides,message", [
-    (["algo.lrr=0.1"], "unknown config key 'algo.lrr'; did you mean 'algo.lr'?"),
-    (["eval.evry=5"], "unknown config key 'eval.evry'; did you mean 'eval.every'?"),
-    (["algo=sacc"], "unknown algo 'sacc'; choose one of: ddpg, dqn, ppo, sac, td3"),
-    (["env=HalfCheeta"], "unknown env 'HalfCheeta'; choose one of: Acrobot, "),
-])
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["algo.lrr=0.1"], "unknown config key 'algo.lrr'; did you mean 'algo.lr'?"),
+        (["eval.evry=5"], "unknown config key 'eval.evry'; did you mean 'eval.every'?"),
+        (["algo=sacc"], "unknown algo 'sacc'; choose one of: ddpg, dqn, ppo, sac, td3"),
+        (["env=HalfCheeta"], "unknown env 'HalfCheeta'; choose one of: Acrobot, "),
+    ],
+)
 def test_composition_errors_become_one_line_with_a_suggestion(composer, overrides, message):
     with pytest.raises(HydraException) as error:
         composer("algo=sac", "env=Pendulum", *overrides)

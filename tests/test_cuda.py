@@ -13,9 +13,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import run_rlrun
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import run_rlrun
 from rlrun.algos.ddpg import DDPG, DDPGConfig
 from rlrun.algos.dqn import DQN, DQNConfig
 from rlrun.algos.ppo import PPO, PPOConfig
@@ -38,8 +38,9 @@ OFF_POLICY = {
 }
 
 
-@pytest.mark.parametrize("algo, env", [("sac", "Pendulum"), ("td3", "Pendulum"), ("ddpg", "Pendulum"),
-                                       ("ppo", "Pendulum"), ("dqn", "CartPole")])
+@pytest.mark.parametrize(
+    "algo, env", [("sac", "Pendulum"), ("td3", "Pendulum"), ("ddpg", "Pendulum"), ("ppo", "Pendulum"), ("dqn", "CartPole")]
+)
 def test_device_auto_trains_on_the_gpu(tmp_path, algo, env):
     result = run_rlrun("experiment=smoke", f"algo={algo}", f"env={env}", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
@@ -97,8 +98,12 @@ def test_a_ppo_update_never_waits_for_the_gpu():
     agent = PPO(PPOConfig(hidden_sizes=(32, 32), num_minibatches=4, update_epochs=2), obs_space, action_space, GPU, seed=0)
     n = 256
     rollout = dict(
-        obs=torch.randn(n, 3, device=GPU), actions=torch.randn(n, 1, device=GPU), log_probs=-torch.rand(n, device=GPU),
-        values=torch.randn(n, device=GPU), advantages=torch.randn(n, device=GPU), returns=torch.randn(n, device=GPU),
+        obs=torch.randn(n, 3, device=GPU),
+        actions=torch.randn(n, 1, device=GPU),
+        log_probs=-torch.rand(n, device=GPU),
+        values=torch.randn(n, device=GPU),
+        advantages=torch.randn(n, device=GPU),
+        returns=torch.randn(n, device=GPU),
         indices=torch.arange(n, device=GPU),
     )
     with no_waiting_for_the_gpu():

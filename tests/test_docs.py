@@ -160,7 +160,12 @@ def _stopped_run(folder: Path) -> None:
 def _optuna_sweep(folder: Path) -> None:
     """A finished one-trial Optuna smoke sweep, with its optuna/best.yaml."""
     result = run_rlrun(
-        "-m", "hydra/sweeper=rlrun_optuna", "algo=sac", "env=Pendulum", "experiment=smoke", "hydra.sweeper.n_trials=1",
+        "-m",
+        "hydra/sweeper=rlrun_optuna",
+        "algo=sac",
+        "env=Pendulum",
+        "experiment=smoke",
+        "hydra.sweeper.n_trials=1",
         f"hydra.sweep.dir={folder}",
     )
     assert result.returncode == 0, result.stderr
@@ -311,8 +316,18 @@ def test_the_docs_show_commands_of_every_kind():
     assert len(commands) >= 20
     assert sum(doc.error is not None for doc in DOCUMENTED) >= 3
     for needed in (
-        "-m ", "hydra/sweeper=rlrun_optuna", "resume=", "+optuna=best", "hydra/launcher=slurm", "hydra/launcher=ray",
-        "evaluate=", "export=", "video=true", "report=", "report.reference=", "log.wandb.project=",
+        "-m ",
+        "hydra/sweeper=rlrun_optuna",
+        "resume=",
+        "+optuna=best",
+        "hydra/launcher=slurm",
+        "hydra/launcher=ray",
+        "evaluate=",
+        "export=",
+        "video=true",
+        "report=",
+        "report.reference=",
+        "log.wandb.project=",
     ):
         assert any(needed in command for command in commands), needed
     assert set(KNOWN_FAILURES) | set(NOT_RUNNABLE) <= set(commands)
@@ -322,7 +337,10 @@ def test_comments_and_continuations_are_read_as_a_shell_would():
     assert _strip_comment("rlrun algo=sac   # train it") == "rlrun algo=sac"
     assert _strip_comment("rlrun 'a=#b' c=d#e") == "rlrun 'a=#b' c=d#e"
     assert _shrink_grid(["-m", "algo=sac,td3", "env=HalfCheetah,Hopper", "seed=range(4)"], keep_first=2) == [
-        "-m", "algo=sac,td3", "env=HalfCheetah", "seed=0",
+        "-m",
+        "algo=sac,td3",
+        "env=HalfCheetah",
+        "seed=0",
     ]
 
 

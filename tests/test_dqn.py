@@ -144,9 +144,7 @@ def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
     pytest.importorskip("cv2")
     # 300 steps: 100 of them learning (25 updates of the CNN), one greedy evaluation game.
     run_dir = tmp_path / "run"
-    result = rlrun(
-        "experiment=smoke", "algo=dqn", "env=Pong", "total_steps=300", "threads=1", f"hydra.run.dir={run_dir}"
-    )
+    result = rlrun("experiment=smoke", "algo=dqn", "env=Pong", "total_steps=300", "threads=1", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     state = _check_run_folder(run_dir, "ALE/Pong-v5", 300)
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -18,8 +18,11 @@ from rlrun.envs import check_env_id, env_spaces, env_state, make_env, make_vecto
 def test_env_ids_are_checked_against_the_registry_with_suggestions():
     check_env_id("Pendulum-v1")
     check_env_id("tests.crashing_env:CrashingPendulum-v0")  # "module:Id" imports the module that registers it
-    with pytest.raises(ConfigError, match=r"^env.id='HalfCheetah-v9' is not a registered Gymnasium environment; "
-                                          r"did you mean HalfCheetah-v5"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^env.id='HalfCheetah-v9' is not a registered Gymnasium environment; "
+        r"did you mean HalfCheetah-v5",
+    ):
         check_env_id("HalfCheetah-v9")
     with pytest.raises(ConfigError, match=r"^env.id='NoSuchEnv-v0' is not a registered Gymnasium environment$"):
         check_env_id("NoSuchEnv-v0")
@@ -173,11 +176,14 @@ def test_wrappers_apply_in_order():
     assert negate_then_clip.step(action)[1] == 0.0  # negated (positive), then clipped to 0
 
 
-@pytest.mark.parametrize("wrappers,words", [
-    (({"min_reward": 0},), "needs _target_"),
-    (({"_target_": "gymnasium.wrappers.NoSuchWrapper"},), "cannot apply gymnasium.wrappers.NoSuchWrapper (cannot import it"),
-    (({"_target_": "gymnasium.wrappers.ClipReward", "nope": 1},), "unexpected keyword argument 'nope'"),
-])
+@pytest.mark.parametrize(
+    "wrappers,words",
+    [
+        (({"min_reward": 0},), "needs _target_"),
+        (({"_target_": "gymnasium.wrappers.NoSuchWrapper"},), "cannot apply gymnasium.wrappers.NoSuchWrapper (cannot import it"),
+        (({"_target_": "gymnasium.wrappers.ClipReward", "nope": 1},), "unexpected keyword argument 'nope'"),
+    ],
+)
 def test_a_wrong_wrapper_is_one_line_before_training(wrappers, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
         env_spaces(EnvConfig(id="Pendulum-v1", total_steps=10, wrappers=wrappers))
@@ -198,9 +204,20 @@ def test_a_custom_environment_in_the_working_folder_trains_through_the_rlrun_com
     rlrun = shutil.which("rlrun")
     assert rlrun, "the rlrun command is installed by the set-up command"
     result = subprocess.run(
-        [rlrun, "experiment=smoke", "algo=sac", "env=Pendulum", "env.id=my_point:PointMass-v0", "+env.kwargs.friction=0.5",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=300,
+        [
+            rlrun,
+            "experiment=smoke",
+            "algo=sac",
+            "env=Pendulum",
+            "env.id=my_point:PointMass-v0",
+            "+env.kwargs.friction=0.5",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     import json

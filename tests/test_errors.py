@@ -84,27 +84,56 @@ FOLDER_CASES = [
     (["resume={tmp}/nowhere"], None, ["resume={tmp}/nowhere: no such folder"]),
     (["resume={tmp}"], None, ["resume={tmp} is not an rlrun run folder"]),
     (["resume={run}"], _copy_without_checkpoints, ["has no checkpoint to continue from"]),
-    (["resume={run}"], _copy_with_truncated_checkpoint,
-     ["cannot read checkpoint {run}/checkpoints/step_000000600.pt", "delete it to continue from step_000000300.pt"]),
-    (["resume={run}", "algo=td3"], shutil.copytree, ["checkpoint {run}/checkpoints/step_000000600.pt is from algo=sac, not algo=td3"]),
-    (["resume={run}", "env=MountainCarContinuous"], shutil.copytree,
-     ["is from env.id=Pendulum-v1, not env.id=MountainCarContinuous-v0"]),
+    (
+        ["resume={run}"],
+        _copy_with_truncated_checkpoint,
+        ["cannot read checkpoint {run}/checkpoints/step_000000600.pt", "delete it to continue from step_000000300.pt"],
+    ),
+    (
+        ["resume={run}", "algo=td3"],
+        shutil.copytree,
+        ["checkpoint {run}/checkpoints/step_000000600.pt is from algo=sac, not algo=td3"],
+    ),
+    (
+        ["resume={run}", "env=MountainCarContinuous"],
+        shutil.copytree,
+        ["is from env.id=Pendulum-v1, not env.id=MountainCarContinuous-v0"],
+    ),
     (["-m", "resume={run}"], shutil.copytree, ["resume= continues one run", "hydra.sweep.dir"]),
     (["algo=sac", "env=Pendulum", "hydra.run.dir=/proc/rlrun-run"], None, ["hydra.run.dir=/proc/rlrun-run is not writable"]),
     (["algo=sac", "env=Pendulum", "hydra.run.dir={tmp}/a-file/run"], None, ["cannot be created: {tmp}/a-file is a file"]),
-    (["algo=sac", "env=Pendulum", "env.id=NoSuchEnv-v0"], None, ["env.id='NoSuchEnv-v0' is not a registered Gymnasium environment"]),
-    (["algo=sac", "env=Pendulum", "hydra.run.dir={tmp}/" + "a" * 300], None,
-     ["hydra.run.dir has a folder name of 300 bytes ('aaaa", "more than the 255 this file system allows"]),
+    (
+        ["algo=sac", "env=Pendulum", "env.id=NoSuchEnv-v0"],
+        None,
+        ["env.id='NoSuchEnv-v0' is not a registered Gymnasium environment"],
+    ),
+    (
+        ["algo=sac", "env=Pendulum", "hydra.run.dir={tmp}/" + "a" * 300],
+        None,
+        ["hydra.run.dir has a folder name of 300 bytes ('aaaa", "more than the 255 this file system allows"],
+    ),
     # a run folder named after the overrides, as Hydra's docs suggest, with long overrides
-    (["algo=sac", "env=Pendulum", "hydra.run.dir={tmp}/${{hydra.job.override_dirname}}",
-      f"algo.hidden_sizes=[{','.join(['64'] * 80)}]"],
-     None, ["hydra.run.dir has a folder name of 281 bytes ('algo.hidden_sizes=[64,64"]),  # with ,algo=sac,env=Pendulum
-    (["-m", "algo=sac", "env=Pendulum", "hydra.sweep.dir={tmp}/" + "b" * 256], None,
-     ["hydra.sweep.dir has a folder name of 256 bytes ('bbbb"]),
+    (
+        [
+            "algo=sac",
+            "env=Pendulum",
+            "hydra.run.dir={tmp}/${{hydra.job.override_dirname}}",
+            f"algo.hidden_sizes=[{','.join(['64'] * 80)}]",
+        ],
+        None,
+        ["hydra.run.dir has a folder name of 281 bytes ('algo.hidden_sizes=[64,64"],
+    ),  # with ,algo=sac,env=Pendulum
+    (
+        ["-m", "algo=sac", "env=Pendulum", "hydra.sweep.dir={tmp}/" + "b" * 256],
+        None,
+        ["hydra.sweep.dir has a folder name of 256 bytes ('bbbb"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("args,prepare,words", FOLDER_CASES, ids=[" ".join(c[0]) + (f" ({c[1].__name__})" if c[1] else "") for c in FOLDER_CASES])
+@pytest.mark.parametrize(
+    "args,prepare,words", FOLDER_CASES, ids=[" ".join(c[0]) + (f" ({c[1].__name__})" if c[1] else "") for c in FOLDER_CASES]
+)
 def test_bad_folders_and_resumes_fail_with_one_line_and_touch_nothing(rlrun, finished_run, tmp_path, args, prepare, words):
     run_dir = tmp_path / "run"
     if prepare is not None:

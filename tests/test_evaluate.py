@@ -8,10 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import run_rlrun
 
 from rlrun.config import EnvConfig
 from rlrun.saved_run import load_agent
-from conftest import run_rlrun
 
 # algo → (env, extra overrides) of the smoke runs shared by this file's tests.
 RUNS = {
@@ -26,7 +26,13 @@ def smoke_run(folder: Path, algo: str, *extra: str) -> Path:
     env, overrides = RUNS[algo]
     run_dir = folder / f"{algo}-{env}"
     result = run_rlrun(
-        "experiment=smoke", f"algo={algo}", f"env={env}", "threads=1", "device=cpu", *overrides, *extra,
+        "experiment=smoke",
+        f"algo={algo}",
+        f"env={env}",
+        "threads=1",
+        "device=cpu",
+        *overrides,
+        *extra,
         f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr
@@ -43,7 +49,8 @@ def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` with its content hash."""
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*")) if path.is_file()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
     }
 
 
@@ -139,7 +146,9 @@ def test_mujoco_renders_headless(tmp_path):
 
 def test_videos_during_training_leave_learning_unchanged(runs, tmp_path):
     with_video = smoke_run(tmp_path, "sac", "video.every=300")
-    assert [row["eval/return_mean"] for row in eval_rows(with_video)] == [row["eval/return_mean"] for row in eval_rows(runs["sac"])]
+    assert [row["eval/return_mean"] for row in eval_rows(with_video)] == [
+        row["eval/return_mean"] for row in eval_rows(runs["sac"])
+    ]
     for step in (300, 600):
         frames = read_frames(with_video / "videos" / f"step-{step}" / "episode-0.mp4")
         assert recorded_all_frames(frames, episode_length=200)
@@ -219,8 +228,16 @@ def test_bad_evaluate_and_export_inputs_get_one_line_and_write_nothing(runs, tmp
         (("-m", f"evaluate={run_dir}"), "evaluate= reads a saved run and takes no -m"),
         ((f"evaluate={run_dir}", f"resume={run_dir}"), "takes no resume="),
         ((f"evaluate={run_dir}", "algo.lr=1"), "evaluate= does not take 'algo.lr=1'"),
-        (("algo=sac", "env=Pendulum", "env.id=tests.plain_env:NoRender-v0", "video.every=100", f"hydra.run.dir={tmp_path / 'new'}"),
-         "cannot render frames here"),
+        (
+            (
+                "algo=sac",
+                "env=Pendulum",
+                "env.id=tests.plain_env:NoRender-v0",
+                "video.every=100",
+                f"hydra.run.dir={tmp_path / 'new'}",
+            ),
+            "cannot render frames here",
+        ),
     ]
     before = {folder: snapshot(folder) for folder in (run_dir, no_best, empty)}
     for args, words in cases:

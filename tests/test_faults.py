@@ -7,11 +7,11 @@ import types
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import run_rlrun, start_rlrun
-from rlrun.train import _stop_on_signals
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_resume import checkpoint_file, wait_for
+
+from rlrun.train import _stop_on_signals
 
 SAC_PENDULUM = ["experiment=smoke", "algo=sac", "env=Pendulum"]
 

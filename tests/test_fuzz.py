@@ -22,14 +22,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, run_rlrun
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, run_rlrun
-
 ALGO_ENVS = [("sac", "Pendulum"), ("td3", "Pendulum"), ("ppo", "CartPole"), ("dqn", "CartPole")]
 # Small budgets first; a generated override of the same key comes later and wins.
-BUDGET = ["experiment=smoke", "total_steps=64", "eval.every=32", "eval.episodes=1", "log.every=16", "checkpoint.every=32", "progress=false", "threads=1"]
+BUDGET = [
+    "experiment=smoke",
+    "total_steps=64",
+    "eval.every=32",
+    "eval.episodes=1",
+    "log.every=16",
+    "checkpoint.every=32",
+    "progress=false",
+    "threads=1",
+]
 
 
 def _leaf_keys() -> list[str]:
@@ -83,7 +91,11 @@ def _render(value) -> str:
 overrides = st.lists(
     st.one_of(
         st.builds(lambda k, v: f"{k}={_render(v)}", keys, values),
-        st.builds(lambda k, v: f"{k}='{v}'", st.sampled_from(KEYS), st.text(max_size=12).filter(lambda t: "'" not in t and "\\" not in t)),
+        st.builds(
+            lambda k, v: f"{k}='{v}'",
+            st.sampled_from(KEYS),
+            st.text(max_size=12).filter(lambda t: "'" not in t and "\\" not in t),
+        ),
         st.builds(lambda k: f"~{k}", st.sampled_from(KEYS)),
         st.builds(lambda k, v: f"+{k}={_render(v)}", keys, scalars),
     ),
@@ -178,7 +190,11 @@ def _fuzz_damage(finished_run, kind, data, extra, tmp_path_factory) -> None:
 
 EXAMPLES = 20
 MANY = int(os.environ.get("RLRUN_FUZZ_EXAMPLES", 300))
-QUIET = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow], "derandomize": True}
+QUIET = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    "derandomize": True,
+}
 
 
 @settings(max_examples=EXAMPLES, **QUIET)
@@ -190,7 +206,11 @@ def test_generated_overrides_train_or_get_one_line(algo_env, generated, tmp_path
 
 
 @settings(max_examples=EXAMPLES // 2, **QUIET)
-@given(kind=st.sampled_from(DAMAGE), data=st.binary(min_size=1, max_size=64), extra=st.lists(st.sampled_from(["seed=1", "algo.lr=1e-3", "eval.episodes=1"]), max_size=2))
+@given(
+    kind=st.sampled_from(DAMAGE),
+    data=st.binary(min_size=1, max_size=64),
+    extra=st.lists(st.sampled_from(["seed=1", "algo.lr=1e-3", "eval.episodes=1"]), max_size=2),
+)
 def test_damaged_run_folders_get_one_line(finished_run, kind, data, extra, tmp_path_factory):
     _fuzz_damage(finished_run, kind, data, extra, tmp_path_factory)
 
@@ -204,7 +224,11 @@ def test_many_generated_overrides(algo_env, generated, tmp_path_factory):
 
 @pytest.mark.fuzz
 @settings(max_examples=MANY // 3, deadline=None, suppress_health_check=list(HealthCheck))
-@given(kind=st.sampled_from(DAMAGE), data=st.binary(min_size=1, max_size=256), extra=st.lists(st.sampled_from(["seed=1", "algo.lr=1e-3"]), max_size=2))
+@given(
+    kind=st.sampled_from(DAMAGE),
+    data=st.binary(min_size=1, max_size=256),
+    extra=st.lists(st.sampled_from(["seed=1", "algo.lr=1e-3"]), max_size=2),
+)
 def test_many_damaged_run_folders(finished_run, kind, data, extra, tmp_path_factory):
     _fuzz_damage(finished_run, kind, data, extra, tmp_path_factory)
 

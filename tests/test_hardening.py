@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, _env, run_rlrun, start_rlrun
 from test_resume import checkpoint_file, wait_for
 
@@ -85,8 +84,14 @@ def test_a_second_writer_is_refused_and_a_killed_writer_leaves_no_stale_lock(tmp
 def test_the_workers_of_a_killed_joblib_sweep_stop_with_a_checkpoint(tmp_path):
     sweep_dir = tmp_path / "sweep"
     parent = start_rlrun(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SAC_PENDULUM, "seed=0,1", "total_steps=50000",
-        "checkpoint.every=100000", f"hydra.sweep.dir={sweep_dir}",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *SAC_PENDULUM,
+        "seed=0,1",
+        "total_steps=50000",
+        "checkpoint.every=100000",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     deadline = time.monotonic() + 240
     while len(list(sweep_dir.glob("*/metrics.jsonl"))) < 2 or not all(
@@ -161,8 +166,13 @@ def _limited_file_size(limit: int):
 def test_a_file_size_limit_gets_one_line_and_leaves_no_temporary_file(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "rlrun.cli", *SAC_PENDULUM, f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
-        env=_env(), cwd=REPO, timeout=300, preexec_fn=_limited_file_size(100_000),
+        [sys.executable, "-m", "rlrun.cli", *SAC_PENDULUM, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=300,
+        preexec_fn=_limited_file_size(100_000),
     )
     line = one_line_error(result, 1)
     assert "cannot write checkpoint" in line and "File too large (the file-size limit, ulimit -f, is 100000 bytes)" in line
@@ -191,10 +201,22 @@ def test_a_full_file_system_gets_one_line_and_keeps_the_earlier_checkpoint(tmp_p
 
 # ----- 6, 7. environments that fail ---------------------------------------------------------------
 ENV_FAILURES = [
-    ("CrashingPendulum-v0", {"RLRUN_TEST_CRASH_AT": "700"}, "CrashingPendulum-v0 raised RuntimeError in step(): simulated crash at step 700"),
-    ("BrokenResetPendulum-v0", {"RLRUN_TEST_RESETS_OK": "4"}, "BrokenResetPendulum-v0 raised OSError in reset(): simulator connection lost"),
+    (
+        "CrashingPendulum-v0",
+        {"RLRUN_TEST_CRASH_AT": "700"},
+        "CrashingPendulum-v0 raised RuntimeError in step(): simulated crash at step 700",
+    ),
+    (
+        "BrokenResetPendulum-v0",
+        {"RLRUN_TEST_RESETS_OK": "4"},
+        "BrokenResetPendulum-v0 raised OSError in reset(): simulator connection lost",
+    ),
     ("NaNRewardPendulum-v0", {"RLRUN_TEST_NAN_AT": "700"}, "NaNRewardPendulum-v0 returned a non-finite reward (nan) at step"),
-    ("NaNObservationPendulum-v0", {"RLRUN_TEST_NAN_AT": "700"}, "NaNObservationPendulum-v0 returned a non-finite observation at step"),
+    (
+        "NaNObservationPendulum-v0",
+        {"RLRUN_TEST_NAN_AT": "700"},
+        "NaNObservationPendulum-v0 returned a non-finite observation at step",
+    ),
 ]
 
 
@@ -227,8 +249,13 @@ def test_an_environment_that_fails_to_construct_or_import_is_a_config_error(tmp_
 def test_an_environment_failing_in_a_subprocess_vector_env_gets_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("RLRUN_TEST_CRASH_AT", "100")
     result = run_rlrun(
-        "experiment=smoke", "algo=ppo", "env=Pendulum", "algo.num_envs=2", "algo.async_envs=true",
-        "env.id=tests.crashing_env:CrashingPendulum-v0", f"hydra.run.dir={tmp_path / 'run'}",
+        "experiment=smoke",
+        "algo=ppo",
+        "env=Pendulum",
+        "algo.num_envs=2",
+        "algo.async_envs=true",
+        "env.id=tests.crashing_env:CrashingPendulum-v0",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert "CrashingPendulum-v0 raised RuntimeError in step(): simulated crash at step 100" in one_line_error(result, 1)
 
@@ -256,7 +283,10 @@ def test_hostile_overrides_get_one_line(tmp_path, overrides, words):
 def test_settings_that_never_learn_get_a_warning(tmp_path):
     result = run_rlrun("experiment=smoke", "algo=ppo", "env=CartPole", "total_steps=100", f"hydra.run.dir={tmp_path / 'a'}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "rlrun: warning: a rollout of algo.num_envs × algo.num_steps = 256 transitions is longer than total_steps=100" in result.stderr
+    assert (
+        "rlrun: warning: a rollout of algo.num_envs × algo.num_steps = 256 transitions is longer than total_steps=100"
+        in result.stderr
+    )
     result = run_rlrun(*SAC_PENDULUM, "total_steps=150", "algo.learning_starts=200", f"hydra.run.dir={tmp_path / 'b'}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rlrun: warning: algo.learning_starts=200 is not below total_steps=150" in result.stderr

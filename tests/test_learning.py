@@ -30,23 +30,38 @@ class LearningTest:
 CASES = {
     "sac-Pendulum": LearningTest(
         ("algo=sac", "env=Pendulum", "total_steps=5000", "algo.hidden_sizes=[64,64]", "eval.every=1000"),
-        evaluations=5, untrained_below=-1000, bar=-200,
+        evaluations=5,
+        untrained_below=-1000,
+        bar=-200,
     ),
     "td3-Pendulum": LearningTest(
-        ("algo=td3", "env=Pendulum", "total_steps=8000", "algo.learning_starts=1000", "algo.hidden_sizes=[64,64]",
-         "eval.every=1000"),
-        evaluations=8, untrained_below=-1000, bar=-250,
+        (
+            "algo=td3",
+            "env=Pendulum",
+            "total_steps=8000",
+            "algo.learning_starts=1000",
+            "algo.hidden_sizes=[64,64]",
+            "eval.every=1000",
+        ),
+        evaluations=8,
+        untrained_below=-1000,
+        bar=-250,
     ),
     # The tuned RL Zoo settings; the learning rate anneals to zero over these 30,000 steps.
     "ppo-CartPole": LearningTest(
         ("algo=ppo", "env=CartPole", "total_steps=30000", "eval.every=1000", "eval.episodes=5"),
-        evaluations=30, untrained_below=200, bar=190,
+        evaluations=30,
+        untrained_below=200,
+        bar=190,
     ),
     # The tuned RL Zoo settings (ε decays over the first 3,200 steps). DQN on CartPole swings
     # between evaluations, so a run scores the mean of its second half (steps 11,000-20,000).
     "dqn-CartPole": LearningTest(
         ("algo=dqn", "env=CartPole", "total_steps=20000", "eval.every=1000"),
-        evaluations=20, untrained_below=50, bar=80, scored_evaluations=10,
+        evaluations=20,
+        untrained_below=50,
+        bar=80,
+        scored_evaluations=10,
     ),
 }
 
@@ -62,8 +77,10 @@ def test_learns(tmp_path, name):
     case = CASES[name]
     run_dirs = [tmp_path / f"seed{seed}" for seed in SEEDS]
     results = run_rlrun_together(
-        [(*case.overrides, f"seed={seed}", "threads=1", "device=cpu", "progress=false", f"hydra.run.dir={run_dir}")
-         for seed, run_dir in zip(SEEDS, run_dirs)],
+        [
+            (*case.overrides, f"seed={seed}", "threads=1", "device=cpu", "progress=false", f"hydra.run.dir={run_dir}")
+            for seed, run_dir in zip(SEEDS, run_dirs)
+        ],
         timeout=900,
     )
     scores, curves = [], []
@@ -75,5 +92,5 @@ def test_learns(tmp_path, name):
         assert evals[0] < case.untrained_below, evals
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["eval_return_mean"] == evals[-1]
-        scores.append(statistics.mean(evals[-case.scored_evaluations:]))
+        scores.append(statistics.mean(evals[-case.scored_evaluations :]))
     assert statistics.mean(scores) >= case.bar, (scores, curves)

@@ -64,7 +64,7 @@ def test_ensemble_members_are_initialised_independently():
     ensemble = QEnsemble(obs_dim=3, action_dim=1, hidden_sizes=(8,), n=2)
     weight = ensemble.layers[0].weight
     assert not torch.equal(weight[0], weight[1])
-    assert weight.abs().max() <= 1 / 4 ** 0.5  # nn.Linear's U(-1/√fan_in, 1/√fan_in)
+    assert weight.abs().max() <= 1 / 4**0.5  # nn.Linear's U(-1/√fan_in, 1/√fan_in)
 
 
 def test_polyak_update_matches_the_formula():

@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import run_rlrun, run_rlrun_together
+from omegaconf import OmegaConf
 
 INSTALL = "python -m pip install -c constraints.txt -e '.[optuna]'"
 needs_optuna = pytest.mark.skipif(
@@ -22,11 +21,21 @@ TOTAL_STEPS = 4096
 # policy stays the initial one, about 68). The median pruner looks from step 2500 on, once two
 # trials have completed, so the lr 1e-9 trial stops at 3072. Later trials are TPE's (seeded).
 STUDY = [
-    "-m", "hydra/sweeper=rlrun_optuna", "algo=ppo", "env=CartPole", "experiment=smoke", "seed=1",
-    f"total_steps={TOTAL_STEPS}", "eval.every=1024", "eval.episodes=3",
-    "hydra.sweeper.search=null", "algo.lr=tag(log,interval(1e-9,1e-2))",
+    "-m",
+    "hydra/sweeper=rlrun_optuna",
+    "algo=ppo",
+    "env=CartPole",
+    "experiment=smoke",
+    "seed=1",
+    f"total_steps={TOTAL_STEPS}",
+    "eval.every=1024",
+    "eval.episodes=3",
+    "hydra.sweeper.search=null",
+    "algo.lr=tag(log,interval(1e-9,1e-2))",
     "hydra.sweeper.enqueue=[{algo.lr: 0.01},{algo.lr: 0.005},{algo.lr: 1.0e-9}]",
-    "hydra.sweeper.sampler.seed=0", "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2500",
+    "hydra.sweeper.sampler.seed=0",
+    "hydra.sweeper.pruner.n_startup_trials=2",
+    "hydra.sweeper.pruner.n_warmup_steps=2500",
 ]
 
 
@@ -50,8 +59,10 @@ def study(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("optuna") / "sweep"
     first = run_rlrun(*STUDY, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_trials=3")
     assert first.returncode == 0, first.stderr
-    before = {n: (p.name, (p / "summary.json").read_text(), (p / "summary.json").stat().st_mtime_ns)
-              for n, p in trial_folders(sweep_dir).items()}
+    before = {
+        n: (p.name, (p / "summary.json").read_text(), (p / "summary.json").stat().st_mtime_ns)
+        for n, p in trial_folders(sweep_dir).items()
+    }
     first_states = {t.number: t.state.name for t in load_study(sweep_dir).trials}
 
     # A sweep killed while trial 3 ran leaves it RUNNING in the study.
@@ -62,7 +73,11 @@ def study(tmp_path_factory):
     second = run_rlrun(*STUDY, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_trials=6")
     assert second.returncode == 0, second.stderr
     return {
-        "dir": sweep_dir, "first": first, "second": second, "before": before, "first_states": first_states,
+        "dir": sweep_dir,
+        "first": first,
+        "second": second,
+        "before": before,
+        "first_states": first_states,
         "left_running": left_running.number,
     }
 
@@ -125,7 +140,14 @@ def test_the_best_config_runs_with_rlrun(study, tmp_path):
 @needs_optuna
 def test_a_bad_search_space_stops_the_sweep_before_any_trial(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    base = ["-m", "hydra/sweeper=rlrun_optuna", "algo=ppo", "env=CartPole", "hydra.sweeper.search=null", f"hydra.sweep.dir={sweep_dir}"]
+    base = [
+        "-m",
+        "hydra/sweeper=rlrun_optuna",
+        "algo=ppo",
+        "env=CartPole",
+        "hydra.sweeper.search=null",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     # every corner of the space is composed and validated: each choice, each bound
     result = rlrun(*base, "algo.num_envs=choice(1,0)", "algo.gamma=interval(0.9,1.5)")
     assert result.returncode == 2
@@ -149,7 +171,9 @@ def test_search_space_forms():
 
     parser = OverridesParser.create()
     dist = optuna.distributions
-    assert distribution("a", {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}, parser) == dist.FloatDistribution(1e-5, 1e-2, log=True)
+    assert distribution("a", {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}, parser) == dist.FloatDistribution(
+        1e-5, 1e-2, log=True
+    )
     assert distribution("a", {"type": "int", "low": 1, "high": 9, "step": 2}, parser) == dist.IntDistribution(1, 9, step=2)
     assert distribution("a", [[64, 64], [256, 256]], parser) == dist.CategoricalDistribution(["[64,64]", "[256,256]"])
     assert distribution("a", "tag(log, interval(1e-5, 1e-2))", parser) == dist.FloatDistribution(1e-5, 1e-2, log=True)
@@ -158,9 +182,13 @@ def test_search_space_forms():
     assert distribution("a", "choice(32, 64)", parser) == dist.CategoricalDistribution([32, 64])
     assert distribution("a", "0.5", parser) == "a=0.5"  # a plain value is a fixed override
     assert flatten({"algo": {"lr": {"type": "float", "low": 1, "high": 2}}, "seed": [0, 1]}) == {
-        "algo.lr": {"type": "float", "low": 1, "high": 2}, "seed": [0, 1]}
+        "algo.lr": {"type": "float", "low": 1, "high": 2},
+        "seed": [0, 1],
+    }
     assert [render(v) for v in (1e-9, True, None, [64, 64])] == ["1e-09", "true", "null", "[64,64]"]
-    assert isinstance(make_pruner({"name": "successive_halving", "reduction_factor": None}), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(
+        make_pruner({"name": "successive_halving", "reduction_factor": None}), optuna.pruners.SuccessiveHalvingPruner
+    )
     assert isinstance(make_pruner({"name": "hyperband", "min_resource": "auto"}), optuna.pruners.HyperbandPruner)
 
 
@@ -186,8 +214,17 @@ def default_space_trials(tmp_path_factory):
     budgets, all five sweeps started together; {algo: (result, sweep dir)}."""
     root = tmp_path_factory.mktemp("default-spaces")
     commands = [
-        ("-m", "hydra/sweeper=rlrun_optuna", f"algo={algo}", f"env={env}", "experiment=smoke", "threads=1",
-         "hydra.sweeper.n_trials=1", "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={root / algo}")
+        (
+            "-m",
+            "hydra/sweeper=rlrun_optuna",
+            f"algo={algo}",
+            f"env={env}",
+            "experiment=smoke",
+            "threads=1",
+            "hydra.sweeper.n_trials=1",
+            "hydra.sweeper.sampler.seed=0",
+            f"hydra.sweep.dir={root / algo}",
+        )
         for algo, env in DEFAULT_SPACES.items()
     ]
     results = run_rlrun_together(commands)
@@ -217,7 +254,12 @@ def test_one_trial_of_each_default_search_space_runs(default_space_trials, algo)
 
 def test_without_optuna_the_sweep_names_the_install_command(rlrun, tmp_path):
     result = rlrun(
-        "-m", "hydra/sweeper=rlrun_optuna", "algo=ppo", "env=CartPole", "experiment=smoke", f"hydra.sweep.dir={tmp_path / 's'}",
+        "-m",
+        "hydra/sweeper=rlrun_optuna",
+        "algo=ppo",
+        "env=CartPole",
+        "experiment=smoke",
+        f"hydra.sweep.dir={tmp_path / 's'}",
         patch="import sys; sys.modules['optuna'] = None  # as if the optuna extra were missing",
     )
     assert result.returncode == 2

@@ -34,13 +34,15 @@ def test_gae_on_a_hand_computed_rollout_with_a_termination_and_a_truncation():
     # Â_t = δ_t + γλ(1 − done_t) Â_{t+1}, Â_5 = 0:
     #   Â4 = 7.9;  Â3 = 4.7 (done);  Â2 = 3.3 + 0.72·4.7 = 6.684;  Â1 = 1.0 (done);  Â0 = 1.4 + 0.72·1.0 = 2.12
     # Column 1: δ = 1 everywhere; Â4 = 1, Â3 = 1.72, Â2 = 2.2384, Â1 = 2.611648, Â0 = 2.88038656.
-    expected = torch.tensor([
-        [2.12, 2.88038656],
-        [1.0, 2.611648],
-        [6.684, 2.2384],
-        [4.7, 1.72],
-        [7.9, 1.0],
-    ])
+    expected = torch.tensor(
+        [
+            [2.12, 2.88038656],
+            [1.0, 2.611648],
+            [6.684, 2.2384],
+            [4.7, 1.72],
+            [7.9, 1.0],
+        ]
+    )
     torch.testing.assert_close(advantages, expected)
 
 
@@ -82,8 +84,13 @@ def test_smoke_run_on_cartpole_saves_the_normalisation_stats(rlrun, tmp_path):
     run_dir = tmp_path / "run"
     # The tuned CartPole settings switch normalisation off; switch it on to check it is saved.
     result = rlrun(
-        "experiment=smoke", "algo=ppo", "env=CartPole", "algo.normalize_obs=true", "algo.normalize_reward=true",
-        "threads=1", f"hydra.run.dir={run_dir}",
+        "experiment=smoke",
+        "algo=ppo",
+        "env=CartPole",
+        "algo.normalize_obs=true",
+        "algo.normalize_reward=true",
+        "threads=1",
+        f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -93,8 +100,17 @@ def test_smoke_run_on_cartpole_saves_the_normalisation_stats(rlrun, tmp_path):
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     keys = {key for row in rows for key in row}
-    assert {"losses/policy", "losses/value", "losses/entropy", "train/approx_kl", "train/clip_fraction",
-            "train/learning_rate", "train/explained_variance", "train/episode_return", "eval/return_mean"} <= keys
+    assert {
+        "losses/policy",
+        "losses/value",
+        "losses/entropy",
+        "train/approx_kl",
+        "train/clip_fraction",
+        "train/learning_rate",
+        "train/explained_variance",
+        "train/episode_return",
+        "eval/return_mean",
+    } <= keys
 
     state, agent = _load_agent(run_dir, "CartPole-v1")
     assert state["algo"] == "ppo" and state["step"] == 600
@@ -125,7 +141,12 @@ def test_default_configs_compose_and_start(rlrun, tmp_path, env):
     # The full default (and tuned) settings, cut to one short run: 1,024 steps, one eval episode.
     run_dir = tmp_path / "run"
     result = rlrun(
-        "algo=ppo", f"env={env}", "total_steps=1024", "eval.episodes=1", "threads=1", "progress=false",
+        "algo=ppo",
+        f"env={env}",
+        "total_steps=1024",
+        "eval.episodes=1",
+        "threads=1",
+        "progress=false",
         f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr

@@ -23,20 +23,39 @@ from rlrun.report.runs import load_runs  # noqa: E402
 # Final returns: base + offset; the offsets' middle three (floor(5/4) = 1 cut at each end) are
 # -10, 0, 10, so every IQM over seeds is its base, and every mean base + 36.
 OFFSETS = [-20.0, -10.0, 0.0, 10.0, 200.0]
-BASES = {("sac", "HalfCheetah"): 3000.0, ("td3", "HalfCheetah"): 2000.0, ("ppo", "HalfCheetah"): 1000.0,
-         ("sac", "Hopper"): 1500.0, ("td3", "Hopper"): 2500.0, ("ppo", "Hopper"): 500.0}
+BASES = {
+    ("sac", "HalfCheetah"): 3000.0,
+    ("td3", "HalfCheetah"): 2000.0,
+    ("ppo", "HalfCheetah"): 1000.0,
+    ("sac", "Hopper"): 1500.0,
+    ("td3", "Hopper"): 2500.0,
+    ("ppo", "Hopper"): 500.0,
+}
 TOTAL = 50_000
 # rl-zoo.csv: the best score for the task, and D4RL's random-policy score.
 NORMALISERS = {"HalfCheetah": (9655.666, -280.178953), "Hopper": (3606.390, -20.272305)}
 
 
-def fake_run(folder: Path, algo: str, env: str, seed: int, steps: list[int], returns: list[float],
-             status: str | None = "completed", overrides: list[str] | None = None) -> Path:
+def fake_run(
+    folder: Path,
+    algo: str,
+    env: str,
+    seed: int,
+    steps: list[int],
+    returns: list[float],
+    status: str | None = "completed",
+    overrides: list[str] | None = None,
+) -> Path:
     """A run folder as rlrun writes it, with the given evaluations in metrics.jsonl."""
     hydra = folder / ".hydra"
     hydra.mkdir(parents=True)
-    config = {"seed": seed, "total_steps": TOTAL, "eval": {"every": 5000},
-              "env": {"id": f"{env}-v5", "total_steps": 1_000_000}, "algo": {"name": algo, "lr": 0.0003}}
+    config = {
+        "seed": seed,
+        "total_steps": TOTAL,
+        "eval": {"every": 5000},
+        "env": {"id": f"{env}-v5", "total_steps": 1_000_000},
+        "algo": {"name": algo, "lr": 0.0003},
+    }
     (hydra / "config.yaml").write_text(yaml.safe_dump(config))
     (hydra / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"algo": algo, "env": env}}}}))
     given = overrides if overrides is not None else [f"algo={algo}", f"env={env}", f"seed={seed}"]
@@ -146,8 +165,15 @@ def test_curves_interpolate_between_evaluations_and_stop_at_the_shortest_run(tmp
 def test_groups_are_what_differs_other_than_the_seed(tmp_path):
     for seed in range(2):
         for lr in ("0.001", "0.0003"):
-            fake_run(tmp_path / f"lr{lr}-{seed}", "sac", "Hopper", seed, [100], [float(seed)],
-                     overrides=["algo=sac", f"algo.lr={lr}", f"seed={seed}"])
+            fake_run(
+                tmp_path / f"lr{lr}-{seed}",
+                "sac",
+                "Hopper",
+                seed,
+                [100],
+                [float(seed)],
+                overrides=["algo=sac", f"algo.lr={lr}", f"seed={seed}"],
+            )
     runs, _ = load_runs([str(tmp_path)])
     for run in runs:  # the config holds what the override set
         run.settings["algo.lr"] = float(run.folder.name[2:].split("-")[0])
@@ -200,10 +226,13 @@ def test_without_the_report_extra(tmp_path):
     )
     sweep = synthetic_sweep(tmp_path / "sweep")
     result = run_rlrun(f"report={sweep}", patch=hide)
-    assert (result.returncode, result.stderr.strip()) == (2, (
-        "rlrun: error: report= needs the report extra (matplotlib missing): "
-        "python -m pip install -c constraints.txt -e '.[report]'"
-    ))
+    assert (result.returncode, result.stderr.strip()) == (
+        2,
+        (
+            "rlrun: error: report= needs the report extra (matplotlib missing): "
+            "python -m pip install -c constraints.txt -e '.[report]'"
+        ),
+    )
     assert not (sweep / "report").exists()
 
 

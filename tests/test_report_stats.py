@@ -88,16 +88,22 @@ def test_matches_rliable_on_the_same_scores():
     scores = rng.normal(size=(5, 3)) * [0.2, 0.5, 0.3] + [0.4, 0.9, 1.1]  # 5 runs × 3 tasks
     tasks = [scores[:, task] for task in range(3)]
     bootstrap = stats.Bootstrap(resamples=20_000, seed=0)
-    theirs = {"IQM": metrics.aggregate_iqm, "median": metrics.aggregate_median, "mean": metrics.aggregate_mean,
-              "optimality gap": metrics.aggregate_optimality_gap}
+    theirs = {
+        "IQM": metrics.aggregate_iqm,
+        "median": metrics.aggregate_median,
+        "mean": metrics.aggregate_mean,
+        "optimality gap": metrics.aggregate_optimality_gap,
+    }
     for name, statistic in stats.AGGREGATES.items():
         ours = bootstrap.estimate(statistic, tasks)
         np.random.seed(0)  # rliable's stratified bootstrap draws from numpy's global generator
         aggregate = theirs[name]
         points, intervals = library.get_interval_estimates({"x": scores}, lambda s, f=aggregate: np.array([f(s)]), reps=20_000)
         width = intervals["x"][1, 0] - intervals["x"][0, 0]
-        print(f"{name}: ours {float(ours.value):.4f} [{float(ours.low):.4f}, {float(ours.high):.4f}], "
-              f"rliable {points['x'][0]:.4f} [{intervals['x'][0, 0]:.4f}, {intervals['x'][1, 0]:.4f}]")
+        print(
+            f"{name}: ours {float(ours.value):.4f} [{float(ours.low):.4f}, {float(ours.high):.4f}], "
+            f"rliable {points['x'][0]:.4f} [{intervals['x'][0, 0]:.4f}, {intervals['x'][1, 0]:.4f}]"
+        )
         assert float(ours.value) == pytest.approx(points["x"][0], abs=1e-12)
         assert abs(float(ours.low) - intervals["x"][0, 0]) < 0.03 * width
         assert abs(float(ours.high) - intervals["x"][1, 0]) < 0.03 * width

@@ -6,9 +6,8 @@ import time
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import run_rlrun, start_rlrun
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 # Small but real runs: learning starts before the kill, the replay buffer (1000) wraps around,
 # PPO's checkpoint falls mid-rollout (2000 is not a multiple of its 64-step rollouts) with two
@@ -16,7 +15,10 @@ from conftest import run_rlrun, start_rlrun
 RUNS = {
     "sac": (["algo=sac", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
     "td3": (["algo=td3", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
-    "ppo": (["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=6000", "checkpoint.every=1000", "eval.every=2000"], 2000),
+    "ppo": (
+        ["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=6000", "checkpoint.every=1000", "eval.every=2000"],
+        2000,
+    ),
     "dqn": (["algo=dqn", "env=CartPole", "total_steps=4000", "checkpoint.every=1000", "eval.every=2000"], 2000),
 }
 
@@ -86,9 +88,10 @@ def test_a_killed_and_resumed_run_ends_bit_identical(tmp_path, algo):
     assert_identical(expected["loop"], actual["loop"], "loop")  # replay buffer or rollout
     assert logged_rows(killed) == logged_rows(whole)
     assert tensorboard_scalars(killed) == tensorboard_scalars(whole)
-    assert json.loads((killed / "summary.json").read_text())["eval_return_mean"] == json.loads(
-        (whole / "summary.json").read_text()
-    )["eval_return_mean"]
+    assert (
+        json.loads((killed / "summary.json").read_text())["eval_return_mean"]
+        == json.loads((whole / "summary.json").read_text())["eval_return_mean"]
+    )
 
 
 def test_a_checkpoint_can_leave_the_replay_buffer_out(rlrun, tmp_path):

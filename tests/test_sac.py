@@ -21,8 +21,9 @@ def test_tanh_gaussian_log_prob_matches_numerical_density():
         lower = normal.cdf(torch.atanh(torch.tensor(a - h, dtype=torch.float64)))
         numerical = math.log((upper - lower).item() / (2 * h))
         u = torch.atanh(torch.tensor([[a]], dtype=torch.float64))
-        analytic = tanh_gaussian_log_prob(u, torch.tensor([[mean]], dtype=torch.float64),
-                                          torch.tensor([[math.log(std)]], dtype=torch.float64))
+        analytic = tanh_gaussian_log_prob(
+            u, torch.tensor([[mean]], dtype=torch.float64), torch.tensor([[math.log(std)]], dtype=torch.float64)
+        )
         assert analytic.item() == pytest.approx(numerical, abs=1e-4), a
 
 
@@ -30,7 +31,7 @@ def test_log_prob_sums_over_action_dimensions():
     u = torch.tensor([[0.2, -1.0]])
     mean, log_std = torch.zeros(1, 2), torch.zeros(1, 2)
     joint = tanh_gaussian_log_prob(u, mean, log_std)
-    separate = sum(tanh_gaussian_log_prob(u[:, i:i + 1], mean[:, i:i + 1], log_std[:, i:i + 1]) for i in range(2))
+    separate = sum(tanh_gaussian_log_prob(u[:, i : i + 1], mean[:, i : i + 1], log_std[:, i : i + 1]) for i in range(2))
     torch.testing.assert_close(joint, separate)
 
 
@@ -45,8 +46,7 @@ def make_agent(**overrides) -> SAC:
 def batch(terminated: list[float]) -> Batch:
     n = len(terminated)
     torch.manual_seed(1)
-    return Batch(torch.randn(n, 3), torch.rand(n, 1) * 2 - 1, torch.full((n,), 1.5), torch.randn(n, 3),
-                 torch.tensor(terminated))
+    return Batch(torch.randn(n, 3), torch.rand(n, 1) * 2 - 1, torch.full((n,), 1.5), torch.randn(n, 3), torch.tensor(terminated))
 
 
 def test_exploration_draws_the_action_that_sample_draws():

@@ -14,7 +14,10 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def test_profile_step_accounts_for_a_training_run(algo):
     output = subprocess.run(
         [sys.executable, str(SCRIPTS / "profile_step.py"), "experiment=smoke", f"algo={algo}", "env=Pendulum"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert output.returncode == 0, output.stderr[-2000:]
     assert f"{algo} on Pendulum-v1: 600 steps" in output.stdout

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import start_rlrun
+from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
@@ -32,17 +31,23 @@ def finish(process, timeout=300):
 def test_slurm_preset_renders_an_sbatch_script(tmp_path, monkeypatch):
     import submitit
     from hydra import compose, initialize_config_module
+
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     with initialize_config_module("rlrun.configs", version_base="1.3"):
         cfg = compose(
-            "config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}"],
+            "config",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}"],
             return_hydra_config=True,
         )
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert params["_target_"].endswith("SlurmLauncher")
     assert (params["partition"], params["timeout_min"], params["cpus_per_task"], params["gpus_per_node"], params["mem_gb"]) == (
-        "gpu", 1440, 4, 1, 16
+        "gpu",
+        1440,
+        4,
+        1,
+        16,
     )
     assert params["max_num_timeout"] == 3 and params["submitit_folder"] == f"{tmp_path}/.submitit/%j"
 
@@ -68,7 +73,10 @@ def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path):
     sweep_dir = tmp_path / "sweep"
     finish(start_rlrun("-m", "hydra/launcher=submitit_local", *JOB, "seed=0,1", f"hydra.sweep.dir={sweep_dir}"))
     jobs = sorted(p for p in sweep_dir.iterdir() if p.name[0].isdigit())
-    assert [p.name for p in jobs] == ["0-algo=ppo,env=CartPole,experiment=smoke,seed=0", "1-algo=ppo,env=CartPole,experiment=smoke,seed=1"]
+    assert [p.name for p in jobs] == [
+        "0-algo=ppo,env=CartPole,experiment=smoke,seed=0",
+        "1-algo=ppo,env=CartPole,experiment=smoke,seed=1",
+    ]
     summaries = [json.loads((p / "summary.json").read_text()) for p in jobs]
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     assert [s["total_steps"] for s in summaries] == [600, 600]
@@ -104,7 +112,12 @@ def test_a_preempted_job_is_requeued_and_continues_from_its_checkpoint(tmp_path)
     sweep_dir = tmp_path / "sweep"
     total = 10240
     process = start_rlrun(
-        "-m", "hydra/launcher=submitit_local", *JOB, f"total_steps={total}", "checkpoint.every=1024", "eval.every=5120",
+        "-m",
+        "hydra/launcher=submitit_local",
+        *JOB,
+        f"total_steps={total}",
+        "checkpoint.every=1024",
+        "eval.every=5120",
         f"hydra.sweep.dir={sweep_dir}",
     )
     try:

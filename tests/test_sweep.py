@@ -16,21 +16,35 @@ from rlrun.sweep import MAX_NAME_BYTES, _job_number, job_dirname
 def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = rlrun(
-        "-m", "experiment=smoke", "algo=sac,td3", "env=Pendulum", "seed=0,1", "total_steps=250",
-        "algo.learning_starts=100", "eval.every=250", "checkpoint.every=250", "threads=1", f"hydra.sweep.dir={sweep_dir}",
+        "-m",
+        "experiment=smoke",
+        "algo=sac,td3",
+        "env=Pendulum",
+        "seed=0,1",
+        "total_steps=250",
+        "algo.learning_starts=100",
+        "eval.every=250",
+        "checkpoint.every=250",
+        "threads=1",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr
 
     # Hydra's override_dirname: the job's overrides as sorted "key=value" strings.
     rest = "checkpoint.every=250,env=Pendulum,eval.every=250,experiment=smoke"
-    expected = [f"{i}-algo.learning_starts=100,algo={a},{rest},seed={s},threads=1,total_steps=250"
-                for i, (a, s) in enumerate([("sac", 0), ("sac", 1), ("td3", 0), ("td3", 1)])]
+    expected = [
+        f"{i}-algo.learning_starts=100,algo={a},{rest},seed={s},threads=1,total_steps=250"
+        for i, (a, s) in enumerate([("sac", 0), ("sac", 1), ("td3", 0), ("td3", 1)])
+    ]
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name != "report") == expected
     with open(sweep_dir / "sweep.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["status"] for row in rows] == ["completed"] * 4
     assert [("algo=sac" in r["overrides"], "seed=1" in r["overrides"]) for r in rows] == [
-        (True, False), (True, True), (False, False), (False, True)
+        (True, False),
+        (True, True),
+        (False, False),
+        (False, True),
     ]
     assert all(float(row["eval_return_mean"]) < 0 and row["total_steps"] == "250" for row in rows)
     assert "eval_return_mean" in result.stdout and result.stdout.count("completed  ") == 4  # table cells
@@ -49,8 +63,15 @@ def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):
 def test_a_crashing_job_does_not_stop_the_sweep(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = rlrun(
-        "-m", "experiment=smoke", "algo=sac", "env=Pendulum", "env.id=tests.crashing_env:CrashingPendulum-v0,Pendulum-v1",
-        "total_steps=250", "algo.learning_starts=100", "eval.every=250", "checkpoint.every=250",
+        "-m",
+        "experiment=smoke",
+        "algo=sac",
+        "env=Pendulum",
+        "env.id=tests.crashing_env:CrashingPendulum-v0,Pendulum-v1",
+        "total_steps=250",
+        "algo.learning_starts=100",
+        "eval.every=250",
+        "checkpoint.every=250",
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 1
@@ -65,8 +86,15 @@ def test_a_crashing_job_does_not_stop_the_sweep(rlrun, tmp_path):
 def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_the_failed_one(rlrun, tmp_path, monkeypatch):
     sweep_dir = tmp_path / "sweep"
     command = [
-        "-m", "experiment=smoke", "algo=sac", "env=Pendulum", "env.id=tests.crashing_env:CrashingPendulum-v0,Pendulum-v1",
-        "total_steps=300", "algo.learning_starts=100", "eval.every=300", "checkpoint.every=100",
+        "-m",
+        "experiment=smoke",
+        "algo=sac",
+        "env=Pendulum",
+        "env.id=tests.crashing_env:CrashingPendulum-v0,Pendulum-v1",
+        "total_steps=300",
+        "algo.learning_starts=100",
+        "eval.every=300",
+        "checkpoint.every=100",
         f"hydra.sweep.dir={sweep_dir}",
     ]
     assert rlrun(*command).returncode == 1  # the first job crashes at step 150, after its checkpoint at 100
@@ -86,8 +114,17 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_the_failed_one(rlrun,
 def test_joblib_runs_jobs_in_separate_processes_with_a_share_of_the_cores(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = rlrun(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=smoke", "algo=sac", "env=Pendulum",
-        "seed=0,1", "total_steps=250", "algo.learning_starts=100", "eval.every=250", "checkpoint.every=250",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "experiment=smoke",
+        "algo=sac",
+        "env=Pendulum",
+        "seed=0,1",
+        "total_steps=250",
+        "algo.learning_starts=100",
+        "eval.every=250",
+        "checkpoint.every=250",
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr
@@ -124,19 +161,42 @@ def test_a_long_job_folder_name_is_a_readable_prefix_and_a_hash_of_all_overrides
 
 # Overrides whose folder name would exceed 255 bytes: the shared settings spelled out.
 LONG_OVERRIDES = [
-    "checkpoint.keep=3", "log.every=250", "eval.episodes=1", "precision=float32", "device=cpu", "threads=1",
-    "env.id=Pendulum-v1", "algo.lr=0.0003", "algo.gamma=0.99", "algo.tau=0.005", "algo.init_temperature=1.0",
-    "algo.target_entropy=auto", "algo.updates_per_step=1", "algo.num_critics=2", "algo.batch_size=32",
-    "algo.buffer_size=1000", "algo.hidden_sizes=[32,32]",
+    "checkpoint.keep=3",
+    "log.every=250",
+    "eval.episodes=1",
+    "precision=float32",
+    "device=cpu",
+    "threads=1",
+    "env.id=Pendulum-v1",
+    "algo.lr=0.0003",
+    "algo.gamma=0.99",
+    "algo.tau=0.005",
+    "algo.init_temperature=1.0",
+    "algo.target_entropy=auto",
+    "algo.updates_per_step=1",
+    "algo.num_critics=2",
+    "algo.batch_size=32",
+    "algo.buffer_size=1000",
+    "algo.hidden_sizes=[32,32]",
 ]
 
 
 def test_a_grid_with_long_overrides_runs_in_bounded_folders_that_a_rerun_finds(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=smoke", "algo=sac", "env=Pendulum",
-        "seed=0,1", "total_steps=250", "algo.learning_starts=100", "eval.every=250", "checkpoint.every=250",
-        *LONG_OVERRIDES, f"hydra.sweep.dir={sweep_dir}",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "experiment=smoke",
+        "algo=sac",
+        "env=Pendulum",
+        "seed=0,1",
+        "total_steps=250",
+        "algo.learning_starts=100",
+        "eval.every=250",
+        "checkpoint.every=250",
+        *LONG_OVERRIDES,
+        f"hydra.sweep.dir={sweep_dir}",
     ]
     result = rlrun(*command)
     assert result.returncode == 0, result.stderr

@@ -49,6 +49,7 @@ def test_bfloat16_updates_autocast_the_update_only_and_keep_float32_weights():
 def test_bfloat16_updates_see_weights_changed_within_the_same_update():
     """PPO takes many optimiser steps in one `update`: each forward must use the current
     weights, not autocast's cached bfloat16 copy from the first."""
+
     class TwoSteps:
         device = torch.device("cpu")
 

@@ -27,8 +27,8 @@ def read_records(path: Path) -> list:
         if (room := 32768 - offset % 32768) < 7:
             offset += room  # the block's tail is padding
             continue
-        _, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
-        pending += data[offset + 7:offset + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        pending += data[offset + 7 : offset + 7 + length]
         offset += 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -50,8 +50,9 @@ def offline_runs(wandb_dir: Path) -> list[dict]:
                 run["config"].update({item.key: json.loads(item.value_json) for item in record.run.config.update})
             elif kind == "history":
                 # W&B stores a key with slashes (eval/return_mean) as its parts, in nested_key.
-                run["rows"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                    for item in record.history.item})
+                run["rows"].append(
+                    {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+                )
         runs.append(run)
     return runs
 
@@ -62,8 +63,12 @@ def metric_rows(run_dir: Path) -> set[tuple[int, str, float]]:
 
 
 def logged(run: dict) -> set[tuple[int, str, float]]:
-    return {(row["global_step"], key, value) for row in run["rows"] for key, value in row.items()
-            if key != "global_step" and not key.startswith("_")}
+    return {
+        (row["global_step"], key, value)
+        for row in run["rows"]
+        for key, value in row.items()
+        if key != "global_step" and not key.startswith("_")
+    }
 
 
 def test_scalars_and_config_go_to_wandb_and_a_resumed_run_continues_it(tmp_path, monkeypatch):
@@ -107,8 +112,7 @@ def test_without_the_extra_the_run_stops_before_writing(tmp_path):
     result = run_rlrun(*SMOKE, f"hydra.run.dir={tmp_path / 'run'}", patch=hide_wandb)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "rlrun: error: log.wandb.project=rlrun-test needs the wandb extra: "
-        "python -m pip install -c constraints.txt -e '.[wandb]'"
+        "rlrun: error: log.wandb.project=rlrun-test needs the wandb extra: python -m pip install -c constraints.txt -e '.[wandb]'"
     )
     assert not (tmp_path / "run").exists()
 

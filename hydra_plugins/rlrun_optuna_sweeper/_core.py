@@ -19,9 +19,10 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
@@ -183,7 +184,9 @@ class _Study:
             if not isinstance(self.settings[key], int) or self.settings[key] < 1:
                 raise ConfigError(f"hydra.sweeper.{key}={self.settings[key]!r} must be a positive integer")
         if self.settings["direction"] not in ("maximize", "minimize"):
-            raise ConfigError(f"hydra.sweeper.direction={self.settings['direction']!r} is not valid; choose one of: maximize, minimize")
+            raise ConfigError(
+                f"hydra.sweeper.direction={self.settings['direction']!r} is not valid; choose one of: maximize, minimize"
+            )
         self.space = self.search_space()
         self.storage_url = self.settings["storage"] or f"sqlite:///{(self.sweep_dir / 'optuna' / 'study.db').absolute()}"
         self.study_name = self.settings["study_name"]
@@ -231,7 +234,9 @@ class _Study:
             if name == algo:  # the default, for an algorithm without a search file: params or the command line must say
                 return {}
             options = ", ".join(self.loader.repository.get_group_options("search"))
-            raise ConfigError(f"hydra.sweeper.search={name}: no configs/search/{name}.yaml; choose one of: {options}, or give a path to a yaml file")
+            raise ConfigError(
+                f"hydra.sweeper.search={name}: no configs/search/{name}.yaml; choose one of: {options}, or give a path to a yaml file"
+            )
         return flatten(OmegaConf.to_container(result.config, resolve=True))
 
     def preflight(self) -> None:
@@ -277,8 +282,12 @@ class _Study:
         pruner_settings = self.settings["pruner"]
         try:
             self.study = optuna.create_study(
-                storage=self.storage, study_name=self.study_name, sampler=self.make_sampler(),
-                pruner=make_pruner(pruner_settings), direction=self.settings["direction"], load_if_exists=True,
+                storage=self.storage,
+                study_name=self.study_name,
+                sampler=self.make_sampler(),
+                pruner=make_pruner(pruner_settings),
+                direction=self.settings["direction"],
+                load_if_exists=True,
             )
         except ValueError as error:
             raise ConfigError(f"Optuna study {self.study_name!r} in {self.storage_url}: {error}") from None
@@ -294,7 +303,12 @@ class _Study:
             log.info("Optuna study %r: rerunning unfinished trial(s) %s", self.study_name, ", ".join(str(n) for n, _ in pending))
         log.info(
             "Optuna study %r (%s): %d of %d trials finished, %d per batch, %s pruner",
-            self.study_name, self.storage_url, finished, self.settings["n_trials"], self.settings["n_jobs"], pruner_settings["name"],
+            self.study_name,
+            self.storage_url,
+            finished,
+            self.settings["n_trials"],
+            self.settings["n_jobs"],
+            pruner_settings["name"],
         )
         returns: list[Sequence[JobReturn]] = []
         n_jobs = self.settings["n_jobs"]
@@ -307,7 +321,7 @@ class _Study:
             if not batch:
                 break
             results = self.launch(batch)
-            for (number, params), result in zip(batch, results):
+            for (number, _), result in zip(batch, results):
                 self.tell(number, result)
             finished += len(batch)
             returns.append(results)

@@ -1,7 +1,7 @@
 """Settings of `hydra/sweeper=rlrun_optuna`, each overridable as `hydra.sweeper.<key>=...`."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -11,7 +11,7 @@ class SamplerConf:
     # tpe (Optuna's default, as RL Zoo uses) or random.
     name: str = "tpe"
     # null: a different sequence each time; an integer makes the sampled values reproducible.
-    seed: Optional[int] = None
+    seed: int | None = None
     # tpe: trials sampled at random before TPE starts modelling the good region.
     n_startup_trials: int = 10
     # tpe: model the parameters jointly (RL Zoo does; Optuna marks it experimental).
@@ -34,7 +34,7 @@ class PrunerConf:
     min_resource: Any = "auto"
     # successive_halving (Optuna's default 4) and hyperband (3): 1/reduction_factor of the trials
     # reaching a rung go on; null takes the pruner's default.
-    reduction_factor: Optional[int] = None
+    reduction_factor: int | None = None
     # successive_halving: skip this many first rungs.
     min_early_stopping_rate: int = 0
     # hyperband: the last step of a trial ("auto": the first finished trial's).
@@ -56,16 +56,16 @@ class RlrunOptunaSweeperConf:
     # An Optuna storage URL; null: sqlite:///<hydra.sweep.dir>/optuna/study.db, which makes the
     # same command resume the study. Jobs on other machines need a URL they reach as well
     # (a shared file system, or e.g. postgresql://...).
-    storage: Optional[str] = None
+    storage: str | None = None
     # The search space file: configs/search/<search>.yaml (default: the algorithm's), or a path
     # to a yaml file; null: none (only params and command-line sweeps).
-    search: Optional[str] = "${algo.name}"
+    search: str | None = "${algo.name}"
     # Search-space entries added to (or replacing, per key) the file's: key -> distribution,
     # in the same forms (see configs/search/sac.yaml); null removes a key from the space.
-    params: Dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     # Trials to run first, each a {key: value} mapping of search-space keys (e.g. the current
     # settings, or known good ones); enqueued once, when the study is created.
-    enqueue: List[Dict[str, Any]] = field(default_factory=list)
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
 

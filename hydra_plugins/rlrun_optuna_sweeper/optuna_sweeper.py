@@ -1,6 +1,6 @@
 """The Sweeper class Hydra instantiates; the work is in _core.py (imported when a sweep starts)."""
 
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
@@ -13,9 +13,9 @@ class RlrunOptunaSweeper(Sweeper):
 
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
-        self.hydra_context: Optional[HydraContext] = None
-        self.config: Optional[DictConfig] = None
-        self.launcher: Optional[Launcher] = None
+        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig | None = None
+        self.launcher: Launcher | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -26,7 +26,7 @@ class RlrunOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         from ._core import run_study
 
         return run_study(self, arguments)

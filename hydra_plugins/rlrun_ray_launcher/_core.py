@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -24,7 +25,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     try:
         import ray
     except ImportError:
-        print(f"rlrun: error: hydra/launcher=ray needs ray, which is not installed; install it with: {INSTALL_COMMAND}", file=sys.stderr)
+        print(
+            f"rlrun: error: hydra/launcher=ray needs ray, which is not installed; install it with: {INSTALL_COMMAND}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     setup_globals()
     config, context = launcher.config, launcher.hydra_context
@@ -45,7 +49,9 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             sys.exit(1)
     options = {"num_cpus": settings["num_cpus"], "num_gpus": settings["num_gpus"], "max_retries": settings["max_retries"]}
     task = ray.remote(_run_job).options(**options, **settings["remote"])
-    log.info("Ray launcher: %d jobs on %s, sweep output dir: %s", len(job_overrides), ray.get_runtime_context().gcs_address, sweep_dir)
+    log.info(
+        "Ray launcher: %d jobs on %s, sweep output dir: %s", len(job_overrides), ray.get_runtime_context().gcs_address, sweep_dir
+    )
     refs = []
     for i, overrides in enumerate(job_overrides):
         idx = initial_job_idx + i
@@ -53,12 +59,18 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         sweep_config = context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.num = idx
-        refs.append(task.remote(context, sweep_config, launcher.task_function, Singleton.get_state(), os.getcwd(), settings["num_cpus"]))
+        refs.append(
+            task.remote(context, sweep_config, launcher.task_function, Singleton.get_state(), os.getcwd(), settings["num_cpus"])
+        )
     return ray.get(refs)
 
 
 def _run_job(
-    context: HydraContext, sweep_config: DictConfig, task_function: TaskFunction, singleton_state: dict, cwd: str,
+    context: HydraContext,
+    sweep_config: DictConfig,
+    task_function: TaskFunction,
+    singleton_state: dict,
+    cwd: str,
     num_cpus: float,
 ) -> JobReturn:
     """One job inside a Ray worker. It works in the driver's directory when this node has it (one
@@ -80,8 +92,11 @@ def _run_job(
         os.chdir(cwd)
     try:
         return run_job(
-            hydra_context=context, task_function=task_function, config=sweep_config,
-            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+            hydra_context=context,
+            task_function=task_function,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
         )
     finally:
         os.chdir(previous)

@@ -1,6 +1,7 @@
 """The Launcher class Hydra instantiates; the work is in _core.py (imported when jobs launch)."""
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
@@ -13,9 +14,9 @@ class RlrunRayLauncher(Launcher):
 
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config

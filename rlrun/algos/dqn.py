@@ -80,9 +80,7 @@ class DQNConfig:
         positive("algo.batch_size", self.batch_size)
         positive("algo.buffer_size", self.buffer_size)
         if self.batch_size > self.buffer_size:
-            raise ConfigError(
-                f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}"
-            )
+            raise ConfigError(f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}")
         non_negative("algo.learning_starts", self.learning_starts)
         positive("algo.train_every", self.train_every)
         positive("algo.gradient_steps", self.gradient_steps)
@@ -110,9 +108,12 @@ class NatureCNN(nn.Module):
     def __init__(self, in_channels: int, height: int, width: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         conv_h, conv_w = nature_cnn_output_size(height), nature_cnn_output_size(width)
@@ -189,9 +190,7 @@ class DQN:
             if min(nature_cnn_output_size(side) for side in obs_space.shape[1:]) < 1:
                 raise ConfigError(f"algo=dqn's Nature CNN needs frames of at least 36×36 pixels, got {obs_space.shape[1:]}")
 
-    def __init__(
-        self, config: DQNConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int
-    ) -> None:
+    def __init__(self, config: DQNConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int) -> None:
         self.config = config
         self.device = device
         self.seed = seed
@@ -258,14 +257,14 @@ class DQN:
             capacity, self.obs_shape, (), self.device, self.seed, obs_dtype=self.obs_dtype, action_dtype=torch.int64
         )
         exploration_steps = config.exploration_fraction * run.total_steps
-        obs, step = run.start(self, loop={"buffer": buffer})
+        obs, start_step = run.start(self, loop={"buffer": buffer})
         # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
         warmup = max(1, min(config.learning_starts, capacity))
 
         # Each observation crosses to the device once, to be both acted on and stored; a greedy
         # action comes back to the host for the env. On a GPU those are the per-step copies.
         obs = to_device(obs, self.device, self.obs_dtype)
-        for step in range(step + 1, run.total_steps + 1):
+        for step in range(start_step + 1, run.total_steps + 1):
             # ε-greedy: a uniform random action with probability ε, else the greedy one.
             epsilon = linear_epsilon(step - 1, config.start_epsilon, config.end_epsilon, exploration_steps)
             if self.rng.random() < epsilon:

@@ -33,11 +33,11 @@ from torch.distributions import Categorical, Distribution, Normal
 from rlrun.buffers import to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import mlp
+from rlrun.normalize import EPSILON as NORMALIZE_EPSILON
+from rlrun.normalize import RewardScaler, RunningMeanStd
 from rlrun.optim import adam, gradient_step
 from rlrun.policy_modules import Argmax, ClipToBounds, Standardize
 from rlrun.protocols import RunContext
-from rlrun.normalize import EPSILON as NORMALIZE_EPSILON
-from rlrun.normalize import RewardScaler, RunningMeanStd
 
 NORMALIZE_CLIP = 10.0  # normalised observations and rewards are clipped to ±this (SB3, CleanRL)
 
@@ -256,9 +256,7 @@ class PPO:
         if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) != 1:
             raise ConfigError(f"algo=ppo needs a flat (1-D) Box action space, got {action_space}")
 
-    def __init__(
-        self, config: PPOConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int
-    ) -> None:
+    def __init__(self, config: PPOConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int) -> None:
         self.config = config
         self.device = device
         self.seed = seed
@@ -442,15 +440,17 @@ class PPO:
             # Only real transitions are trained on; autoreset steps (final obs → reset obs, the
             # action ignored) are left out. The mask is on the host, so this costs no device sync.
             indices = to_device(np.flatnonzero(~rollout.autoreset.reshape(-1)), self.device)
-            run.record(self.update(
-                rollout.obs.reshape(T * N, *self.obs_shape),
-                rollout.actions.reshape(T * N, *self.action_shape),
-                rollout.log_probs.reshape(-1),
-                rollout.values.reshape(-1),
-                advantages.reshape(-1),
-                returns.reshape(-1),
-                indices,
-            ))
+            run.record(
+                self.update(
+                    rollout.obs.reshape(T * N, *self.obs_shape),
+                    rollout.actions.reshape(T * N, *self.action_shape),
+                    rollout.log_probs.reshape(-1),
+                    rollout.values.reshape(-1),
+                    advantages.reshape(-1),
+                    returns.reshape(-1),
+                    indices,
+                )
+            )
             rollout.filled = 0
 
     # ----- checkpoints ----------------------------------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -21,10 +22,10 @@ from torch.nn import functional as F
 from rlrun.buffers import Batch
 from rlrun.config import positive
 from rlrun.nets import OutputLinear, QEnsemble, hidden_layers, polyak_update
+from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 from rlrun.optim import adam, gradient_step
 from rlrun.policy_modules import RescaleToBounds
 from rlrun.protocols import RunContext
-from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,7 @@ def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: 
     Change of variables: log π(a) = log N(u) − Σ log(1 − tanh(u)²), with the stable form
     log(1 − tanh(u)²) = 2·(log 2 − u − softplus(−2u)).
     """
-    normal_log_prob = (
-        -0.5 * ((pre_tanh - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
-    )
+    normal_log_prob = -0.5 * ((pre_tanh - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
     log_det = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
     return (normal_log_prob - log_det).sum(-1)
 
@@ -92,7 +91,6 @@ class TanhGaussianActor(nn.Module):
         return torch.tanh(self(obs)[0])
 
 
-
 class MeanAction(nn.Module):
     """The actor's deterministic action as a module of its own (for export)."""
 
@@ -103,6 +101,7 @@ class MeanAction(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor.deterministic(obs)
 
+
 class SAC:
     Config = SACConfig
     action_spaces = (gym.spaces.Box,)
@@ -111,9 +110,7 @@ class SAC:
     def check_spaces(config: SACConfig, obs_space: gym.Space, action_space: gym.Space) -> None:
         check_continuous_spaces("sac", obs_space, action_space)
 
-    def __init__(
-        self, config: SACConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int
-    ) -> None:
+    def __init__(self, config: SACConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int) -> None:
         self.config = config
         self.device = device
         self.seed = seed

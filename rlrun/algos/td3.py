@@ -10,8 +10,8 @@ max_action scaling. DDPG (rlrun/algos/ddpg.py) is this algorithm with all three 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -21,10 +21,10 @@ from torch import nn
 from rlrun.buffers import Batch
 from rlrun.config import non_negative, positive
 from rlrun.nets import QEnsemble, mlp, polyak_update
+from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 from rlrun.optim import adam, gradient_step
 from rlrun.policy_modules import RescaleToBounds
 from rlrun.protocols import RunContext
-from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,7 @@ class TD3:
     def check_spaces(cls, config: TD3Config, obs_space: gym.Space, action_space: gym.Space) -> None:
         check_continuous_spaces(cls.name, obs_space, action_space)
 
-    def __init__(
-        self, config: TD3Config, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int
-    ) -> None:
+    def __init__(self, config: TD3Config, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int) -> None:
         self.config = config
         self.device = device
         self.seed = seed

@@ -106,8 +106,11 @@ def _ignored(key: str) -> bool:
 def group_keys(runs: list[RunRecord], requested: tuple[str, ...] | None) -> tuple[str, ...]:
     if requested is None:
         candidates = ["algo", *sorted({key for run in runs for key in run.overridden} - {"algo"})]
-        return tuple(key for key in candidates if not _ignored(key)
-                     and (key == "algo" or len({repr(setting(run, key)) for run in runs}) > 1))
+        return tuple(
+            key
+            for key in candidates
+            if not _ignored(key) and (key == "algo" or len({repr(setting(run, key)) for run in runs}) > 1)
+        )
     known = sorted({key for run in runs for key in run.settings} | {"algo"})
     for key in requested:
         if key == "seed":
@@ -166,8 +169,14 @@ def analyse(runs: list[RunRecord], options: Options, skipped: list[RunRecord] | 
             finals = np.array([run.returns[-1] for run in members])
             lasts = np.array([late_score(run, options.last_fraction) for run in members])
             report.cells[(env_id, group)] = Cell(
-                group, env_id, members, finals, lasts, bootstrap.estimate(stats.iqm, finals),
-                bootstrap.estimate(stats.iqm, lasts), learning_curve(members, bootstrap),
+                group,
+                env_id,
+                members,
+                finals,
+                lasts,
+                bootstrap.estimate(stats.iqm, finals),
+                bootstrap.estimate(stats.iqm, lasts),
+                learning_curve(members, bootstrap),
             )
             ends = sorted({int(run.steps[-1]) for run in members})
             if len(ends) > 1:
@@ -208,8 +217,9 @@ def _across_environments(report: Report, bootstrap: stats.Bootstrap) -> None:
         cells = [report.cells[(env_id, group)] for env_id in report.envs if (env_id, group) in report.cells]
         normalised[group] = [reference.normalise(cell.env_id, cell.finals) for cell in cells]
         report.aggregate_envs[group] = [cell.env_id for cell in cells]
-        report.aggregates[group] = {name: bootstrap.estimate(statistic, normalised[group])
-                                    for name, statistic in stats.AGGREGATES.items()}
+        report.aggregates[group] = {
+            name: bootstrap.estimate(statistic, normalised[group]) for name, statistic in stats.AGGREGATES.items()
+        }
         if len(cells) < len(report.envs):
             report.notes.append(
                 f"{group} has runs on {len(cells)} of the {len(report.envs)} environments; its aggregates cover those"

@@ -73,8 +73,10 @@ def report_command(folder_values: list[str], args: list[str]) -> None:
     check_extra()
     folders = split_folders(folder_values)
     given, options = parse(args)
-    out = Path(str(given["report.out"])) if given.get("report.out") is not None else (
-        Path(folders[0]) / "report" if len(folders) == 1 else Path("reports") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = (
+        Path(str(given["report.out"]))
+        if given.get("report.out") is not None
+        else (Path(folders[0]) / "report" if len(folders) == 1 else Path("reports") / time.strftime("%Y-%m-%d_%H-%M-%S"))
     )
     text = make_report(folders, options, out, given.get("report.format", "md"))
     print(_without_images(text))
@@ -129,24 +131,37 @@ def table(report):
     rows = []
     for (env_id, group), cell in report.cells.items():
         best = report.options.reference.normaliser(env_id) if report.options.reference else None
-        rows.append({
-            "env_id": env_id, "group": group, **{key: _setting(cell, key) for key in report.group_keys},
-            "seeds": len(cell.runs), "last_step_min": int(min(r.steps[-1] for r in cell.runs)),
-            "last_step_max": int(max(r.steps[-1] for r in cell.runs)),
-            "final_mean": cell.finals.mean(), "final_median": float(_median(cell.finals)),
-            "final_iqm": float(cell.final.value), "final_iqm_low": float(cell.final.low),
-            "final_iqm_high": float(cell.final.high),
-            "last_fraction": report.options.last_fraction, "last_iqm": float(cell.last.value),
-            "last_iqm_low": float(cell.last.low), "last_iqm_high": float(cell.last.high),
-            "reference_score": best.score if best else None,
-        })
+        rows.append(
+            {
+                "env_id": env_id,
+                "group": group,
+                **{key: _setting(cell, key) for key in report.group_keys},
+                "seeds": len(cell.runs),
+                "last_step_min": int(min(r.steps[-1] for r in cell.runs)),
+                "last_step_max": int(max(r.steps[-1] for r in cell.runs)),
+                "final_mean": cell.finals.mean(),
+                "final_median": float(_median(cell.finals)),
+                "final_iqm": float(cell.final.value),
+                "final_iqm_low": float(cell.final.low),
+                "final_iqm_high": float(cell.final.high),
+                "last_fraction": report.options.last_fraction,
+                "last_iqm": float(cell.last.value),
+                "last_iqm_low": float(cell.last.low),
+                "last_iqm_high": float(cell.last.high),
+                "reference_score": best.score if best else None,
+            }
+        )
     for group, estimates in report.aggregates.items():
-        row = {"env_id": "normalised", "group": group, "seeds": sum(len(report.cells[(e, group)].runs)
-                                                                    for e in report.aggregate_envs[group])}
+        row = {
+            "env_id": "normalised",
+            "group": group,
+            "seeds": sum(len(report.cells[(e, group)].runs) for e in report.aggregate_envs[group]),
+        }
         for name, estimate in estimates.items():
             column = name.replace(" ", "_").lower()
-            row.update({column: float(estimate.value), f"{column}_low": float(estimate.low),
-                        f"{column}_high": float(estimate.high)})
+            row.update(
+                {column: float(estimate.value), f"{column}_low": float(estimate.low), f"{column}_high": float(estimate.high)}
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -172,16 +187,21 @@ def markdown(report, folders: list[str], images: dict[str, str], studies: list[s
     percent = f"{options.last_fraction:.0%}"
     grouped = ", ".join(report.group_keys) or "nothing (one group)"
     lines = [
-        "# rlrun report", "",
+        "# rlrun report",
+        "",
         f"{len(report.runs)} runs from {', '.join(folders)}, grouped by {grouped}. IQM: the 25% trimmed mean over "
         f"seeds; intervals: 95% stratified bootstrap percentile intervals ({options.resamples} resamples, seed "
         f"{options.seed}). Final: each run's last evaluation. Last {percent}: each run's mean evaluation return over "
-        f"the last {percent} of its steps.", "",
+        f"the last {percent} of its steps.",
+        "",
     ]
     for env_id in report.envs:
-        lines += [f"## {env_id}", "",
-                  f"| group | seeds | last step | final mean | final median | final IQM | 95% CI | last {percent} IQM | 95% CI |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+        lines += [
+            f"## {env_id}",
+            "",
+            f"| group | seeds | last step | final mean | final median | final IQM | 95% CI | last {percent} IQM | 95% CI |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        ]
         for cell in report.env_cells(env_id):
             ends = sorted({int(r.steps[-1]) for r in cell.runs})
             step = str(ends[0]) if len(ends) == 1 else f"{ends[0]}–{ends[-1]}"
@@ -197,10 +217,12 @@ def markdown(report, folders: list[str], images: dict[str, str], studies: list[s
     if report.aggregates:
         reference = options.reference
         lines += [
-            f"## Across environments (normalised by {reference.name})", "",
+            f"## Across environments (normalised by {reference.name})",
+            "",
             "Normalised score = (return − random) / (reference − random): reference is the best score "
             f"{reference.name} lists for the task, random a random policy's score where it lists one (else 0). "
-            "Aggregates of final returns; intervals resample seeds within each environment.", "",
+            "Aggregates of final returns; intervals resample seeds within each environment.",
+            "",
             "| group | environments | runs | IQM | 95% CI | median | 95% CI | mean | 95% CI | optimality gap | 95% CI |",
             "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | --- | ---: | --- |",
         ]
@@ -211,13 +233,19 @@ def markdown(report, folders: list[str], images: dict[str, str], studies: list[s
             lines.append(f"| {group} | {len(envs)} | {runs} | {cells} |")
         lines += ["", "![performance profiles](profile.png)", ""]
     if report.improvements:
-        lines += ["## Probability of improvement", "",
-                  "P(X > Y): the chance that a run of X ends above a run of Y on the same environment (ties count half), "
-                  "averaged over the environments both ran on.", "",
-                  "| X | Y | environments | P(X > Y) | 95% CI |", "| --- | --- | ---: | ---: | --- |"]
+        lines += [
+            "## Probability of improvement",
+            "",
+            "P(X > Y): the chance that a run of X ends above a run of Y on the same environment (ties count half), "
+            "averaged over the environments both ran on.",
+            "",
+            "| X | Y | environments | P(X > Y) | 95% CI |",
+            "| --- | --- | ---: | ---: | --- |",
+        ]
         for item in report.improvements:
-            lines.append(f"| {item.x} | {item.y} | {item.envs} | {float(item.probability.value):.2f} | "
-                         f"{_interval(item.probability, 2)} |")
+            lines.append(
+                f"| {item.x} | {item.y} | {item.envs} | {float(item.probability.value):.2f} | {_interval(item.probability, 2)} |"
+            )
         lines.append("")
     lines += studies or []
     cited = {s for env_id in report.envs for s in report.references(env_id)}
@@ -249,8 +277,13 @@ def to_html(text: str, folder: Path) -> str:
         if table_rows:
             head, *rest = table_rows
             cells = lambda row, tag: "".join(f"<{tag}>{inline(c.strip())}</{tag}>" for c in row.strip("|").split("|"))
-            body.append("<table><thead><tr>" + cells(head, "th") + "</tr></thead><tbody>"
-                        + "".join("<tr>" + cells(r, "td") + "</tr>" for r in rest[1:]) + "</tbody></table>")
+            body.append(
+                "<table><thead><tr>"
+                + cells(head, "th")
+                + "</tr></thead><tbody>"
+                + "".join("<tr>" + cells(r, "td") + "</tr>" for r in rest[1:])
+                + "</tbody></table>"
+            )
             table_rows.clear()
         if items:
             body.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>")
@@ -273,11 +306,15 @@ def to_html(text: str, folder: Path) -> str:
         elif line.strip():
             body.append(f"<p>{inline(line)}</p>")
     flush()
-    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>rlrun report</title><style>{style}</style></head>"
-            f"<body>\n{chr(10).join(body)}\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>rlrun report</title><style>{style}</style></head>'
+        f"<body>\n{chr(10).join(body)}\n</body></html>\n"
+    )
 
 
 def sweep_report(sweep_dir: Path) -> None:

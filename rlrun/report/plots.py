@@ -17,8 +17,12 @@ def curves_figure(report: Report, env_id: str) -> Figure:
     colours = {}
     for cell in report.env_cells(env_id):
         curve = cell.curve
-        (line,) = axes.plot(curve.steps, curve.iqm.value, marker="." if len(curve.steps) < 30 else None,
-                            label=f"{cell.group} ({len(cell.runs)} seeds)")
+        (line,) = axes.plot(
+            curve.steps,
+            curve.iqm.value,
+            marker="." if len(curve.steps) < 30 else None,
+            label=f"{cell.group} ({len(cell.runs)} seeds)",
+        )
         axes.fill_between(curve.steps, curve.iqm.low, curve.iqm.high, color=line.get_color(), alpha=0.2, linewidth=0)
         colours.setdefault(str(cell.algo), []).append(line.get_color())
     name = report.options.reference.name if report.options.reference else ""

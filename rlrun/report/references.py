@@ -109,8 +109,13 @@ def load_reference(name: str | None) -> Reference | None:
             raise ConfigError(f"report.reference={text} lacks the column(s) {', '.join(missing)}; it needs {','.join(COLUMNS)}")
         try:
             scores = tuple(
-                ReferenceScore(row["env_id"], row["algo"].lower(), float(row["score"]),
-                               int(float(row["steps"])) if row["steps"] else None, row["source"])
+                ReferenceScore(
+                    row["env_id"],
+                    row["algo"].lower(),
+                    float(row["score"]),
+                    int(float(row["steps"])) if row["steps"] else None,
+                    row["source"],
+                )
                 for row in reader
             )
         except ValueError as error:

@@ -42,8 +42,10 @@ def find_run_folders(folder: Path) -> list[Path]:
         return [folder]
 
     def order(path: Path) -> tuple:
-        return tuple((int(m.group(1)), part) if (m := re.match(r"(\d+)", part)) else (1 << 62, part)
-                     for part in path.relative_to(folder).parts)
+        return tuple(
+            (int(m.group(1)), part) if (m := re.match(r"(\d+)", part)) else (1 << 62, part)
+            for part in path.relative_to(folder).parts
+        )
 
     return sorted((config.parent.parent for config in folder.rglob(".hydra/config.yaml")), key=order)
 
@@ -76,16 +78,27 @@ def load_run(folder: Path) -> RunRecord:
     hydra_file = hydra_dir / "hydra.yaml"
     if hydra_file.is_file():
         choices = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
-        settings.update({group: choice for group, choice in choices.items()
-                         if not group.startswith("hydra/") and choice not in (None, "None") and "None-" not in str(choice)})
+        settings.update(
+            {
+                group: choice
+                for group, choice in choices.items()
+                if not group.startswith("hydra/") and choice not in (None, "None") and "None-" not in str(choice)
+            }
+        )
     overrides_file = hydra_dir / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
     summary_file = folder / "summary.json"
     status = json.loads(summary_file.read_text()).get("status", "unknown") if summary_file.is_file() else "running"
     steps, returns = _evaluations(folder / "metrics.jsonl")
     return RunRecord(
-        folder=folder, env_id=str(settings.get("env.id", "?")), seed=int(settings.get("seed", 0)), settings=settings,
-        overridden=tuple(_override_key(o) for o in overrides), steps=steps, returns=returns, status=status,
+        folder=folder,
+        env_id=str(settings.get("env.id", "?")),
+        seed=int(settings.get("seed", 0)),
+        settings=settings,
+        overridden=tuple(_override_key(o) for o in overrides),
+        steps=steps,
+        returns=returns,
+        status=status,
     )
 
 

@@ -14,8 +14,13 @@ SHOWN_TRIALS = 20
 
 
 def study_sections(runs: list[RunRecord]) -> list[str]:
-    studies = sorted({(str(run.settings["trial.storage"]), str(run.settings["trial.study_name"]))
-                      for run in runs if run.settings.get("trial.storage")})
+    studies = sorted(
+        {
+            (str(run.settings["trial.storage"]), str(run.settings["trial.study_name"]))
+            for run in runs
+            if run.settings.get("trial.storage")
+        }
+    )
     if not studies or importlib.util.find_spec("optuna") is None:
         return []
     import optuna
@@ -42,8 +47,9 @@ def _trials(study) -> list[str]:
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best = study.best_trial
-        settings = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                             for key, value in best.params.items())
+        settings = ", ".join(
+            f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in best.params.items()
+        )
         lines.append(f"Best: trial {best.number}, value {best.value:.1f} ({settings}).")
     names = sorted({key for trial in trials for key in trial.params})
     ranked = sorted(trials, key=lambda t: (t.value is None, -(t.value or 0.0), t.number))[:SHOWN_TRIALS]
@@ -70,7 +76,11 @@ def _importances(study) -> list[str]:
     except Exception as error:  # noqa: BLE001 - too few completed trials, or a single value
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return [f"Parameter importances: none ({reason}).", ""]
-    lines = ["Parameter importances (Optuna's fANOVA over the completed trials):", "",
-             "| parameter | importance |", "| --- | ---: |"]
+    lines = [
+        "Parameter importances (Optuna's fANOVA over the completed trials):",
+        "",
+        "| parameter | importance |",
+        "| --- | ---: |",
+    ]
     lines += [f"| {name} | {value:.3f} |" for name, value in importances.items()]
     return lines + [""]
