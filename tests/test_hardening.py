@@ -199,6 +199,29 @@ def test_a_full_file_system_gets_one_line_and_keeps_the_earlier_checkpoint(tmp_p
         subprocess.run(["umount", str(mount_point)], check=False)
 
 
+def test_a_checkpoints_folder_locked_mid_run_gets_one_line_and_keeps_its_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_rlrun(*SAC_PENDULUM, "total_steps=20000", f"hydra.run.dir={run_dir}")
+    wait_for(checkpoint_file(run_dir, 300), process)
+    # Immutable: nothing can be created in it, not even by root (chmod would not stop root).
+    locked = subprocess.run(["chattr", "+i", str(run_dir / "checkpoints")], capture_output=True)
+    if locked.returncode != 0:
+        process.kill()
+        process.communicate()
+        pytest.skip(f"this file system cannot make a folder immutable ({locked.stderr.decode().strip()})")
+    try:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1, stderr[-3000:]
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, stderr[-3000:]
+        assert lines[0].startswith("rlrun: error: cannot write checkpoint") and "Operation not permitted" in lines[0]
+        assert f"the previous checkpoint {checkpoint_file(run_dir, 300)} is intact" in lines[0]
+        assert torch.load(checkpoint_file(run_dir, 300), weights_only=True)["step"] == 300
+        assert summary_of(run_dir)["status"] == "failed"
+    finally:
+        subprocess.run(["chattr", "-i", str(run_dir / "checkpoints")], check=False)
+
+
 # ----- 6, 7. environments that fail ---------------------------------------------------------------
 ENV_FAILURES = [
     (
