@@ -25,25 +25,24 @@ class Standardize(nn.Module):
         return ((obs - self.mean) / self.std).clamp(-self.clip, self.clip)
 
 
-class RescaleToBounds(nn.Module):
-    """[-1, 1]^|A| → [low, high]: a unit action in the environment's units."""
+class _Bounds(nn.Module):
+    """Holds a Box action space's bounds as float32 buffers (exported with the module)."""
 
     def __init__(self, low: np.ndarray, high: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
+
+
+class RescaleToBounds(_Bounds):
+    """[-1, 1]^|A| → [low, high]: a unit action in the environment's units."""
 
     def forward(self, unit_action: torch.Tensor) -> torch.Tensor:
         return self.low + 0.5 * (unit_action + 1.0) * (self.high - self.low)
 
 
-class ClipToBounds(nn.Module):
+class ClipToBounds(_Bounds):
     """An action clipped to [low, high] (PPO's Gaussian mean)."""
-
-    def __init__(self, low: np.ndarray, high: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
-        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
 
     def forward(self, action: torch.Tensor) -> torch.Tensor:
         return torch.minimum(torch.maximum(action, self.low), self.high)
