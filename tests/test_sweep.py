@@ -111,22 +111,25 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_the_failed_one(rlrun,
     assert {p.name: p.stat().st_mtime_ns for p in (finished / "checkpoints").iterdir()} == finished_checkpoints
 
 
+# Two short SAC Pendulum jobs, two at a time in joblib worker processes.
+JOBLIB_SMOKE_GRID = [
+    "-m",
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+    "experiment=smoke",
+    "algo=sac",
+    "env=Pendulum",
+    "seed=0,1",
+    "total_steps=250",
+    "algo.learning_starts=100",
+    "eval.every=250",
+    "checkpoint.every=250",
+]
+
+
 def test_joblib_runs_jobs_in_separate_processes_with_a_share_of_the_cores(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = rlrun(
-        "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "experiment=smoke",
-        "algo=sac",
-        "env=Pendulum",
-        "seed=0,1",
-        "total_steps=250",
-        "algo.learning_starts=100",
-        "eval.every=250",
-        "checkpoint.every=250",
-        f"hydra.sweep.dir={sweep_dir}",
-    )
+    result = rlrun(*JOBLIB_SMOKE_GRID, f"hydra.sweep.dir={sweep_dir}")
     assert result.returncode == 0, result.stderr
     job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != "report")
     pids = {re.search(r"pid (\d+)", (job / "rlrun.log").read_text()).group(1) for job in job_dirs}
@@ -184,17 +187,7 @@ LONG_OVERRIDES = [
 def test_a_grid_with_long_overrides_runs_in_bounded_folders_that_a_rerun_finds(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [
-        "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "experiment=smoke",
-        "algo=sac",
-        "env=Pendulum",
-        "seed=0,1",
-        "total_steps=250",
-        "algo.learning_starts=100",
-        "eval.every=250",
-        "checkpoint.every=250",
+        *JOBLIB_SMOKE_GRID,
         *LONG_OVERRIDES,
         f"hydra.sweep.dir={sweep_dir}",
     ]
