@@ -244,10 +244,12 @@ def _train_job(cfg: DictConfig, plan, run_dir: Path, multirun: bool) -> dict | N
         return None
     if summary["status"] == "interrupted":
         # Stops a sweep too: Ctrl-C or a scheduler's SIGTERM means stop, not "next job".
-        _say(
-            f"rlrun: {summary['signal']} at step {summary['total_steps']}: saved {summary['checkpoint']}; "
-            f"continue with: rlrun resume={run_dir}"
+        then = (
+            "a run on env.backend=envpool cannot resume"
+            if plan.run_config.env.backend == "envpool"
+            else f"continue with: rlrun resume={run_dir}"
         )
+        _say(f"rlrun: {summary['signal']} at step {summary['total_steps']}: saved {summary['checkpoint']}; {then}")
         sys.exit(128 + signal.Signals[summary["signal"]])
     evaluated = summary["eval_return_mean"] is not None
     log.info(
