@@ -175,10 +175,10 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         return obs, info
 
     def step(self, actions):
-        obs, reward, terminated, truncated, info = self._pool.step(np.asarray(actions))
+        actions = np.asarray(actions)
+        obs, reward, terminated, truncated, info = self._pool.step(actions)
         if self._float_obs and not (np.isfinite(reward).all() and np.isfinite(obs).all()):
-            what = "reward" if not np.isfinite(reward).all() else "observation"
-            raise EnvironmentFailure(f"EnvPool's {self._task} returned a non-finite {what}")
+            self._check_outputs(actions, reward)
         score = info.get("reward", reward)  # Atari: the game's own reward, before any clipping
         live = ~self._autoreset  # an autoreset step only resets its environment: the episode has not begun
         self._returns = np.where(live, self._returns + score, 0.0)
@@ -191,6 +191,14 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         if self._clip_rewards:
             reward = np.sign(reward)
         return obs, reward.astype(np.float64), terminated, truncated, info
+
+    def _check_outputs(self, actions: np.ndarray, reward: np.ndarray) -> None:
+        """As EpisodeReplay._check_outputs: a NaN or infinity is the environment's fault unless
+        a non-finite action went in (the agent's own divergence, which the run's checks report)."""
+        if np.issubdtype(actions.dtype, np.floating) and not np.isfinite(actions).all():
+            return
+        what = "reward" if not np.isfinite(reward).all() else "observation"
+        raise EnvironmentFailure(f"EnvPool's {self._task} returned a non-finite {what}")
 
     def close_extras(self, **kwargs: Any) -> None:
         self._pool.close()

@@ -13,7 +13,7 @@ import torch
 from rlrun import checkpoint
 from rlrun.algos.ppo import PPOConfig
 from rlrun.algos.sac import SACConfig
-from rlrun.config import AtariConfig, ConfigError, EnvConfig
+from rlrun.config import AtariConfig, ConfigError, EnvConfig, from_mapping
 from rlrun.envs import env_spaces, make_vector_env
 
 RUN_STATE = {"env": {}, "rng": {}, "metrics": None, "last_eval": None, "clock": {"elapsed": 0.0, "paused": 0.0}}
@@ -123,6 +123,11 @@ def test_a_missing_extra_names_the_install_command(monkeypatch):
         check(EnvConfig("HalfCheetah-v5", 1, backend="envpool"))
 
 
+def test_an_unknown_backend_is_one_line():
+    with pytest.raises(ConfigError, match=r"^env.backend='pool' is not valid; choose one of: gymnasium, envpool$"):
+        from_mapping(EnvConfig, {"id": "HalfCheetah-v5", "total_steps": 1, "backend": "pool"}, prefix="env.")
+
+
 @pytest.mark.parametrize(
     "env,algo,words",
     [
@@ -189,3 +194,23 @@ def test_ppo_trains_on_envpool_and_a_rerun_is_refused_before_anything_is_written
         "to resume exactly"
     ]
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == files
+
+
+def test_a_non_finite_observation_names_envpool_unless_a_non_finite_action_went_in():
+    pytest.importorskip("envpool")
+    from rlrun.envs import EnvironmentFailure
+
+    envs = make_vector_env(EnvConfig("Hopper-v5", 1, backend="envpool"), 0, 2, asynchronous=False)
+    envs.reset(seed=0)
+    real_step = envs._pool.step
+
+    def nan_step(actions):
+        obs, *rest = real_step(actions)
+        obs[1, 0] = np.nan
+        return (obs, *rest)
+
+    envs._pool.step = nan_step
+    with pytest.raises(EnvironmentFailure, match=r"^EnvPool's Hopper-v5 returned a non-finite observation$"):
+        envs.step(np.zeros((2, 3), dtype=np.float32))
+    envs.step(np.full((2, 3), np.nan, dtype=np.float32))  # the agent diverged: the run's own checks report that
+    envs.close()
