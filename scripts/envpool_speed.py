@@ -35,8 +35,10 @@ def train_steps_per_second(overrides: list[str], backend: str, folder: Path) -> 
     return json.loads((folder / "summary.json").read_text())["sps"]
 
 
-def env_steps_per_second(overrides: list[str], backend: str, steps: int) -> float:
-    """The training vector env alone, stepped with random actions, in this process."""
+def env_steps_per_second(overrides: list[str], backend: str, steps: int) -> tuple[float, float]:
+    """The training vector env alone, stepped with random actions, in this process: steps per
+    wall second, and per second of this process's CPU time (all its threads), which other
+    work on a shared machine changes less."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
@@ -50,12 +52,12 @@ def env_steps_per_second(overrides: list[str], backend: str, steps: int) -> floa
     envs = make_vector_env(env, cfg.seed, num_envs, asynchronous=False)
     envs.reset(seed=cfg.seed)
     actions = [envs.action_space.sample() for _ in range(64)]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for step in range(steps):
         envs.step(actions[step % len(actions)])
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     envs.close()
-    return steps * num_envs / seconds
+    return steps * num_envs / seconds, steps * num_envs / cpu_seconds
 
 
 def main() -> None:
@@ -66,25 +68,29 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", default=["algo=ppo", "env=HalfCheetah", "algo.num_envs=8", "total_steps=32768"])
     args = parser.parse_args()
 
-    sps: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
+    measured: dict[str, dict[str, list[float]]] = {"wall": {b: [] for b in BACKENDS}, "CPU": {b: [] for b in BACKENDS}}
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
             for backend in BACKENDS:
                 if args.env_only:
-                    value = env_steps_per_second(args.overrides, backend, args.steps)
+                    wall, cpu = env_steps_per_second(args.overrides, backend, args.steps)
+                    measured["CPU"][backend].append(cpu)
                 else:
-                    value = train_steps_per_second(args.overrides, backend, Path(scratch) / f"{backend}-{repeat}")
-                sps[backend].append(value)
-                print(f"repeat {repeat}: {backend} {value:.0f} steps/s", file=sys.stderr, flush=True)
-    ratios = [envpool / gymnasium for gymnasium, envpool in zip(sps["gymnasium"], sps["envpool"])]
-    what = "environment steps/s (random actions)" if args.env_only else "training steps/s"
+                    wall = train_steps_per_second(args.overrides, backend, Path(scratch) / f"{backend}-{repeat}")
+                measured["wall"][backend].append(wall)
+                print(f"repeat {repeat}: {backend} {wall:.0f} steps/s", file=sys.stderr, flush=True)
+    what = "environment steps (random actions)" if args.env_only else "training steps"
     print(f"\n{' '.join(args.overrides)}: {what}, {args.repeats} repeat(s)\n")
-    print("| gymnasium | envpool | envpool ÷ gymnasium | range |")
-    print("| --- | --- | --- | --- |")
-    print(
-        f"| {statistics.median(sps['gymnasium']):.0f} | {statistics.median(sps['envpool']):.0f} | "
-        f"{statistics.median(ratios):.2f}× | {min(ratios):.2f}–{max(ratios):.2f}× |"
-    )
+    print("| per | gymnasium | envpool | envpool ÷ gymnasium | range |")
+    print("| --- | --- | --- | --- | --- |")
+    for per, sps in measured.items():
+        if not sps["gymnasium"]:
+            continue
+        ratios = [envpool / gymnasium for gymnasium, envpool in zip(sps["gymnasium"], sps["envpool"])]
+        print(
+            f"| {per} second | {statistics.median(sps['gymnasium']):.0f} | {statistics.median(sps['envpool']):.0f} | "
+            f"{statistics.median(ratios):.2f}× | {min(ratios):.2f}–{max(ratios):.2f}× |"
+        )
 
 
 if __name__ == "__main__":
