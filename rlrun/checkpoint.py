@@ -176,7 +176,8 @@ def check_resumable(
         raise ConfigError(f"checkpoint {path} is from env.id={state['env_id']}, not env.id={env_id}; {same_run}")
     if state["format"] != FORMAT_VERSION:
         raise ConfigError(f"checkpoint {path} has format {state['format']}; this rlrun reads format {FORMAT_VERSION} only")
-    saved_backend = state["config"].get("env", {}).get("backend", "gymnasium")
+    saved_env = state["config"].get("env") if isinstance(state["config"], dict) else None
+    saved_backend = saved_env.get("backend", "gymnasium") if isinstance(saved_env, dict) else "gymnasium"
     if saved_backend != backend:
         raise ConfigError(f"checkpoint {path} is from env.backend={saved_backend}, not env.backend={backend}; {same_run}")
     if backend == "envpool" and (total_steps is None or state["step"] < total_steps):
