@@ -25,8 +25,9 @@ from rlrun.envs import EnvironmentFailure, is_atari, is_mujoco
 ENVPOOL_INSTALL = "pip install -c constraints.txt -e '.[envpool]'"
 
 
-def check_envpool(env: EnvConfig, algo_name: str, algo_config: Any, obs_space: gym.Space) -> None:
-    """Fail with one line, before anything is built, if EnvPool cannot train this run."""
+def check_envpool(env: EnvConfig, algo_name: str, algo_config: Any, obs_space: gym.Space, action_space: gym.Space) -> None:
+    """Fail with one line, before anything is built, if EnvPool cannot train this run; the
+    spaces are those of the Gymnasium environment that evaluates it."""
     if not hasattr(algo_config, "num_envs"):
         raise ConfigError(
             f"env.backend=envpool makes vector environments, and algo={algo_name} steps a single one; use env.backend=gymnasium"
@@ -34,12 +35,16 @@ def check_envpool(env: EnvConfig, algo_name: str, algo_config: Any, obs_space: g
     if env.wrappers:
         raise ConfigError("env.wrappers wrap Gymnasium environments one by one; with env.backend=envpool there are none to wrap")
     spec = _spec(env, training=True)
-    envpool_shape = spec.observation_space.shape
-    if envpool_shape != obs_space.shape:
-        raise ConfigError(
-            f"env.backend=envpool: EnvPool's {task_id(env)} observes shape {envpool_shape}, Gymnasium's {env.id} "
-            f"{obs_space.shape}; they are not the same task, use env.backend=gymnasium"
-        )
+    for envpool_space, gymnasium_space in ((spec.observation_space, obs_space), (spec.action_space, action_space)):
+        if _size(envpool_space) != _size(gymnasium_space):
+            raise ConfigError(
+                f"env.backend=envpool: EnvPool's {task_id(env)} has {envpool_space}, Gymnasium's {env.id} {gymnasium_space}; "
+                "they are not the same task, use env.backend=gymnasium"
+            )
+
+
+def _size(space: gym.Space) -> tuple:
+    return (type(space).__name__, space.n if isinstance(space, gym.spaces.Discrete) else space.shape)
 
 
 def task_id(env: EnvConfig) -> str:
@@ -141,7 +146,6 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP, "backend": "envpool"}
 
     def __init__(self, env: EnvConfig, seed: int, num_envs: int, *, training: bool = True) -> None:
-        self._config, self._training = env, training
         self._task = task_id(env)
         self._options = _options(env, training)
         self._clip_rewards = training and is_atari(env.id) and env.atari.clip_rewards

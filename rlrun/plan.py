@@ -53,7 +53,7 @@ def validate(cfg: DictConfig) -> Plan:
     if run_config.env.backend == "envpool":
         from rlrun.envpool_backend import check_envpool
 
-        check_envpool(run_config.env, algo_name, algo_config, obs_space)
+        check_envpool(run_config.env, algo_name, algo_config, obs_space, action_space)
     if run_config.video.every is not None:
         from rlrun.video import check_video_support
 

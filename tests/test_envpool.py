@@ -114,13 +114,29 @@ def test_episode_returns_keep_the_game_score_and_seeds_give_other_episodes():
 def check(env: EnvConfig, algo_name: str = "ppo", algo_config=None) -> None:
     from rlrun.envpool_backend import check_envpool
 
-    check_envpool(env, algo_name, algo_config or PPOConfig(), env_spaces(env)[0])
+    check_envpool(env, algo_name, algo_config or PPOConfig(), *env_spaces(env))
 
 
 def test_a_missing_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "envpool", None)  # makes `import envpool` fail
     with pytest.raises(ConfigError, match=r"^env.backend=envpool needs the envpool extra .*-e '\.\[envpool\]'$"):
         check(EnvConfig("HalfCheetah-v5", 1, backend="envpool"))
+
+
+def test_a_task_whose_spaces_differ_between_the_backends_is_refused():
+    pytest.importorskip("envpool")
+    from rlrun.envpool_backend import check_envpool
+
+    env = EnvConfig("HalfCheetah-v5", 1, backend="envpool")
+    obs_space, action_space = env_spaces(env)
+    check_envpool(env, "ppo", PPOConfig(), obs_space, action_space)
+    wider = gym.spaces.Box(-np.inf, np.inf, (18,))  # as with exclude_current_positions_from_observation=False
+    with pytest.raises(
+        ConfigError, match=r"EnvPool's HalfCheetah-v5 has Box\(.*\(17,\).*Gymnasium's HalfCheetah-v5 Box\(.*\(18,\)"
+    ):
+        check_envpool(env, "ppo", PPOConfig(), wider, action_space)
+    with pytest.raises(ConfigError, match=r"has Box\(-1.0, 1.0, \(6,\), float64\), Gymnasium's HalfCheetah-v5 Discrete\(6\)"):
+        check_envpool(env, "ppo", PPOConfig(), obs_space, gym.spaces.Discrete(6))
 
 
 def test_an_unknown_backend_is_one_line():
