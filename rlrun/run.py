@@ -135,6 +135,8 @@ class Run:
     # ----- the handshake (rlrun.protocols.RunContext) ---------------------------------------
     def make_env(self) -> gym.Env:
         """The training environment, for algorithms that step one at a time."""
+        if self.settings.env.backend != "gymnasium":  # plan.validate lets only vector algorithms through
+            raise RunError(f"env.backend={self.settings.env.backend} makes vector environments only; use env.backend=gymnasium")
         self.training_env = make_env(self.settings.env, self.seed, training=True)
         return self.training_env
 
