@@ -30,3 +30,21 @@ def test_profile_step_accounts_for_a_training_run(algo):
         assert shares.get(part, 0.0) > 0.0, (part, output.stdout)
     # The parts and the untimed rest add up to the run's wall time.
     assert sum(shares.values()) + float(output.stdout.split("(untimed)")[1].split()[1].rstrip("%")) == pytest.approx(100, abs=1)
+
+
+def test_vector_envs_speed_measures_each_num_envs_against_the_first():
+    output = subprocess.run(
+        [sys.executable, str(SCRIPTS / "vector_envs_speed.py"), "--cases", "dqn:CartPole", "--num-envs", "1,2"]
+        + ["--steps", "200", "--set", "experiment=smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in output.stdout.splitlines() if line.startswith("| dqn | CartPole |")]
+    assert [row[2].strip() for row in rows] == ["1", "2"]
+    steps_per_second = [float(row[3]) for row in rows]
+    ratios = [float(row[5].strip().rstrip("×")) for row in rows]
+    assert ratios[0] == 1.0 and ratios[1] == pytest.approx(steps_per_second[1] / steps_per_second[0], abs=0.02)
+    assert all(float(row[6]) > 0 for row in rows)  # CPU seconds per run
