@@ -155,7 +155,8 @@ def train_off_policy(agent: OffPolicyAgent, run: RunContext, config: OffPolicyCo
     warmup = max(1, min(config.learning_starts, buffer.capacity))
 
     # Each observation crosses to the device once, to be both acted on and stored; the actions
-    # come back to the host for the envs. On a GPU those are the loop's only per-step copies.
+    # come back to the host for the envs. On a GPU those, and one copy of the rewards and
+    # termination flags, are the loop's only per-step copies.
     obs = to_device(obs, agent.device, torch.float32)
     while step < run.total_steps:
         previous, step = step, step + config.num_envs

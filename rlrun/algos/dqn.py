@@ -228,21 +228,22 @@ class DQN:
     def explore(
         self, obs: torch.Tensor, epsilon: float, random_actions: np.random.Generator
     ) -> tuple[np.ndarray, torch.Tensor | np.ndarray]:
-        """ε-greedy actions for a batch of observations on the device: (for the envs, to store).
+        """ε-greedy actions for a batch of observations on the device; returns them twice:
+        on the host for the envs, and as the replay buffer should take them.
 
-        Each sub-env flips its own ε coin (self.rng); the random actions come from
+        Each sub-env flips its own ε coin (self.rng); the uniform actions come from
         `random_actions`, the vector env's action-space generator (checkpointed with the env),
-        drawn as Discrete.sample draws them. The greedy actions stay on the device for the
-        buffer unless some are replaced."""
-        explore = self.rng.random(len(obs)) < epsilon
-        if explore.all():
+        drawn as Discrete.sample draws them. Greedy actions are stored from the device unless
+        some were replaced."""
+        uniform = self.rng.random(len(obs)) < epsilon
+        if uniform.all():  # no greedy action needed: no forward pass, nothing read back
             env_actions = random_actions.integers(self.num_actions, size=len(obs))
             return env_actions, env_actions
         greedy = self.greedy(obs)
         env_actions = greedy.cpu().numpy()
-        if not explore.any():
+        if not uniform.any():
             return env_actions, greedy
-        env_actions[explore] = random_actions.integers(self.num_actions, size=int(explore.sum()))
+        env_actions[uniform] = random_actions.integers(self.num_actions, size=int(uniform.sum()))
         return env_actions, env_actions
 
     def policy_module(self) -> nn.Module:
