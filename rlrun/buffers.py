@@ -57,28 +57,30 @@ class ReplayBuffer:
         self.size = 0
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
-    def add(
+    def add_batch(
         self,
         obs: torch.Tensor | np.ndarray,
-        action: torch.Tensor | np.ndarray | int,
-        reward: float,
+        actions: torch.Tensor | np.ndarray,
+        rewards: np.ndarray,
         next_obs: torch.Tensor | np.ndarray,
-        terminated: bool,
+        terminated: np.ndarray,
     ) -> None:
-        """Store one transition. The training loops pass the observations as tensors already
-        on the device (the ones they act on), so storing never waits for the device. Scalars
-        are filled in place: on a GPU that is a kernel argument, not a copy from the host."""
-        i = self.position
-        self.obs[i] = to_device(obs, self.device)
-        if np.isscalar(action):  # DQN's random actions
-            self.actions[i].fill_(action)
-        else:
-            self.actions[i] = to_device(action, self.device)
-        self.rewards[i].fill_(float(reward))
-        self.next_obs[i] = to_device(next_obs, self.device)
-        self.terminated[i].fill_(float(terminated))
-        self.position = (i + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
+        """Store one transition per sub-environment of a vector step (leading dimension N).
+        The training loops pass observations (and the policy's actions) as tensors already on
+        the device, the ones they act on, so storing them never waits for the device; rewards
+        and termination flags come from the host."""
+        obs, actions, next_obs = (to_device(x, self.device) for x in (obs, actions, next_obs))
+        # Rewards and flags in one host-to-device copy.
+        rewards, terminated = to_device(np.stack([rewards, terminated]).astype(np.float32), self.device)
+        n, stored = len(rewards), 0
+        while stored < n:  # at most two contiguous runs of rows: up to the end, then from 0
+            count = min(n - stored, self.capacity - self.position)
+            rows, part = slice(self.position, self.position + count), slice(stored, stored + count)
+            self.obs[rows], self.actions[rows], self.rewards[rows] = obs[part], actions[part], rewards[part]
+            self.next_obs[rows], self.terminated[rows] = next_obs[part], terminated[part]
+            self.position = (self.position + count) % self.capacity
+            stored += count
+        self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int) -> Batch:
         index = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)

@@ -23,14 +23,18 @@ from rlrun.config import ConfigError, EnvConfig
 from rlrun.envs import EnvironmentFailure, is_atari, is_mujoco
 
 ENVPOOL_INSTALL = "pip install -c constraints.txt -e '.[envpool]'"
+# The algorithms whose loops take EnvPool's next-step autoreset. The replay-buffer loops store
+# each episode's real last observation, which they get from Gymnasium's same-step autoreset.
+ENVPOOL_ALGORITHMS = {"ppo"}
 
 
 def check_envpool(env: EnvConfig, algo_name: str, algo_config: Any, obs_space: gym.Space, action_space: gym.Space) -> None:
     """Fail with one line, before anything is built, if EnvPool cannot train this run; the
     spaces are those of the Gymnasium environment that evaluates it."""
-    if not hasattr(algo_config, "num_envs"):
+    if algo_name not in ENVPOOL_ALGORITHMS:
         raise ConfigError(
-            f"env.backend=envpool makes vector environments, and algo={algo_name} steps a single one; use env.backend=gymnasium"
+            f"env.backend=envpool runs PPO's vector environments; algo={algo_name}'s replay buffer needs each episode's "
+            "final observation, which EnvPool does not return; use env.backend=gymnasium"
         )
     if env.wrappers:
         raise ConfigError("env.wrappers wrap Gymnasium environments one by one; with env.backend=envpool there are none to wrap")

@@ -52,13 +52,20 @@ def make_env(env: EnvConfig, seed: int, *, training: bool, render_mode: str | No
 
 
 def make_vector_env(
-    env: EnvConfig, seed: int, num_envs: int, asynchronous: bool, *, training: bool = True
+    env: EnvConfig,
+    seed: int,
+    num_envs: int,
+    asynchronous: bool,
+    *,
+    training: bool = True,
+    autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
 ) -> gym.vector.VectorEnv:
     """`num_envs` copies stepped together (in subprocesses if `asynchronous`), autoreset.
 
-    Episode statistics arrive in `info["episode"]` with the mask `info["_episode"]`;
-    `training` as for make_env. With env.backend=envpool, EnvPool steps them instead
-    (rlrun.envpool_backend), in its own threads whatever `asynchronous` says.
+    Episode statistics arrive in `info["episode"]` with the mask `info["_episode"]`
+    (NEXT_STEP), or in `info["final_info"]` with the final observations in `info["final_obs"]`
+    (SAME_STEP); `training` as for make_env. With env.backend=envpool, EnvPool steps them
+    instead (rlrun.envpool_backend), in its own threads whatever `asynchronous` says.
     """
     if env.backend == "envpool":
         from rlrun.envpool_backend import EnvPoolVectorEnv
@@ -70,7 +77,7 @@ def make_vector_env(
         # Gymnasium would also log each worker's traceback.
         gym.logger.min_level = max(gym.logger.min_level, gym.logger.ERROR + 1)
     vector_class = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    vector = vector_class(make)
+    vector = vector_class(make, autoreset_mode=autoreset_mode)
     vector.action_space.seed(seed)
     return vector
 

@@ -1,5 +1,13 @@
 """What the continuous-action off-policy algorithms (SAC, TD3, DDPG) share: the training
-loop and the mapping between policy actions in [-1, 1] and the environment's bounds."""
+loop and the mapping between policy actions in [-1, 1] and the environment's bounds; and what
+every replay-buffer loop (DQN's too) needs of a vector env.
+
+The training envs are a Gymnasium vector env of `num_envs` sub-environments in SAME_STEP
+autoreset mode: the step where a sub-env's episode ends already returns the next episode's
+first observation, and the transition's real next observation (the episode's last) arrives in
+`info["final_obs"]`. So every vector step stores num_envs real transitions, unlike PPO's
+NEXT_STEP env, whose extra reset step is no transition.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +45,14 @@ class OffPolicyConfig:
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the actor's and of each critic's MLP."""
     updates_per_step: int = 1
-    """Gradient steps per environment step once learning has started."""
+    """Gradient steps per environment step once learning has started; environment steps are
+    counted over all num_envs sub-environments, so a vector step is followed by
+    num_envs × updates_per_step gradient steps and the replay ratio does not depend on
+    num_envs."""
+    num_envs: int = 1
+    """Environments stepped together as one Gymnasium vector env (sub-environment i seeded
+    seed + i), acting in one batched forward pass; each vector step adds num_envs transitions
+    and counts num_envs steps towards total_steps, learning_starts and every schedule."""
 
     def __post_init__(self) -> None:
         positive("algo.lr", self.lr)
@@ -50,6 +65,7 @@ class OffPolicyConfig:
         non_negative("algo.learning_starts", self.learning_starts)
         layer_sizes("algo.hidden_sizes", self.hidden_sizes)
         positive("algo.updates_per_step", self.updates_per_step)
+        positive("algo.num_envs", self.num_envs)
 
 
 class BoxActions:
@@ -77,53 +93,88 @@ def obs_batch(obs: np.ndarray | torch.Tensor, device: torch.device) -> torch.Ten
     return to_device(obs, device, torch.float32).unsqueeze(0)
 
 
+def make_training_envs(run: RunContext, num_envs: int) -> gym.vector.VectorEnv:
+    """The training envs of a replay-buffer loop: SAME_STEP autoreset, stepped in this process
+    (an off-policy step is mostly the update; subprocesses would only add round trips)."""
+    return run.make_vector_env(num_envs, asynchronous=False, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def final_observations(next_obs: np.ndarray, on_device: torch.Tensor, info: dict, dtype: torch.dtype) -> torch.Tensor:
+    """The observation each sub-env's transition ended in, on the device: `on_device` (the
+    vector step's observations, already copied) unless an episode ended, whose last
+    observation SAME_STEP autoreset leaves in info["final_obs"]."""
+    if "_final_obs" not in info:
+        return on_device
+    final = next_obs.copy()
+    for i in np.flatnonzero(info["_final_obs"]):
+        final[i] = info["final_obs"][i]
+    return to_device(final, on_device.device, dtype)
+
+
+def record_finished_episodes(run: RunContext, step: int, info: dict) -> None:
+    """run.episode_end for each sub-env whose episode ended in this vector step."""
+    if "_final_info" not in info:
+        return
+    finished = info["final_info"]
+    for i in np.flatnonzero(finished.get("_episode", ())):
+        run.episode_end(step, finished["episode"]["r"][i], finished["episode"]["l"][i])
+
+
 class OffPolicyAgent(Protocol):
     actions: BoxActions
     device: torch.device
     seed: int
 
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        """A training action in [-1, 1]^|A| for one observation on the device, exploration
-        included; the action stays on the device (the replay buffer stores it there)."""
+        """Training actions in [-1, 1]^|A| for a batch of observations (N, obs_dim) on the
+        device, exploration included; they stay on the device (the replay buffer stores them
+        there)."""
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step; returns on-device metrics."""
 
 
 def train_off_policy(agent: OffPolicyAgent, run: RunContext, config: OffPolicyConfig) -> None:
-    """Act, store, learn: one environment step, then `config.updates_per_step` gradient steps.
+    """Act, store, learn: one vector step of `config.num_envs` environment steps, then
+    `config.updates_per_step` gradient steps for each environment step.
 
-    The first `config.learning_starts` steps take uniform random actions and do not learn. The
-    buffer stores `terminated` only, so time-limit truncations still bootstrap.
+    The first `config.learning_starts` environment steps take uniform random actions and do
+    not learn. The buffer stores `terminated` only, so time-limit truncations still bootstrap.
     """
-    env = run.make_env()
+    envs = make_training_envs(run, config.num_envs)
     # A buffer larger than the run would only hold zeros.
     buffer = ReplayBuffer(
-        min(config.buffer_size, run.total_steps), env.observation_space.shape, env.action_space.shape, agent.device, agent.seed
+        min(config.buffer_size, run.total_steps),
+        envs.single_observation_space.shape,
+        envs.single_action_space.shape,
+        agent.device,
+        agent.seed,
     )
-    obs, start_step = run.start(agent, loop={"buffer": buffer})
+    obs, step = run.start(agent, loop={"buffer": buffer})
     # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
     warmup = max(1, min(config.learning_starts, buffer.capacity))
 
-    # Each observation crosses to the device once, to be both acted on and stored; the action
-    # comes back to the host for the env. On a GPU those are the loop's only per-step copies.
+    # Each observation crosses to the device once, to be both acted on and stored; the actions
+    # come back to the host for the envs. On a GPU those, and one copy of the rewards and
+    # termination flags, are the loop's only per-step copies.
     obs = to_device(obs, agent.device, torch.float32)
-    for step in range(start_step + 1, run.total_steps + 1):
-        if step <= config.learning_starts:
-            unit_action = action = agent.actions.to_unit(env.action_space.sample())
+    while step < run.total_steps:
+        previous, step = step, step + config.num_envs
+        if previous < config.learning_starts:
+            unit_actions = actions = agent.actions.to_unit(envs.action_space.sample())
         else:
-            action = agent.explore(obs)
-            unit_action = action.cpu().numpy()
-        next_obs, reward, terminated, truncated, info = env.step(agent.actions.to_env(unit_action))
-        next_obs = to_device(next_obs, agent.device, torch.float32)
-        buffer.add(obs, action, reward, next_obs, terminated)
-        obs = next_obs
-        if terminated or truncated:
-            run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
-            obs = to_device(env.reset()[0], agent.device, torch.float32)
+            actions = agent.explore(obs)
+            unit_actions = actions.cpu().numpy()
+        next_obs, rewards, terminated, truncated, info = envs.step(agent.actions.to_env(unit_actions))
+        next_obs_on_device = to_device(next_obs, agent.device, torch.float32)
+        final_obs = final_observations(next_obs, next_obs_on_device, info, torch.float32)
+        buffer.add_batch(obs, actions, rewards, final_obs, terminated)
+        obs = next_obs_on_device
+        record_finished_episodes(run, step, info)
 
         if step > config.learning_starts and len(buffer) >= warmup:
-            for _ in range(config.updates_per_step):
+            # Only the environment steps past learning_starts earn updates.
+            for _ in range((step - max(previous, config.learning_starts)) * config.updates_per_step):
                 metrics = agent.update(buffer.sample(config.batch_size))
             run.record(metrics)
         run.after_step(step)

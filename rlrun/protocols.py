@@ -78,8 +78,15 @@ class RunContext(Protocol):
         """The training environment, for loops that step one environment."""
         ...
 
-    def make_vector_env(self, num_envs: int, asynchronous: bool) -> gym.vector.VectorEnv:
-        """`num_envs` training environments stepped together, seeded seed, seed + 1, ..."""
+    def make_vector_env(
+        self,
+        num_envs: int,
+        asynchronous: bool,
+        autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
+    ) -> gym.vector.VectorEnv:
+        """`num_envs` training environments stepped together, seeded seed, seed + 1, ...;
+        NEXT_STEP autoreset (PPO's rollouts) or SAME_STEP (the replay-buffer loops, which take
+        each finished episode's last observation from info["final_obs"])."""
         ...
 
     def start(self, agent: Algorithm, loop: Mapping[str, Stateful]) -> tuple[np.ndarray, int]:

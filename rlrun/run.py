@@ -140,9 +140,16 @@ class Run:
         self.training_env = make_env(self.settings.env, self.seed, training=True)
         return self.training_env
 
-    def make_vector_env(self, num_envs: int, asynchronous: bool) -> gym.vector.VectorEnv:
+    def make_vector_env(
+        self,
+        num_envs: int,
+        asynchronous: bool,
+        autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
+    ) -> gym.vector.VectorEnv:
         """`num_envs` training environments stepped together, seeded seed, seed+1, ..."""
-        self.training_env = make_vector_env(self.settings.env, self.seed, num_envs, asynchronous, training=True)
+        self.training_env = make_vector_env(
+            self.settings.env, self.seed, num_envs, asynchronous, training=True, autoreset_mode=autoreset_mode
+        )
         return self.training_env
 
     def start(self, agent: Algorithm, loop: Mapping[str, Stateful]) -> tuple[np.ndarray, int]:

@@ -4,8 +4,8 @@
     python scripts/profile_step.py algo=ppo env=HalfCheetah total_steps=20000
 
 Runs the real training loop in this process with timers around its parts and prints a
-table: environment steps, acting (the policy on one observation), replay-buffer writes and
-sampling, the update split into forward passes (the loss computations), backward passes
+table: environment steps, acting (the policy on a vector step's observations), replay-buffer
+writes and sampling, the update split into forward passes (the loss computations), backward passes
 and optimiser steps, target-network updates, and the run's bookkeeping (logging,
 evaluation, checkpoints). Times are wall-clock; on CUDA each timer synchronises the device,
 which slows the run a little but attributes time correctly.
@@ -83,10 +83,10 @@ def instrument() -> None:
             wrap(module, "polyak_update", "update: target networks")
     for cls in (rlrun.algos.sac.SAC, rlrun.algos.td3.TD3, rlrun.algos.dqn.DQN, rlrun.algos.ppo.PPO):
         wrap(cls, "update", "update: forward passes and losses")
-        for method in ("explore", "greedy", "act"):
+        for method in ("explore", "act"):
             if hasattr(cls, method):
                 wrap(cls, method, "acting")
-    wrap(buffers.ReplayBuffer, "add", "replay buffer: add")
+    wrap(buffers.ReplayBuffer, "add_batch", "replay buffer: add")
     wrap(buffers.ReplayBuffer, "sample", "replay buffer: sample")
     wrap(rlrun.envs.EpisodeReplay, "step", "environment step")
     wrap(rlrun.envpool_backend.EnvPoolVectorEnv, "step", "environment step")  # env.backend=envpool's whole vector step

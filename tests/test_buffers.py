@@ -10,9 +10,10 @@ def test_replay_buffer_returns_what_was_stored_with_integer_actions_and_uint8_fr
     capacity, frame_shape = 5, (2, 3, 3)
     buffer = ReplayBuffer(capacity, frame_shape, (), torch.device("cpu"), seed=0, obs_dtype=torch.uint8, action_dtype=torch.int64)
     # Transition k: frames full of k (next frames k + 100), action 3k, reward k/2, terminated if k odd.
-    for k in range(8):  # 8 > capacity: transitions 0, 1, 2 are overwritten by 5, 6, 7
-        frames = np.full(frame_shape, k, dtype=np.uint8)
-        buffer.add(frames, np.int64(3 * k), k / 2, frames + 100, terminated=k % 2 == 1)
+    # Added as vector steps of 1, 3 and 4 sub-environments; the last one wraps around the end.
+    for ks in (np.arange(0, 1), np.arange(1, 4), np.arange(4, 8)):  # 8 > capacity: 0, 1, 2 are overwritten
+        frames = np.ones((len(ks), *frame_shape), dtype=np.uint8) * ks.reshape(-1, 1, 1, 1).astype(np.uint8)
+        buffer.add_batch(frames, 3 * ks, ks / 2, frames + 100, terminated=ks % 2 == 1)
     assert len(buffer) == capacity and buffer.position == 8 % capacity
     assert buffer.obs.dtype == torch.uint8 and buffer.actions.dtype == torch.int64
     # Slot i holds the newest transition k with k % capacity == i.

@@ -79,16 +79,17 @@ def test_storing_sampling_and_updating_never_wait_for_the_gpu(algo):
     action_shape, action_dtype = ((), torch.int64) if algo == "dqn" else ((1,), torch.float32)
     buffer = ReplayBuffer(500, obs_space.shape, action_shape, GPU, seed=0, action_dtype=action_dtype)
 
-    def add_one():
-        obs = torch.randn(obs_space.shape, device=GPU)
-        action = agent.greedy(obs) if algo == "dqn" else agent.explore(obs)
-        buffer.add(obs, action, 0.5, torch.randn(obs_space.shape, device=GPU), terminated=False)
+    def add_vector_step(num_envs=2):
+        obs = torch.randn((num_envs, *obs_space.shape), device=GPU)
+        actions = agent.greedy(obs) if algo == "dqn" else agent.explore(obs)
+        next_obs = torch.randn((num_envs, *obs_space.shape), device=GPU)
+        buffer.add_batch(obs, actions, np.full(num_envs, 0.5), next_obs, terminated=np.zeros(num_envs, bool))
 
-    for _ in range(100):
-        add_one()
+    for _ in range(50):
+        add_vector_step()
     with no_waiting_for_the_gpu():
         for _ in range(4):  # TD3's delayed actor and target update comes every second step
-            add_one()
+            add_vector_step()
             metrics = agent.update(buffer.sample(config.batch_size))
     assert all(value.device.type == "cuda" for value in metrics.values())
 
@@ -124,8 +125,8 @@ class LoopOnly:
         self.training_env = make_env(self.env_config, self.seed, training=True)
         return self.training_env
 
-    def make_vector_env(self, num_envs, asynchronous):
-        self.training_env = make_vector_env(self.env_config, self.seed, num_envs, asynchronous)
+    def make_vector_env(self, num_envs, asynchronous, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP):
+        self.training_env = make_vector_env(self.env_config, self.seed, num_envs, asynchronous, autoreset_mode=autoreset_mode)
         return self.training_env
 
     def start(self, agent, loop):
@@ -162,10 +163,11 @@ def test_an_off_policy_step_copies_only_the_observation_in_and_the_action_out(al
     to_device, to_host = copies(agent.train, run)
 
     learning = run.total_steps - config.learning_starts
-    # In: each new observation (the first, every step's, every reset's), and while learning has
-    # not started the random actions, which are drawn on the host. Out: the acting steps' actions.
+    # In: the first observation; each step's observations, and its rewards and termination
+    # flags together; each ended episode's final observation; and while learning has not
+    # started the random actions, which are drawn on the host. Out: the acting steps' actions.
     random_actions = 0 if algo == "dqn" else config.learning_starts
-    assert to_device == 1 + run.total_steps + run.episodes + random_actions, (to_device, run.episodes)
+    assert to_device == 1 + 2 * run.total_steps + run.episodes + random_actions, (to_device, run.episodes)
     acting_steps = run.total_steps if algo == "dqn" else learning
     assert to_host == acting_steps
 

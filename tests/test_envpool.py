@@ -148,7 +148,7 @@ def test_an_unknown_backend_is_one_line():
     "env,algo,words",
     [
         (EnvConfig("CartPole-v1", 1), "ppo", "env.backend=envpool runs Atari (ALE/<Game>-v5) and MuJoCo"),
-        (EnvConfig("HalfCheetah-v5", 1), "sac", "algo=sac steps a single one; use env.backend=gymnasium"),
+        (EnvConfig("HalfCheetah-v5", 1), "sac", "algo=sac's replay buffer needs each episode's final observation"),
         (EnvConfig("HalfCheetah-v5", 1, kwargs={"width": 64}), "ppo", "EnvPool's HalfCheetah-v5 does not take width"),
         (
             EnvConfig("HalfCheetah-v5", 1, wrappers=({"_target_": "gymnasium.wrappers.ClipAction"},)),

@@ -15,6 +15,7 @@ CASES = [
     (["total_steps=0"], ["total_steps=0 must be positive"]),
     (["total_steps=-5"], ["total_steps=-5 must be positive"]),
     (["algo.batch_size=0"], ["algo.batch_size=0 must be positive"]),
+    (["algo.num_envs=0"], ["algo.num_envs=0 must be positive"]),
     (["algo.batch_size=512", "algo.buffer_size=256"], ["algo.batch_size=512", "algo.buffer_size=256"]),
     (["eval.episodes=0"], ["eval.episodes=0 must be positive"]),
     (["algo.gamma=1.5"], ["algo.gamma=1.5", "[0.0, 1.0]"]),

@@ -11,15 +11,23 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 # Small but real runs: learning starts before the kill, the replay buffer (1000) wraps around,
 # PPO's checkpoint falls mid-rollout (2000 is not a multiple of its 64-step rollouts) with two
-# vector sub-environments.
+# vector sub-environments. TD3 (SAC's loop) steps three sub-environments, so its schedules and
+# learning_starts fall inside vector steps (a checkpoint at step 801); DQN steps four.
 RUNS = {
     "sac": (["algo=sac", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
-    "td3": (["algo=td3", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
+    "td3": (
+        ["algo=td3", "env=Pendulum", "algo.num_envs=3", "total_steps=1500", "checkpoint.every=400", "eval.every=500"],
+        801,
+    ),
     "ppo": (
         ["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=6000", "checkpoint.every=1000", "eval.every=2000"],
         2000,
     ),
     "dqn": (["algo=dqn", "env=CartPole", "total_steps=4000", "checkpoint.every=1000", "eval.every=2000"], 2000),
+    "dqn-vector": (
+        ["algo=dqn", "env=CartPole", "algo.num_envs=4", "total_steps=4000", "checkpoint.every=1000", "eval.every=2000"],
+        2000,
+    ),
 }
 
 

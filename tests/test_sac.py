@@ -51,13 +51,14 @@ def batch(terminated: list[float]) -> Batch:
 
 def test_exploration_draws_the_action_that_sample_draws():
     agent = make_agent()
-    obs = torch.tensor([0.1, -0.4, 0.7])
+    obs = torch.tensor([[0.1, -0.4, 0.7], [0.3, 0.2, -0.5]])  # a vector step of two envs
     torch.manual_seed(3)
-    action = agent.explore(obs)
+    actions = agent.explore(obs)
     torch.manual_seed(3)
-    expected, _ = agent.actor.sample(obs.unsqueeze(0))
-    torch.testing.assert_close(action, expected[0].detach(), rtol=0, atol=0)
-    assert not torch.equal(action, agent.explore(obs))  # and it is random
+    expected, _ = agent.actor.sample(obs)
+    assert actions.shape == (2, 1)
+    torch.testing.assert_close(actions, expected.detach(), rtol=0, atol=0)
+    assert not torch.equal(actions, agent.explore(obs))  # and it is random
 
 
 def test_critic_target_bootstraps_on_truncation_but_not_on_termination():

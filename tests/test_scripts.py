@@ -62,3 +62,36 @@ def test_envpool_speed_measures_both_backends_side_by_side():
     for row in rows:
         gymnasium, envpool, ratio = float(row[1]), float(row[2]), float(row[3].strip().rstrip("×"))
         assert gymnasium > 0 and envpool > 0 and ratio == pytest.approx(envpool / gymnasium, rel=0.05)
+
+
+def test_vector_envs_speed_measures_each_num_envs_against_the_first():
+    output = subprocess.run(
+        [sys.executable, str(SCRIPTS / "vector_envs_speed.py"), "--cases", "dqn:CartPole", "--num-envs", "1,2"]
+        + ["--steps", "200", "--set", "experiment=smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in output.stdout.splitlines() if line.startswith("| dqn | CartPole |")]
+    assert [row[2].strip() for row in rows] == ["1", "2"]
+    steps_per_second = [float(row[3]) for row in rows]
+    ratios = [float(row[5].strip().rstrip("×")) for row in rows]
+    assert ratios[0] == 1.0 and ratios[1] == pytest.approx(steps_per_second[1] / steps_per_second[0], abs=0.02)
+    assert all(float(row[6]) > 0 for row in rows)  # CPU seconds per run
+
+
+def test_vector_envs_speed_without_updates_measures_the_loop_alone():
+    output = subprocess.run(
+        [sys.executable, str(SCRIPTS / "vector_envs_speed.py"), "--without-updates", "--cases", "sac:Pendulum"]
+        + ["--num-envs", "1,2", "--steps", "200", "--set", "experiment=smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in output.stdout.splitlines() if line.startswith("| sac | Pendulum |")]
+    assert [row[2].strip() for row in rows] == ["1", "2"]
+    assert all(float(row[3]) > 0 for row in rows)  # CPU µs per environment step

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from rlrun.buffers import Batch, ReplayBuffer, to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import OutputLinear, hidden_layers, polyak_update
+from rlrun.offpolicy import final_observations, make_training_envs, record_finished_episodes
 from rlrun.optim import adam, gradient_step
 from rlrun.policy_modules import Argmax
 from rlrun.protocols import RunContext
@@ -46,12 +47,19 @@ class DQNConfig:
     learning_starts: int = 10_000
     """Environment steps of ε-greedy acting, without updates, that fill the buffer before
     learning starts."""
+    num_envs: int = 1
+    """Environments stepped together as one Gymnasium vector env (sub-environment i seeded
+    seed + i), acting in one batched forward pass; each vector step adds num_envs transitions
+    and counts num_envs environment steps, the unit of every step count here."""
     train_every: int = 10
-    """Environment steps between training points (CleanRL's train_frequency)."""
+    """Environment steps between training points (CleanRL's train_frequency), counted over
+    all num_envs sub-environments: a vector step that passes k training points takes k ×
+    gradient_steps gradient steps, so the replay ratio does not depend on num_envs."""
     gradient_steps: int = 1
     """Gradient steps at each training point (SB3's gradient_steps)."""
     target_update_every: int = 500
-    """Environment steps between target-network updates (CleanRL's target_network_frequency)."""
+    """Environment steps between target-network updates (CleanRL's target_network_frequency),
+    counted as train_every is."""
     tau: float = 1.0
     """Target update θ̄ ← τθ + (1 − τ)θ̄; 1.0 copies the online network, Nature DQN's hard
     update."""
@@ -82,6 +90,7 @@ class DQNConfig:
         if self.batch_size > self.buffer_size:
             raise ConfigError(f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}")
         non_negative("algo.learning_starts", self.learning_starts)
+        positive("algo.num_envs", self.num_envs)
         positive("algo.train_every", self.train_every)
         positive("algo.gradient_steps", self.gradient_steps)
         positive("algo.target_update_every", self.target_update_every)
@@ -206,15 +215,36 @@ class DQN:
     # ----- acting ---------------------------------------------------------------------------
     @torch.no_grad()
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
-        """argmax_a Q(s, a) for one un-batched observation on the device, as a device scalar."""
-        return self.q(obs.unsqueeze(0)).argmax(dim=1)[0]
+        """argmax_a Q(s, a) for a batch of observations on the device, (B,) on the device."""
+        return self.q(obs).argmax(dim=1)
 
     def act(self, obs: np.ndarray, deterministic: bool = True) -> int:
         """The greedy action for one host observation (evaluation); ε-greedy with the final
         ε (algo.end_epsilon) if not `deterministic`."""
         if not deterministic and self.rng.random() < self.config.end_epsilon:
             return int(self.rng.integers(self.num_actions))
-        return int(self.greedy(to_device(obs, self.device, self.obs_dtype)))
+        return int(self.greedy(to_device(obs, self.device, self.obs_dtype).unsqueeze(0))[0])
+
+    def explore(
+        self, obs: torch.Tensor, epsilon: float, random_actions: np.random.Generator
+    ) -> tuple[np.ndarray, torch.Tensor | np.ndarray]:
+        """ε-greedy actions for a batch of observations on the device; returns them twice:
+        on the host for the envs, and as the replay buffer should take them.
+
+        Each sub-env flips its own ε coin (self.rng); the uniform actions come from
+        `random_actions`, the vector env's action-space generator (checkpointed with the env),
+        drawn as Discrete.sample draws them. Greedy actions are stored from the device unless
+        some were replaced."""
+        uniform = self.rng.random(len(obs)) < epsilon
+        if uniform.all():  # no greedy action needed: no forward pass, nothing read back
+            env_actions = random_actions.integers(self.num_actions, size=len(obs))
+            return env_actions, env_actions
+        greedy = self.greedy(obs)
+        env_actions = greedy.cpu().numpy()
+        if not uniform.any():
+            return env_actions, greedy
+        env_actions[uniform] = random_actions.integers(self.num_actions, size=int(uniform.sum()))
+        return env_actions, env_actions
 
     def policy_module(self) -> nn.Module:
         """observations (B, *obs_shape) → argmax_a Q(s, a), for export."""
@@ -250,43 +280,41 @@ class DQN:
     # ----- the loop -------------------------------------------------------------------------
     def train(self, run: RunContext) -> None:
         config = self.config
-        env = run.make_env()
+        envs = make_training_envs(run, config.num_envs)
         # A buffer larger than the run would only hold zeros.
         capacity = min(config.buffer_size, run.total_steps)
         buffer = ReplayBuffer(
             capacity, self.obs_shape, (), self.device, self.seed, obs_dtype=self.obs_dtype, action_dtype=torch.int64
         )
         exploration_steps = config.exploration_fraction * run.total_steps
-        obs, start_step = run.start(self, loop={"buffer": buffer})
+        obs, step = run.start(self, loop={"buffer": buffer})
         # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
         warmup = max(1, min(config.learning_starts, capacity))
 
-        # Each observation crosses to the device once, to be both acted on and stored; a greedy
-        # action comes back to the host for the env. On a GPU those are the per-step copies.
+        # Each observation crosses to the device once, to be both acted on and stored; greedy
+        # actions come back to the host for the envs. On a GPU those are the per-step copies.
         obs = to_device(obs, self.device, self.obs_dtype)
-        for step in range(start_step + 1, run.total_steps + 1):
-            # ε-greedy: a uniform random action with probability ε, else the greedy one.
-            epsilon = linear_epsilon(step - 1, config.start_epsilon, config.end_epsilon, exploration_steps)
-            if self.rng.random() < epsilon:
-                action = env_action = env.action_space.sample()
-            else:
-                action = self.greedy(obs)
-                env_action = int(action)
-            next_obs, reward, terminated, truncated, info = env.step(env_action)
-            next_obs = to_device(next_obs, self.device, self.obs_dtype)
-            buffer.add(obs, action, reward, next_obs, terminated)
-            obs = next_obs
-            if terminated or truncated:
-                run.episode_end(step, info["episode"]["r"], info["episode"]["l"])
-                obs = to_device(env.reset()[0], self.device, self.obs_dtype)
+        while step < run.total_steps:
+            previous, step = step, step + config.num_envs
+            epsilon = linear_epsilon(previous, config.start_epsilon, config.end_epsilon, exploration_steps)
+            env_actions, actions = self.explore(obs, epsilon, envs.action_space.np_random)
+            next_obs, rewards, terminated, truncated, info = envs.step(env_actions)
+            next_obs_on_device = to_device(next_obs, self.device, self.obs_dtype)
+            final_obs = final_observations(next_obs, next_obs_on_device, info, self.obs_dtype)
+            buffer.add_batch(obs, actions, rewards, final_obs, terminated)
+            obs = next_obs_on_device
+            record_finished_episodes(run, step, info)
 
             if step > config.learning_starts and len(buffer) >= warmup:
-                if step % config.train_every == 0:
-                    for _ in range(config.gradient_steps):
+                # The schedules' points this vector step passed, past learning_starts.
+                learning_from = max(previous, config.learning_starts)
+                training_points = step // config.train_every - learning_from // config.train_every
+                if training_points:
+                    for _ in range(training_points * config.gradient_steps):
                         metrics = self.update(buffer.sample(config.batch_size))
                     run.record(metrics)
                 # θ̄ ← τ θ + (1 − τ) θ̄ every target_update_every steps; τ = 1 copies (Nature DQN).
-                if step % config.target_update_every == 0:
+                for _ in range(step // config.target_update_every - learning_from // config.target_update_every):
                     polyak_update(self.target_q, self.q, config.tau)
             run.record({"train/epsilon": epsilon})
             run.after_step(step)

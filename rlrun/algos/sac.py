@@ -131,8 +131,8 @@ class SAC:
     # ----- acting ---------------------------------------------------------------------------
     @torch.no_grad()
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        """A stochastic unit action for training, on the device."""
-        return self.actor.sample_action(obs_batch(obs, self.device))[0]
+        """Stochastic unit actions for training, for a batch of observations on the device."""
+        return self.actor.sample_action(obs)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:

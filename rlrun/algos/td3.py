@@ -97,16 +97,17 @@ class TD3:
     # ----- acting ---------------------------------------------------------------------------
     @torch.no_grad()
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        """μ(s) + N(0, σ²), clipped to the action bounds, on the device."""
-        action = self.actor(obs_batch(obs, self.device))[0]
+        """μ(s) + N(0, σ²), clipped to the action bounds, for a batch of observations on the device."""
+        action = self.actor(obs)
         noise = torch.randn_like(action) * self.config.exploration_noise
         return (action + noise).clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """μ(s) in environment units, for evaluation; with the exploration noise if not `deterministic`."""
-        unit_action = self.actor(obs_batch(obs, self.device))[0] if deterministic else self.explore(obs)
-        return self.actions.to_env(unit_action.cpu().numpy())
+        obs_t = obs_batch(obs, self.device)
+        unit_action = self.actor(obs_t) if deterministic else self.explore(obs_t)
+        return self.actions.to_env(unit_action[0].cpu().numpy())
 
     def policy_module(self) -> nn.Module:
         """observations (B, obs_dim) → μ(s) rescaled to the bounds, for export."""
