@@ -193,3 +193,17 @@ def test_smoke_run(rlrun, tmp_path):
     assert [row["step"] for row in rows if "eval/return_mean" in row] == [300, 600]
     state = checkpoint.load(run_dir / "checkpoints" / "step_000000600.pt", algo="dsac_t")
     assert state["agent"]["critic_updates"] == 400 and state["agent"]["std_average"].shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("algo.activation=tanh", "algo.activation='tanh' is not valid; choose one of: gelu, relu"),
+        ("algo.tau_b=1.5", "algo.tau_b=1.5 must lie in [0.0, 1.0]"),
+    ],
+)
+def test_bad_settings_fail_with_one_line(rlrun, tmp_path, override, message):
+    result = rlrun("algo=dsac_t", "env=Pendulum", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"rlrun: error: {message}"]
+    assert not (tmp_path / "run").exists()

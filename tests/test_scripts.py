@@ -30,3 +30,17 @@ def test_profile_step_accounts_for_a_training_run(algo):
         assert shares.get(part, 0.0) > 0.0, (part, output.stdout)
     # The parts and the untimed rest add up to the run's wall time.
     assert sum(shares.values()) + float(output.stdout.split("(untimed)")[1].split()[1].rstrip("%")) == pytest.approx(100, abs=1)
+
+
+def test_update_cost_times_each_agent_in_each_round():
+    output = subprocess.run(
+        [sys.executable, str(SCRIPTS / "update_cost.py"), "--env", "Pendulum", "--updates", "3", "--rounds", "2"]
+        + ["sac hidden_sizes=[32,32]", "dsac_t hidden_sizes=[32,32] activation=relu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    rows = [line.split() for line in output.stdout.splitlines() if line.startswith("round")]
+    assert [(row[1], row[2]) for row in rows] == [("1", "sac"), ("1", "dsac_t"), ("2", "sac"), ("2", "dsac_t")]
+    assert all(float(row[row.index("update") + 1]) > 0 for row in rows)
