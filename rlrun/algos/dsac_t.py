@@ -95,7 +95,7 @@ class DSACTConfig(OffPolicyConfig):
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 # The adjustment weight ω/(σ² + ε) is clipped to this range, as in the authors' code, so that
-# one batch of unusually small or large σ cannot scale a step by more than 10×.
+# no transition whose σ is far from the average scales its gradient by more than 10× or 0.1×.
 WEIGHT_MIN, WEIGHT_MAX = 0.1, 10.0
 # Returns sampled from a target distribution lie within ±3σ of its mean (the authors' code).
 SAMPLE_CLIP = 3.0
@@ -145,7 +145,7 @@ def critic_loss(
     Where |errors| < δ, Huber(x) = x²/2 and the gradient is
 
         ∇J = E[ −w (y_q − Q) ∇Q − w ((ŷ_z − Q)²/2 − σ²) / (σ + ε) ∇σ ]
-           ≈ ω · E[ −(y_q − Q)/σ² ∇Q − ((ŷ_z − Q)²/2 − σ²)/σ³ ∇σ ]    for σ² ≫ ε,
+           ≈ ω · E[ −(y_q − Q)/σ² ∇Q − ((ŷ_z − Q)²/2 − σ²)/σ³ ∇σ ]    for σ² ≫ ε, w unclipped,
 
     the Gaussian negative log-likelihood's gradient (DSAC-v1's) with the expected target y_q
     in the mean's term (refinement 1), multiplied by ω (refinement 3). The ½ in the σ term is
