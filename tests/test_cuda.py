@@ -18,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from rlrun.algos.ddpg import DDPG, DDPGConfig
 from rlrun.algos.dqn import DQN, DQNConfig
+from rlrun.algos.dsac_t import DSACT, DSACTConfig
 from rlrun.algos.ppo import PPO, PPOConfig
 from rlrun.algos.sac import SAC, SACConfig
 from rlrun.algos.td3 import TD3, TD3Config
@@ -33,13 +34,22 @@ OFF_POLICY = {
     "sac": (SAC, SACConfig(**SMALL)),
     "td3": (TD3, TD3Config(**SMALL)),
     "ddpg": (DDPG, DDPGConfig(**SMALL)),
+    "dsac_t": (DSACT, DSACTConfig(**SMALL)),
     # Greedy throughout (ε = 0), so that every step reads its action back from the GPU.
     "dqn": (DQN, DQNConfig(**SMALL, train_every=1, start_epsilon=0.0, end_epsilon=0.0)),
 }
 
 
 @pytest.mark.parametrize(
-    "algo, env", [("sac", "Pendulum"), ("td3", "Pendulum"), ("ddpg", "Pendulum"), ("ppo", "Pendulum"), ("dqn", "CartPole")]
+    "algo, env",
+    [
+        ("sac", "Pendulum"),
+        ("td3", "Pendulum"),
+        ("ddpg", "Pendulum"),
+        ("dsac_t", "Pendulum"),
+        ("ppo", "Pendulum"),
+        ("dqn", "CartPole"),
+    ],
 )
 def test_device_auto_trains_on_the_gpu(tmp_path, algo, env):
     result = run_rlrun("experiment=smoke", f"algo={algo}", f"env={env}", f"hydra.run.dir={tmp_path}")
@@ -88,7 +98,7 @@ def test_storing_sampling_and_updating_never_wait_for_the_gpu(algo):
     for _ in range(50):
         add_vector_step()
     with no_waiting_for_the_gpu():
-        for _ in range(4):  # TD3's delayed actor and target update comes every second step
+        for _ in range(4):  # TD3's and DSAC-T's delayed updates come every second step
             add_vector_step()
             metrics = agent.update(buffer.sample(config.batch_size))
     assert all(value.device.type == "cuda" for value in metrics.values())

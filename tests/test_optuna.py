@@ -10,6 +10,8 @@ import pytest
 from conftest import run_rlrun, run_rlrun_together
 from omegaconf import OmegaConf
 
+from rlrun.registry import ALGORITHMS
+
 INSTALL = "python -m pip install -c constraints.txt -e '.[optuna]'"
 needs_optuna = pytest.mark.skipif(
     importlib.util.find_spec("optuna") is None, reason=f"the optuna extra is not installed: {INSTALL}"
@@ -199,19 +201,26 @@ def test_every_algorithm_has_a_search_space_of_its_own_keys():
     from hydra_plugins.rlrun_optuna_sweeper._core import flatten
 
     configs = Path(__file__).resolve().parents[1] / "configs"
-    for algo in ("sac", "td3", "ddpg", "ppo", "dqn"):
+    for algo in ALGORITHMS:
         keys = set(yaml.safe_load((configs / "algo" / f"{algo}.yaml").read_text()))
         space = flatten(OmegaConf.to_container(OmegaConf.load(configs / "search" / f"{algo}.yaml")))
         assert space and all(key.startswith("algo.") and key.split(".", 1)[1] in keys for key in space), algo
 
 
-DEFAULT_SPACES = {"sac": "Pendulum", "td3": "Pendulum", "ddpg": "Pendulum", "ppo": "CartPole", "dqn": "CartPole"}
+DEFAULT_SPACES = {
+    "sac": "Pendulum",
+    "td3": "Pendulum",
+    "ddpg": "Pendulum",
+    "ppo": "CartPole",
+    "dqn": "CartPole",
+    "dsac_t": "Pendulum",
+}
 
 
 @pytest.fixture(scope="module")
 def default_space_trials(tmp_path_factory):
     """One trial of each algorithm's own search space (configs/search/<algo>.yaml) at smoke
-    budgets, all five sweeps started together; {algo: (result, sweep dir)}."""
+    budgets, all sweeps started together; {algo: (result, sweep dir)}."""
     root = tmp_path_factory.mktemp("default-spaces")
     commands = [
         (

@@ -9,6 +9,8 @@ import torch
 from conftest import run_rlrun, start_rlrun
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rlrun.registry import ALGORITHMS
+
 # Small but real runs: learning starts before the kill, the replay buffer (1000) wraps around,
 # PPO's checkpoint falls mid-rollout (2000 is not a multiple of its 64-step rollouts) with two
 # vector sub-environments. TD3 (SAC's loop) steps three sub-environments, so its schedules and
@@ -19,6 +21,7 @@ RUNS = {
         ["algo=td3", "env=Pendulum", "algo.num_envs=3", "total_steps=1500", "checkpoint.every=400", "eval.every=500"],
         801,
     ),
+    "dsac_t": (["algo=dsac_t", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
     "ppo": (
         ["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=6000", "checkpoint.every=1000", "eval.every=2000"],
         2000,
@@ -29,6 +32,14 @@ RUNS = {
         2000,
     ),
 }
+
+# Registered algorithms whose state and update are another's: DDPG is TD3's code with its three
+# additions switched off.
+RUNS_AS = {"ddpg": "td3"}
+
+
+def test_every_registered_algorithm_is_resumed_bit_identically():
+    assert {RUNS_AS.get(name, name) for name in ALGORITHMS} <= set(RUNS)
 
 
 def checkpoint_file(run_dir, step):

@@ -66,9 +66,9 @@ def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: 
 class TanhGaussianActor(nn.Module):
     """A Gaussian policy squashed by tanh into [-1, 1]^|A| (SAC's actor)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int]) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
-        self.trunk = hidden_layers(obs_dim, hidden_sizes)
+        self.trunk = hidden_layers(obs_dim, hidden_sizes, activation)
         self.head = OutputLinear(hidden_sizes[-1], 2 * action_dim)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
