@@ -14,6 +14,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 # vector sub-environments.
 RUNS = {
     "sac": (["algo=sac", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
+    # HL-Gauss critics: their support is rebuilt from the config, not saved (rlrun/hl_gauss.py).
+    "sac-hl_gauss": (
+        ["algo=sac", "env=Pendulum", "algo.critic_loss=hl_gauss", "total_steps=1500", "checkpoint.every=400", "eval.every=500"],
+        800,
+    ),
     "td3": (["algo=td3", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
     "ppo": (
         ["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=6000", "checkpoint.every=1000", "eval.every=2000"],
