@@ -69,27 +69,32 @@ class EnsembleLinear(nn.Module):
 
 
 class QEnsemble(nn.Module):
-    """`n` state-action value functions Q_i(s, a), evaluated together; returns shape (n, B)."""
+    """`n` state-action value functions Q_i(s, a), evaluated together; returns shape (n, B), or
+    (n, B, outputs) when each Q has `outputs` > 1 outputs (HL-Gauss logits, rlrun/hl_gauss.py)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], n: int) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], n: int, outputs: int = 1) -> None:
         super().__init__()
         self.n = n
-        sizes = [obs_dim + action_dim, *hidden_sizes, 1]
+        self.outputs = outputs
+        sizes = [obs_dim + action_dim, *hidden_sizes, outputs]
         self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, action], dim=-1).expand(self.n, -1, -1)
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
-        return in_float32(self.layers[-1], x).squeeze(-1)  # see OutputLinear
+        return self._squeeze(in_float32(self.layers[-1], x))  # see OutputLinear
 
     def member(self, index: int, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q_index(s, a) alone, shape (B,), at 1/n of the ensemble's cost: TD3's actor loss
-        needs only Q_1, and evaluating every member would double its critic passes."""
+        """Q_index(s, a) alone, shape (B,) (or (B, outputs)), at 1/n of the ensemble's cost:
+        TD3's actor loss needs only Q_1, and evaluating every member would double its critic passes."""
         x = torch.cat([obs, action], dim=-1)
         for layer in self.layers[:-1]:
             x = F.relu(layer.member(index, x))
-        return in_float32(partial(self.layers[-1].member, index), x).squeeze(-1)
+        return self._squeeze(in_float32(partial(self.layers[-1].member, index), x))
+
+    def _squeeze(self, out: torch.Tensor) -> torch.Tensor:
+        return out.squeeze(-1) if self.outputs == 1 else out
 
 
 @torch.no_grad()

@@ -34,6 +34,21 @@ CASES = {
         untrained_below=-1000,
         bar=-200,
     ),
+    # SAC's case with HL-Gauss critics (algo.critic_loss=hl_gauss); the value support is the
+    # tuned one, configs/tuned/sac-Pendulum.yaml.
+    "sac-hl_gauss-Pendulum": LearningTest(
+        (
+            "algo=sac",
+            "env=Pendulum",
+            "total_steps=5000",
+            "algo.hidden_sizes=[64,64]",
+            "eval.every=1000",
+            "algo.critic_loss=hl_gauss",
+        ),
+        evaluations=5,
+        untrained_below=-1000,
+        bar=-200,
+    ),
     "td3-Pendulum": LearningTest(
         (
             "algo=td3",

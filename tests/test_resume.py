@@ -17,6 +17,11 @@ from rlrun.registry import ALGORITHMS
 # learning_starts fall inside vector steps (a checkpoint at step 801); DQN steps four.
 RUNS = {
     "sac": (["algo=sac", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
+    # HL-Gauss critics: their support is rebuilt from the config, not saved (rlrun/hl_gauss.py).
+    "sac-hl_gauss": (
+        ["algo=sac", "env=Pendulum", "algo.critic_loss=hl_gauss", "total_steps=1500", "checkpoint.every=400", "eval.every=500"],
+        800,
+    ),
     "td3": (
         ["algo=td3", "env=Pendulum", "algo.num_envs=3", "total_steps=1500", "checkpoint.every=400", "eval.every=500"],
         801,

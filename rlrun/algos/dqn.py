@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +24,7 @@ from torch.nn import functional as F
 
 from rlrun.buffers import Batch, ReplayBuffer, to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
+from rlrun.hl_gauss import HLGauss, SupportCheck, ValueSupportConfig
 from rlrun.nets import OutputLinear, hidden_layers, polyak_update
 from rlrun.offpolicy import final_observations, make_training_envs, record_finished_episodes
 from rlrun.optim import adam, gradient_step
@@ -31,9 +33,10 @@ from rlrun.protocols import RunContext
 
 
 @dataclass(frozen=True)
-class DQNConfig:
+class DQNConfig(ValueSupportConfig):
     """DQN's hyperparameters; defaults are CleanRL dqn.py's classic-control settings, except
-    the gradient-norm clipping (Stable-Baselines3's)."""
+    the gradient-norm clipping (Stable-Baselines3's). The HL-Gauss value support (num_bins,
+    v_min, v_max, sigma_ratio) applies with critic_loss=hl_gauss."""
 
     lr: float = 2.5e-4
     """Adam step size."""
@@ -81,6 +84,10 @@ class DQNConfig:
     network values it, against max's overestimation; off as in Nature DQN."""
     dueling: bool = False
     """Dueling head Q = V + A − mean(A) (Wang et al. 2016); off as in Nature DQN."""
+    critic_loss: Literal["huber", "hl_gauss"] = "huber"
+    """The Q-network's loss. huber: Q(s, a) regresses its TD target under the Huber loss
+    (Nature DQN); hl_gauss: the network outputs a histogram over [v_min, v_max] per action,
+    trained by cross-entropy (rlrun/hl_gauss.py)."""
 
     def __post_init__(self) -> None:
         positive("algo.lr", self.lr)
@@ -102,6 +109,7 @@ class DQNConfig:
         if self.max_grad_norm is not None:
             positive("algo.max_grad_norm", self.max_grad_norm)
         layer_sizes("algo.hidden_sizes", self.hidden_sizes)
+        self.check_value_support(self.critic_loss)
 
 
 # ----- networks -----------------------------------------------------------------------------
@@ -143,16 +151,22 @@ class DuelingHead(nn.Module):
     """Q(s, a) = V(s) + A(s, a) − mean_a' A(s, a') (Wang et al. 2016, eq. 9).
 
     Subtracting the mean advantage makes V and A identifiable: Q − V has zero mean over actions.
+    With `outputs_per_action` > 1 (HL-Gauss logits) the same holds for each output, as Rainbow
+    combines its distributional streams: (B, |A|, outputs_per_action).
     """
 
-    def __init__(self, in_dim: int, num_actions: int) -> None:
+    def __init__(self, in_dim: int, num_actions: int, outputs_per_action: int = 1) -> None:
         super().__init__()
-        self.value = OutputLinear(in_dim, 1)
-        self.advantage = OutputLinear(in_dim, num_actions)
+        self.num_actions, self.outputs_per_action = num_actions, outputs_per_action
+        self.value = OutputLinear(in_dim, outputs_per_action)
+        self.advantage = OutputLinear(in_dim, num_actions * outputs_per_action)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        advantage = self.advantage(features)
-        return self.value(features) + advantage - advantage.mean(dim=-1, keepdim=True)
+        if self.outputs_per_action == 1:
+            advantage = self.advantage(features)
+            return self.value(features) + advantage - advantage.mean(dim=-1, keepdim=True)
+        advantage = self.advantage(features).unflatten(-1, (self.num_actions, self.outputs_per_action))
+        return self.value(features).unsqueeze(-2) + advantage - advantage.mean(dim=-2, keepdim=True)
 
 
 def is_image(obs_space: gym.spaces.Box) -> bool:
@@ -161,10 +175,21 @@ def is_image(obs_space: gym.spaces.Box) -> bool:
 
 
 class QNetwork(nn.Module):
-    """Q(s, ·) for all actions at once, (B, |A|): a torso and a linear or dueling head."""
+    """Q(s, ·) for all actions at once, (B, |A|): a torso and a linear or dueling head. With
+    `hl_gauss` the head gives each action a histogram's logits (`logits`, (B, |A|, num_bins))
+    and Q is that histogram's mean."""
 
-    def __init__(self, obs_space: gym.spaces.Box, num_actions: int, hidden_sizes: tuple[int, ...], dueling: bool) -> None:
+    def __init__(
+        self,
+        obs_space: gym.spaces.Box,
+        num_actions: int,
+        hidden_sizes: tuple[int, ...],
+        dueling: bool,
+        hl_gauss: HLGauss | None = None,
+    ) -> None:
         super().__init__()
+        self.hl_gauss = hl_gauss
+        self.num_actions = num_actions
         if is_image(obs_space):
             self.torso: nn.Module = NatureCNN(*obs_space.shape)
             features = NatureCNN.out_dim
@@ -172,10 +197,18 @@ class QNetwork(nn.Module):
             # Nested, so the parameters are named torso.0.*, as DQN checkpoints hold them.
             self.torso = nn.Sequential(hidden_layers(obs_space.shape[0], hidden_sizes))
             features = hidden_sizes[-1]
-        self.head = DuelingHead(features, num_actions) if dueling else OutputLinear(features, num_actions)
+        bins = 1 if hl_gauss is None else len(hl_gauss.centres)
+        self.head = DuelingHead(features, num_actions, bins) if dueling else OutputLinear(features, num_actions * bins)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.torso(obs))
+        if self.hl_gauss is None:
+            return self.head(self.torso(obs))
+        return self.hl_gauss.value(self.logits(obs))
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """HL-Gauss only: each action's histogram logits, (B, |A|, num_bins)."""
+        logits = self.head(self.torso(obs))
+        return logits if logits.dim() == 3 else logits.unflatten(-1, (self.num_actions, -1))
 
 
 def linear_epsilon(step: int, start: float, end: float, duration: float) -> float:
@@ -207,7 +240,9 @@ class DQN:
         # uint8 frames stay uint8 in the replay buffer (the CNN scales them); vectors are float32.
         self.obs_dtype = torch.uint8 if is_image(obs_space) else torch.float32
         self.num_actions = int(action_space.n)
-        self.q = QNetwork(obs_space, self.num_actions, config.hidden_sizes, config.dueling).to(device)
+        self.hl_gauss = HLGauss.from_config(config) if config.critic_loss == "hl_gauss" else None
+        self.support_check = SupportCheck(self.hl_gauss) if self.hl_gauss is not None else None
+        self.q = QNetwork(obs_space, self.num_actions, config.hidden_sizes, config.dueling, self.hl_gauss).to(device)
         self.target_q = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = adam(self.q.parameters(), config.lr)
         self.rng = np.random.default_rng(seed)  # the ε coin flips
@@ -269,6 +304,8 @@ class DQN:
         return batch.rewards + self.config.gamma * (1.0 - batch.terminated) * next_value
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.hl_gauss is not None:
+            return self.update_hl_gauss(batch)
         # Q(s, a) of the actions taken.
         q = self.q(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
         # Huber loss (δ = 1): squared for |y − Q| < 1, linear beyond, so one large TD error
@@ -276,6 +313,17 @@ class DQN:
         loss = F.smooth_l1_loss(q, self.td_target(batch))
         gradient_step(self.optimizer, loss, self.config.max_grad_norm)
         return {"losses/td": loss.detach(), "train/q_mean": q.mean().detach()}
+
+    def update_hl_gauss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Cross-entropy −Σ_k p_k(y) log softmax(logits(s, a))_k between the TD target's
+        HL-Gauss histogram p(y) and the taken action's (rlrun/hl_gauss.py)."""
+        index = batch.actions.view(-1, 1, 1).expand(-1, 1, len(self.hl_gauss.centres))
+        logits = self.q.logits(batch.obs).gather(1, index).squeeze(1)
+        target = self.td_target(batch)
+        loss = self.hl_gauss.loss(logits, target).mean()
+        gradient_step(self.optimizer, loss, self.config.max_grad_norm)
+        q = self.hl_gauss.value(logits.detach())
+        return {"losses/td": loss.detach(), "train/q_mean": q.mean(), "train/target_outside_support": self.support_check(target)}
 
     # ----- the loop -------------------------------------------------------------------------
     def train(self, run: RunContext) -> None:

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from rlrun.buffers import Batch
 from rlrun.config import positive
+from rlrun.hl_gauss import CriticLoss, HLGauss, SupportCheck, ValueSupportConfig
 from rlrun.nets import OutputLinear, QEnsemble, hidden_layers, polyak_update
 from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 from rlrun.optim import adam, gradient_step
@@ -29,9 +30,10 @@ from rlrun.protocols import RunContext
 
 
 @dataclass(frozen=True)
-class SACConfig(OffPolicyConfig):
+class SACConfig(OffPolicyConfig, ValueSupportConfig):
     """The shared off-policy settings (lr, gamma, tau, batch_size, buffer_size,
-    learning_starts, hidden_sizes, updates_per_step) plus SAC's own."""
+    learning_starts, hidden_sizes, updates_per_step), the HL-Gauss value support (num_bins,
+    v_min, v_max, sigma_ratio) plus SAC's own."""
 
     num_critics: int = 2
     """Critics trained side by side; targets and the actor's loss take their minimum (clipped
@@ -41,11 +43,15 @@ class SACConfig(OffPolicyConfig):
     target_entropy: float | Literal["auto"] = "auto"
     """The policy entropy the temperature is tuned towards, in nats; auto = −|A|, the
     paper's heuristic (Haarnoja et al. 2018, Table 1)."""
+    critic_loss: CriticLoss = "mse"
+    """mse: each critic regresses its TD target (the paper's loss); hl_gauss: each critic
+    outputs a histogram over [v_min, v_max] trained by cross-entropy (rlrun/hl_gauss.py)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive("algo.num_critics", self.num_critics)
         positive("algo.init_temperature", self.init_temperature)
+        self.check_value_support(self.critic_loss)
 
 
 # ----- networks -----------------------------------------------------------------------------
@@ -118,7 +124,11 @@ class SAC:
         self.actions = BoxActions(action_space)
 
         self.actor = TanhGaussianActor(obs_dim, action_dim, config.hidden_sizes).to(device)
-        self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics).to(device)
+        # With HL-Gauss each critic outputs the logits of its value histogram.
+        self.hl_gauss = HLGauss.from_config(config).to(device) if config.critic_loss == "hl_gauss" else None
+        self.support_check = SupportCheck(self.hl_gauss) if self.hl_gauss is not None else None
+        outputs = 1 if self.hl_gauss is None else config.num_bins
+        self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics, outputs).to(device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         # The temperature is learnt as log α so it stays positive.
         self.log_alpha = torch.tensor(math.log(config.init_temperature), device=device, requires_grad=True)
@@ -146,6 +156,10 @@ class SAC:
         return nn.Sequential(MeanAction(self.actor), RescaleToBounds(self.actions.low, self.actions.high))
 
     # ----- learning -------------------------------------------------------------------------
+    def q_values(self, critic_outputs: torch.Tensor) -> torch.Tensor:
+        """Q_i(s, a), shape (n, B): the critics' outputs, or with HL-Gauss their histograms' means."""
+        return critic_outputs if self.hl_gauss is None else self.hl_gauss.value(critic_outputs)
+
     @torch.no_grad()
     def critic_target(self, batch: Batch) -> torch.Tensor:
         """y = r + γ (1 − terminated) (min_i Q̄_i(s', a') − α log π(a'|s')),  a' ~ π(·|s').
@@ -153,23 +167,32 @@ class SAC:
         Only true terminations stop bootstrapping; a time-limit truncation still bootstraps.
         """
         next_action, next_log_prob = self.actor.sample(batch.next_obs)
-        next_q = self.target_critic(batch.next_obs, next_action).min(dim=0).values
+        next_q = self.q_values(self.target_critic(batch.next_obs, next_action)).min(dim=0).values
         soft_value = next_q - self.log_alpha.exp() * next_log_prob
         return batch.rewards + self.config.gamma * (1.0 - batch.terminated) * soft_value
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         alpha = self.log_alpha.exp().detach()
 
-        # Critics: J_Q = ½ Σ_i E[(Q_i(s, a) − y)²]
-        q = self.critic(batch.obs, batch.actions)
-        critic_loss = 0.5 * ((q - self.critic_target(batch)) ** 2).mean(dim=1).sum()
+        metrics = {}
+        if self.hl_gauss is None:
+            # Critics: J_Q = ½ Σ_i E[(Q_i(s, a) − y)²]
+            q = self.critic(batch.obs, batch.actions)
+            critic_loss = 0.5 * ((q - self.critic_target(batch)) ** 2).mean(dim=1).sum()
+        else:
+            # Critics: J_Q = Σ_i E[−Σ_k p_k(y) log softmax(logits_i(s, a))_k], p(y) y's HL-Gauss histogram
+            logits = self.critic(batch.obs, batch.actions)
+            target = self.critic_target(batch)
+            critic_loss = self.hl_gauss.loss(logits, target).mean(dim=1).sum()
+            q = self.hl_gauss.value(logits.detach())
+            metrics["train/target_outside_support"] = self.support_check(target)
         gradient_step(self.critic_optimizer, critic_loss)
 
         # Actor: J_π = E[α log π(ã|s) − min_i Q_i(s, ã)], ã reparameterised. The critics are
         # frozen here so the backward pass skips their weight gradients.
         action, log_prob = self.actor.sample(batch.obs)
         self.critic.requires_grad_(False)
-        q_new = self.critic(batch.obs, action).min(dim=0).values
+        q_new = self.q_values(self.critic(batch.obs, action)).min(dim=0).values
         self.critic.requires_grad_(True)
         actor_loss = (alpha * log_prob - q_new).mean()
         gradient_step(self.actor_optimizer, actor_loss)
@@ -181,6 +204,7 @@ class SAC:
 
         polyak_update(self.target_critic, self.critic, self.config.tau)
         return {
+            **metrics,
             "losses/critic": critic_loss.detach(),
             "losses/actor": actor_loss.detach(),
             "losses/alpha": alpha_loss.detach(),

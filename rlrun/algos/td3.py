@@ -20,6 +20,7 @@ from torch import nn
 
 from rlrun.buffers import Batch
 from rlrun.config import non_negative, positive
+from rlrun.hl_gauss import CriticLoss, HLGauss, SupportCheck, ValueSupportConfig
 from rlrun.nets import QEnsemble, mlp, polyak_update
 from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
 from rlrun.optim import adam, gradient_step
@@ -28,9 +29,10 @@ from rlrun.protocols import RunContext
 
 
 @dataclass(frozen=True)
-class TD3Config(OffPolicyConfig):
+class TD3Config(OffPolicyConfig, ValueSupportConfig):
     """The shared off-policy settings (lr, gamma, tau, batch_size, buffer_size,
-    learning_starts, hidden_sizes, updates_per_step) plus TD3's own."""
+    learning_starts, hidden_sizes, updates_per_step), the HL-Gauss value support (num_bins,
+    v_min, v_max, sigma_ratio) plus TD3's own."""
 
     learning_starts: int = 25_000
     """As in OffPolicyConfig; 25,000 rather than SAC's 5000 to match the TD3 authors' code
@@ -47,9 +49,13 @@ class TD3Config(OffPolicyConfig):
     """The smoothing noise is clipped to ±noise_clip, same units (the paper's 0.5)."""
     policy_delay: int = 2
     """Critic updates per actor and target-network update (the paper's d = 2)."""
+    critic_loss: CriticLoss = "mse"
+    """mse: each critic regresses its TD target (the paper's loss); hl_gauss: each critic
+    outputs a histogram over [v_min, v_max] trained by cross-entropy (rlrun/hl_gauss.py)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_value_support(self.critic_loss)
         positive("algo.num_critics", self.num_critics)
         non_negative("algo.exploration_noise", self.exploration_noise)
         non_negative("algo.policy_noise", self.policy_noise)
@@ -87,7 +93,11 @@ class TD3:
 
         self.actor = DeterministicActor(obs_dim, action_dim, config.hidden_sizes).to(device)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics).to(device)
+        # With HL-Gauss each critic outputs the logits of its value histogram.
+        self.hl_gauss = HLGauss.from_config(config).to(device) if config.critic_loss == "hl_gauss" else None
+        self.support_check = SupportCheck(self.hl_gauss) if self.hl_gauss is not None else None
+        outputs = 1 if self.hl_gauss is None else config.num_bins
+        self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics, outputs).to(device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.actor.parameters(), config.lr)
         self.critic_optimizer = adam(self.critic.parameters(), config.lr)
@@ -121,29 +131,49 @@ class TD3:
         noise = (torch.randn_like(mean) * self.config.policy_noise).clamp(-self.config.noise_clip, self.config.noise_clip)
         return (mean + noise).clamp(-1.0, 1.0)
 
+    def q_values(self, critic_outputs: torch.Tensor) -> torch.Tensor:
+        """Q values from the critics' outputs: the outputs themselves, or with HL-Gauss their
+        histograms' means (the last dimension, the bins, is averaged away)."""
+        return critic_outputs if self.hl_gauss is None else self.hl_gauss.value(critic_outputs)
+
     @torch.no_grad()
     def critic_target(self, batch: Batch) -> torch.Tensor:
         """y = r + γ (1 − terminated) min_i Q̄_i(s', ã); truncations still bootstrap."""
-        next_q = self.target_critic(batch.next_obs, self.smoothed_target_action(batch.next_obs)).min(dim=0).values
+        next_outputs = self.target_critic(batch.next_obs, self.smoothed_target_action(batch.next_obs))
+        next_q = self.q_values(next_outputs).min(dim=0).values
         return batch.rewards + self.config.gamma * (1.0 - batch.terminated) * next_q
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        # Critics: Σ_i E[(Q_i(s, a) − y)²]
-        q = self.critic(batch.obs, batch.actions)
-        critic_loss = ((q - self.critic_target(batch)) ** 2).mean(dim=1).sum()
+        metrics = {}
+        if self.hl_gauss is None:
+            # Critics: Σ_i E[(Q_i(s, a) − y)²]
+            q = self.critic(batch.obs, batch.actions)
+            critic_loss = ((q - self.critic_target(batch)) ** 2).mean(dim=1).sum()
+        else:
+            # Critics: Σ_i E[−Σ_k p_k(y) log softmax(logits_i(s, a))_k], p(y) y's HL-Gauss histogram
+            logits = self.critic(batch.obs, batch.actions)
+            target = self.critic_target(batch)
+            critic_loss = self.hl_gauss.loss(logits, target).mean(dim=1).sum()
+            q = self.hl_gauss.value(logits.detach())
+            metrics["train/target_outside_support"] = self.support_check(target)
         gradient_step(self.critic_optimizer, critic_loss)
         self.critic_updates += 1
 
         # Actor and targets every policy_delay critic updates: J = −E[Q_1(s, μ(s))].
         if self.critic_updates % self.config.policy_delay == 0:
             self.critic.requires_grad_(False)  # no critic weight gradients from the actor loss
-            actor_loss = -self.critic.member(0, batch.obs, self.actor(batch.obs)).mean()
+            actor_loss = -self.q_values(self.critic.member(0, batch.obs, self.actor(batch.obs))).mean()
             self.critic.requires_grad_(True)
             gradient_step(self.actor_optimizer, actor_loss)
             self.actor_loss = actor_loss.detach()
             polyak_update(self.target_actor, self.actor, self.config.tau)
             polyak_update(self.target_critic, self.critic, self.config.tau)
-        return {"losses/critic": critic_loss.detach(), "losses/actor": self.actor_loss, "train/q_mean": q.mean().detach()}
+        return {
+            **metrics,
+            "losses/critic": critic_loss.detach(),
+            "losses/actor": self.actor_loss,
+            "train/q_mean": q.mean().detach(),
+        }
 
     def train(self, run: RunContext) -> None:
         train_off_policy(self, run, self.config)
