@@ -13,6 +13,7 @@ ALGORITHMS: dict[str, str] = {
     "dqn": "rlrun.algos.dqn:DQN",
     "td3": "rlrun.algos.td3:TD3",
     "ddpg": "rlrun.algos.ddpg:DDPG",
+    "crossq": "rlrun.algos.crossq:CrossQ",
 }
 
 
