@@ -16,6 +16,7 @@ import torch
 from conftest import run_rlrun
 from torch.profiler import ProfilerActivity, profile
 
+from rlrun.algos.crossq import CrossQ, CrossQConfig
 from rlrun.algos.ddpg import DDPG, DDPGConfig
 from rlrun.algos.dqn import DQN, DQNConfig
 from rlrun.algos.ppo import PPO, PPOConfig
@@ -33,13 +34,25 @@ OFF_POLICY = {
     "sac": (SAC, SACConfig(**SMALL)),
     "td3": (TD3, TD3Config(**SMALL)),
     "ddpg": (DDPG, DDPGConfig(**SMALL)),
+    "crossq": (
+        CrossQ,
+        CrossQConfig(actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), batch_size=64, learning_starts=100),
+    ),
     # Greedy throughout (ε = 0), so that every step reads its action back from the GPU.
     "dqn": (DQN, DQNConfig(**SMALL, train_every=1, start_epsilon=0.0, end_epsilon=0.0)),
 }
 
 
 @pytest.mark.parametrize(
-    "algo, env", [("sac", "Pendulum"), ("td3", "Pendulum"), ("ddpg", "Pendulum"), ("ppo", "Pendulum"), ("dqn", "CartPole")]
+    "algo, env",
+    [
+        ("sac", "Pendulum"),
+        ("td3", "Pendulum"),
+        ("ddpg", "Pendulum"),
+        ("crossq", "Pendulum"),
+        ("ppo", "Pendulum"),
+        ("dqn", "CartPole"),
+    ],
 )
 def test_device_auto_trains_on_the_gpu(tmp_path, algo, env):
     result = run_rlrun("experiment=smoke", f"algo={algo}", f"env={env}", f"hydra.run.dir={tmp_path}")

@@ -15,6 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 RUNS = {
     "sac": (["algo=sac", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
     "td3": (["algo=td3", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
+    # CrossQ's smoke config ends the batch renormalisation's warm-up (100 passes) before the kill.
+    "crossq": (["algo=crossq", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
     "ppo": (
         ["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=6000", "checkpoint.every=1000", "eval.every=2000"],
         2000,
