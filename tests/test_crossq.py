@@ -176,7 +176,7 @@ def test_the_actor_and_temperature_learn_every_policy_delay_critic_updates():
     assert {layer.steps.item() for layer in renorm_layers(agent.actor)} == {1}
 
 
-def test_there_are_no_target_networks_and_adam_uses_the_papers_beta1():
+def test_there_are_no_target_networks_and_adam_uses_the_papers_beta1_for_the_networks():
     agent = make_agent()
     assert set(agent.state_dict()) == {
         "actor",
@@ -188,6 +188,7 @@ def test_there_are_no_target_networks_and_adam_uses_the_papers_beta1():
         "critic_updates",
     }
     assert agent.critic_optimizer.betas == agent.actor_optimizer.betas == (0.5, 0.999)
+    assert agent.alpha_optimizer.betas == (0.9, 0.999)
     assert len(renorm_layers(agent.critic)) == 3 and len(renorm_layers(agent.actor)) == 3
 
 

@@ -40,7 +40,8 @@ class CrossQConfig:
     lr: float = 1e-3
     """Adam step size for actor, critics and temperature."""
     adam_beta1: float = 0.5
-    """Adam's β₁ for every network, the paper's 0.5 rather than Adam's usual 0.9 (β₂ stays 0.999)."""
+    """Adam's β₁ for actor and critics, the paper's 0.5 rather than Adam's usual 0.9 (β₂ stays
+    0.999); the temperature's Adam keeps 0.9, as in the authors' code and sb3-contrib."""
     gamma: float = 0.99
     """Discount factor of future rewards."""
     batch_size: int = 256
@@ -226,7 +227,7 @@ class CrossQ:
         betas = (config.adam_beta1, 0.999)
         self.actor_optimizer = Adam(self.actor.parameters(), config.lr, betas=betas)
         self.critic_optimizer = Adam(self.critic.parameters(), config.lr, betas=betas)
-        self.alpha_optimizer = Adam([self.log_alpha], config.lr, betas=betas)
+        self.alpha_optimizer = Adam([self.log_alpha], config.lr)
         self.critic_updates = 0
 
     # ----- acting (running statistics: the networks stay in evaluation mode) ---------------
