@@ -14,6 +14,7 @@ ALGORITHMS: dict[str, str] = {
     "td3": "rlrun.algos.td3:TD3",
     "ddpg": "rlrun.algos.ddpg:DDPG",
     "dsac_t": "rlrun.algos.dsac_t:DSACT",
+    "crossq": "rlrun.algos.crossq:CrossQ",
 }
 
 

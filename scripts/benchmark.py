@@ -50,7 +50,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ENVS = {"sac": "HalfCheetah", "td3": "HalfCheetah", "ddpg": "HalfCheetah", "ppo": "HalfCheetah", "dqn": "CartPole"}
+DEFAULT_ENVS = {
+    "sac": "HalfCheetah",
+    "td3": "HalfCheetah",
+    "ddpg": "HalfCheetah",
+    "crossq": "HalfCheetah",
+    "ppo": "HalfCheetah",
+    "dqn": "CartPole",
+}
 # Peers without an rlrun algorithm of their own take the settings of this rlrun algorithm.
 SETTINGS_FROM = {"tqc": "sac"}
 
@@ -273,6 +280,30 @@ def sb3_model(algo: str, config: dict, env, seed: int, device: str = "cpu"):
                 **off_policy,
             )
         return sb3.DDPG("MlpPolicy", env, action_noise=noise, **off_policy)
+    if algo == "crossq":  # sb3-contrib's CrossQ, the reference implementation in PyTorch
+        from sb3_contrib import CrossQ
+
+        return CrossQ(
+            "MlpPolicy",
+            env,
+            learning_rate=a["lr"],
+            buffer_size=a["buffer_size"],
+            learning_starts=a["learning_starts"],
+            batch_size=a["batch_size"],
+            train_freq=1,
+            gradient_steps=a["updates_per_step"],
+            policy_delay=a["policy_delay"],
+            ent_coef=f"auto_{a['init_temperature']}",
+            target_entropy=a["target_entropy"],
+            policy_kwargs=dict(
+                net_arch=dict(pi=list(a["actor_hidden_sizes"]), qf=list(a["critic_hidden_sizes"])),
+                n_critics=a["num_critics"],
+                batch_norm_momentum=a["batch_norm_momentum"],
+                renorm_warmup_steps=a["renorm_warmup_steps"],
+                optimizer_kwargs=dict(betas=(a["adam_beta1"], 0.999)),
+            ),
+            **common,
+        )
     if algo == "ppo":
         lr = a["lr"]
         return sb3.PPO(

@@ -16,6 +16,7 @@ import torch
 from conftest import run_rlrun
 from torch.profiler import ProfilerActivity, profile
 
+from rlrun.algos.crossq import CrossQ, CrossQConfig
 from rlrun.algos.ddpg import DDPG, DDPGConfig
 from rlrun.algos.dqn import DQN, DQNConfig
 from rlrun.algos.dsac_t import DSACT, DSACTConfig
@@ -35,6 +36,10 @@ OFF_POLICY = {
     "td3": (TD3, TD3Config(**SMALL)),
     "ddpg": (DDPG, DDPGConfig(**SMALL)),
     "dsac_t": (DSACT, DSACTConfig(**SMALL)),
+    "crossq": (
+        CrossQ,
+        CrossQConfig(actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), batch_size=64, learning_starts=100),
+    ),
     # Greedy throughout (ε = 0), so that every step reads its action back from the GPU.
     "dqn": (DQN, DQNConfig(**SMALL, train_every=1, start_epsilon=0.0, end_epsilon=0.0)),
 }
@@ -47,6 +52,7 @@ OFF_POLICY = {
         ("td3", "Pendulum"),
         ("ddpg", "Pendulum"),
         ("dsac_t", "Pendulum"),
+        ("crossq", "Pendulum"),
         ("ppo", "Pendulum"),
         ("dqn", "CartPole"),
     ],

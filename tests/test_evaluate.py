@@ -19,6 +19,7 @@ RUNS = {
     "ppo": ("Pendulum", []),  # observation normalisation and clipped Box actions
     "dqn": ("CartPole", []),
     "td3": ("Pendulum", []),
+    "crossq": ("Pendulum", []),  # batch renormalisation layers, in evaluation mode when acting
 }
 
 

@@ -72,6 +72,21 @@ CASES = {
         bar=-350,
         scored_evaluations=3,
     ),
+    # The tuned RL Zoo settings with CPU-sized networks; learning starts at the first evaluation.
+    "crossq-Pendulum": LearningTest(
+        (
+            "algo=crossq",
+            "env=Pendulum",
+            "total_steps=4000",
+            "algo.learning_starts=1000",
+            "algo.actor_hidden_sizes=[64,64]",
+            "algo.critic_hidden_sizes=[64,64]",
+            "eval.every=1000",
+        ),
+        evaluations=4,
+        untrained_below=-1000,
+        bar=-200,
+    ),
     # The tuned RL Zoo settings; the learning rate anneals to zero over these 30,000 steps.
     "ppo-CartPole": LearningTest(
         ("algo=ppo", "env=CartPole", "total_steps=30000", "eval.every=1000", "eval.episodes=5"),

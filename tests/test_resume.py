@@ -27,6 +27,8 @@ RUNS = {
         801,
     ),
     "dsac_t": (["algo=dsac_t", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
+    # CrossQ's smoke config ends the batch renormalisation's warm-up (100 passes) before the kill.
+    "crossq": (["algo=crossq", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
     "ppo": (
         ["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=6000", "checkpoint.every=1000", "eval.every=2000"],
         2000,

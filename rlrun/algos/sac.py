@@ -72,9 +72,18 @@ def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: 
 class TanhGaussianActor(nn.Module):
     """A Gaussian policy squashed by tanh into [-1, 1]^|A| (SAC's actor)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int],
+        activation: type[nn.Module] = nn.ReLU,
+        trunk: nn.Module | None = None,
+    ) -> None:
+        """`trunk` maps observations to hidden_sizes[-1] features; by default an MLP of
+        `hidden_sizes` with `activation` (CrossQ passes one with batch renormalisation)."""
         super().__init__()
-        self.trunk = hidden_layers(obs_dim, hidden_sizes, activation)
+        self.trunk = hidden_layers(obs_dim, hidden_sizes, activation) if trunk is None else trunk
         self.head = OutputLinear(hidden_sizes[-1], 2 * action_dim)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
