@@ -1,7 +1,8 @@
-"""Networks that several algorithms share: MLPs, the critic ensemble, target-network updates.
+"""Networks that several algorithms share: MLPs, the Nature CNN for Atari frames, the critic
+ensemble, target-network updates.
 
 A network used by one algorithm only lives in that algorithm's file (SAC's tanh-Gaussian
-actor, TD3's deterministic actor, DQN's Nature CNN and dueling head, PPO's actor-critic).
+actor, TD3's deterministic actor, DQN's dueling head, PPO's actor-critic).
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import math
 from collections.abc import Sequence
 from functools import partial
 
+import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from rlrun.config import ConfigError
 
 
 def hidden_layers(in_dim: int, hidden_sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -45,6 +50,55 @@ class OutputLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return in_float32(super().forward, x)
+
+
+# ----- images ------------------------------------------------------------------------------
+def is_image(obs_space: gym.spaces.Box) -> bool:
+    """Frame stacks (C, H, W) of uint8 pixels go to the CNN; flat vectors to the MLP."""
+    return len(obs_space.shape) == 3
+
+
+def check_image_space(algo: str, obs_space: gym.spaces.Box) -> None:
+    """One line if the Nature CNN cannot take these frames: it needs uint8 pixels and sides of
+    at least 36 pixels."""
+    if obs_space.dtype != np.uint8:
+        raise ConfigError(f"algo={algo}'s CNN needs uint8 pixel observations (0..255), got {obs_space.dtype}")
+    if min(nature_cnn_output_size(side) for side in obs_space.shape[1:]) < 1:
+        raise ConfigError(f"algo={algo}'s Nature CNN needs frames of at least 36×36 pixels, got {obs_space.shape[1:]}")
+
+
+class NatureCNN(nn.Module):
+    """The Atari torso of Mnih et al. 2015: 3 conv layers and a 512-unit layer.
+
+    Takes uint8 frame stacks (B, C, H, W) with values 0..255, scaled here to [0, 1], so that
+    replay buffers and rollouts can keep uint8. Returns (B, 512) features.
+    """
+
+    out_dim = 512
+
+    def __init__(self, in_channels: int, height: int, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        conv_h, conv_w = nature_cnn_output_size(height), nature_cnn_output_size(width)
+        self.fc = nn.Sequential(nn.Linear(64 * conv_h * conv_w, self.out_dim), nn.ReLU())
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(frames.float() / 255.0))
+
+
+def nature_cnn_output_size(size: int) -> int:
+    """Side of NatureCNN's last feature map for an input side of `size` pixels (84 → 7)."""
+    for kernel, stride in ((8, 4), (4, 2), (3, 1)):
+        size = (size - kernel) // stride + 1
+    return size
 
 
 class EnsembleLinear(nn.Module):

@@ -10,10 +10,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from rlrun import checkpoint
-from rlrun.algos.dqn import DQN, DQNConfig, DuelingHead, NatureCNN, QNetwork, linear_epsilon
+from rlrun.algos.dqn import DQN, DQNConfig, DuelingHead, QNetwork, linear_epsilon
 from rlrun.buffers import Batch
 from rlrun.config import EnvConfig
 from rlrun.envs import env_spaces
+from rlrun.nets import NatureCNN
 
 SCALARS = {"losses/td", "train/q_mean", "train/epsilon", "eval/return_mean", "eval/return_std", "perf/sps"}
 

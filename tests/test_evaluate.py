@@ -1,6 +1,7 @@
 """Looking at a trained agent: `rlrun evaluate=`, checkpoints/best.pt, videos, `rlrun export=`."""
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -202,6 +203,48 @@ def test_export_command_writes_the_policy_and_its_description(runs):
     assert description["step"] == best_step and description["input"] == {"name": "obs", "shape": ["batch", 3], "dtype": "float32"}
     assert description["output"]["low"] == [-2.0] and description["output"]["high"] == [2.0]
     assert not list((run_dir / "export").glob("*.tmp"))
+
+
+def test_ppo_on_atari_frames_evaluates_and_exports_with_uint8_input(tmp_path):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    from rlrun.envs import make_env
+    from rlrun.export import export_policy
+
+    run_dir = tmp_path / "ppo-Pong"
+    result = run_rlrun(
+        "experiment=smoke", "algo=ppo", "env=Pong", "total_steps=304", "threads=1", "device=cpu", f"hydra.run.dir={run_dir}"
+    )
+    assert result.returncode == 0, result.stderr
+    result = run_rlrun(f"evaluate={run_dir}", "device=cpu")
+    assert result.returncode == 0, result.stderr
+    (written,) = (run_dir / "evaluations").glob("step_*.json")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert json.loads(written.read_text())["return_mean"] == summary["eval_return_mean"]
+
+    saved = load_agent(run_dir / "checkpoints" / "step_000000304.pt", {}, "cpu")
+    env = make_env(saved.plan.run_config.env, 0, training=False)
+    obs, _ = env.reset(seed=0)
+    frames = []
+    for _ in range(48):  # preprocessed frame stacks of a random-action game
+        frames.append(obs)
+        obs, *_ = env.step(env.action_space.sample())
+    frames = np.stack(frames)
+    expected = np.array([saved.agent.act(frame) for frame in frames])
+    formats = ["torchscript"]
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
+        formats.append("onnx")
+    for fmt in formats:
+        exported, description = export_policy(saved, tmp_path / "export", fmt)
+        described = json.loads(description.read_text())
+        assert described["input"] == {"name": "obs", "shape": ["batch", 4, 84, 84], "dtype": "uint8"}
+        if fmt == "onnx":
+            import onnxruntime
+
+            actions = onnxruntime.InferenceSession(str(exported)).run(None, {"obs": frames})[0]
+        else:
+            actions = torch.jit.load(str(exported))(torch.from_numpy(frames)).numpy()
+        np.testing.assert_array_equal(actions, expected)
 
 
 # ----- bad input: one line, exit 2, nothing written -------------------------------------------

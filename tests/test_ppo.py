@@ -6,10 +6,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from rlrun import checkpoint
 from rlrun.algos.ppo import PPO, PPOConfig, compute_gae
-from rlrun.config import from_mapping
+from rlrun.config import EnvConfig, from_mapping
+from rlrun.envs import env_spaces
+from rlrun.nets import NatureCNN
 
 
 def test_gae_on_a_hand_computed_rollout_with_a_termination_and_a_truncation():
@@ -134,6 +137,76 @@ def test_smoke_run_on_pendulum(rlrun, tmp_path):
     assert {"model", "optimizer", "obs_rms", "return_rms"} <= set(state["agent"])
     assert "log_std" in state["agent"]["model"]  # the Gaussian policy's learnt log σ
     assert agent.act(np.zeros(3, dtype=np.float32)).shape == (1,)
+
+
+FRAMES = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+
+
+def test_image_observations_get_one_orthogonally_initialised_cnn_under_two_linear_heads():
+    agent = PPO(PPOConfig(normalize_obs=False), FRAMES, gym.spaces.Discrete(6), torch.device("cpu"), 0)
+    model = agent.model
+    assert isinstance(model.torso, NatureCNN)
+    assert [(head.in_features, head.out_features) for head in (*model.actor, *model.critic)] == [(512, 6), (512, 1)]
+
+    def gram(layer: nn.Module) -> torch.Tensor:  # W·Wᵀ of the weight with its rows flattened
+        weight = layer.weight.detach().flatten(1)
+        return weight @ weight.T
+
+    # Orthogonal rows scaled by the gain: √2 in the CNN, 0.01 for the policy, 1 for the value.
+    for layer in (model.torso.conv[0], model.torso.conv[2], model.torso.fc[0]):
+        torch.testing.assert_close(gram(layer), 2.0 * torch.eye(layer.weight.shape[0]), atol=1e-4, rtol=0)
+        assert not layer.bias.any()
+    torch.testing.assert_close(gram(model.actor[0]), 1e-4 * torch.eye(6), atol=1e-7, rtol=0)
+    torch.testing.assert_close(gram(model.critic[0]), torch.eye(1))
+
+    frames = torch.randint(0, 256, (5, *FRAMES.shape), dtype=torch.uint8)
+    dist, value = model.distribution_and_value(frames)
+    torch.testing.assert_close(dist.logits, model.distribution(frames).logits)
+    torch.testing.assert_close(value, model.value(frames))
+    # Both heads' losses reach the shared torso.
+    for head in (dist.logits.sum(), value.sum()):
+        model.zero_grad()
+        head.backward(retain_graph=True)
+        assert model.torso.fc[0].weight.grad.abs().sum() > 0
+
+
+def test_smoke_run_on_pong_with_the_shared_cnn(rlrun, tmp_path):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    # The tuned CleanRL settings with the smoke sizes: 8 envs × 32 steps, one rollout trained
+    # (2 epochs × 4 minibatches), 6 steps more to pass eval.every=300, one greedy game.
+    run_dir = tmp_path / "run"
+    result = rlrun("experiment=smoke", "algo=ppo", "env=Pong", "total_steps=304", "threads=1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["total_steps"] == 304 and summary["env_id"] == "ALE/Pong-v5"
+    assert -21 <= summary["eval_return_mean"] <= 21  # the game score, unclipped
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("losses/policy" in row for row in rows)
+
+    state = checkpoint.load(run_dir / "checkpoints" / "step_000000304.pt")  # weights_only=True
+    assert state["config"]["algo"]["num_envs"] == 8 and state["config"]["algo"]["clip_coef"] == 0.1  # tuned/ppo-Pong.yaml
+    assert state["loop"]["rollout"]["obs"].dtype == torch.uint8  # frames stay uint8 in the rollout
+    obs_space, action_space = env_spaces(EnvConfig("ALE/Pong-v5", 304))
+    algo = {k: v for k, v in state["config"]["algo"].items() if k != "name"}
+    agent = PPO(from_mapping(PPOConfig, algo), obs_space, action_space, torch.device("cpu"), 0)
+    agent.load_state_dict(state["agent"])
+    torch.testing.assert_close(agent.model.state_dict(), state["agent"]["model"])
+    assert 0 <= agent.act(np.zeros(obs_space.shape, dtype=np.uint8)) < action_space.n
+
+
+def test_image_observations_with_running_normalisation_fail_with_one_line(rlrun, tmp_path):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    run_dir = tmp_path / "run"
+    result = rlrun("algo=ppo", "env=Pong", "algo.normalize_obs=true", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    # The last line: ale-py's C++ library prints its banner to stderr when it loads.
+    assert result.stderr.strip().splitlines()[-1] == (
+        "rlrun: error: algo.normalize_obs=true standardises vector observations; image observations are "
+        "scaled by 1/255 in the CNN: set algo.normalize_obs=false (configs/tuned/ppo-Pong.yaml does)"
+    )
+    assert not run_dir.exists()
 
 
 @pytest.mark.parametrize("env", ["CartPole", "HalfCheetah"])

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from rlrun.buffers import Batch, ReplayBuffer, to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.hl_gauss import HLGauss, SupportCheck, ValueSupportConfig
-from rlrun.nets import OutputLinear, hidden_layers, polyak_update
+from rlrun.nets import NatureCNN, OutputLinear, check_image_space, hidden_layers, is_image, polyak_update
 from rlrun.offpolicy import final_observations, make_training_envs, record_finished_episodes
 from rlrun.optim import adam, gradient_step
 from rlrun.policy_modules import Argmax
@@ -113,40 +113,6 @@ class DQNConfig(ValueSupportConfig):
 
 
 # ----- networks -----------------------------------------------------------------------------
-class NatureCNN(nn.Module):
-    """The Atari torso of Mnih et al. 2015: 3 conv layers and a 512-unit layer.
-
-    Takes uint8 frame stacks (B, C, H, W) with values 0..255, scaled here to [0, 1], so that
-    replay buffers can keep uint8. Returns (B, 512) features.
-    """
-
-    out_dim = 512
-
-    def __init__(self, in_channels: int, height: int, width: int) -> None:
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=4, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, kernel_size=3, stride=1),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
-        conv_h, conv_w = nature_cnn_output_size(height), nature_cnn_output_size(width)
-        self.fc = nn.Sequential(nn.Linear(64 * conv_h * conv_w, self.out_dim), nn.ReLU())
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(frames.float() / 255.0))
-
-
-def nature_cnn_output_size(size: int) -> int:
-    """Side of NatureCNN's last feature map for an input side of `size` pixels (84 → 7)."""
-    for kernel, stride in ((8, 4), (4, 2), (3, 1)):
-        size = (size - kernel) // stride + 1
-    return size
-
-
 class DuelingHead(nn.Module):
     """Q(s, a) = V(s) + A(s, a) − mean_a' A(s, a') (Wang et al. 2016, eq. 9).
 
@@ -167,11 +133,6 @@ class DuelingHead(nn.Module):
             return self.value(features) + advantage - advantage.mean(dim=-1, keepdim=True)
         advantage = self.advantage(features).unflatten(-1, (self.num_actions, self.outputs_per_action))
         return self.value(features).unsqueeze(-2) + advantage - advantage.mean(dim=-2, keepdim=True)
-
-
-def is_image(obs_space: gym.spaces.Box) -> bool:
-    """Frame stacks (C, H, W) of uint8 pixels go to the CNN; flat vectors to the MLP."""
-    return len(obs_space.shape) == 3
 
 
 class QNetwork(nn.Module):
@@ -227,10 +188,7 @@ class DQN:
         if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) not in (1, 3):
             raise ConfigError(f"algo=dqn needs flat vector or (C, H, W) image observations, got {obs_space}")
         if is_image(obs_space):
-            if obs_space.dtype != np.uint8:
-                raise ConfigError(f"algo=dqn's CNN needs uint8 pixel observations (0..255), got {obs_space.dtype}")
-            if min(nature_cnn_output_size(side) for side in obs_space.shape[1:]) < 1:
-                raise ConfigError(f"algo=dqn's Nature CNN needs frames of at least 36×36 pixels, got {obs_space.shape[1:]}")
+            check_image_space("dqn", obs_space)
 
     def __init__(self, config: DQNConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int) -> None:
         self.config = config

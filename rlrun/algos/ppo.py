@@ -10,6 +10,11 @@ Box actions: a Gaussian policy N(μ(s), diag σ²) with a learnt, state-independ
 sampled (unclipped) action is what is stored and scored, and it is clipped to the action
 bounds only when sent to the environment. Discrete actions: a categorical policy.
 
+Vector observations get separate policy and value MLPs. Image observations (uint8 frame stacks
+(C, H, W), as rlrun/envs.py's Atari preprocessing makes them) get one Nature CNN shared by a
+linear policy head and a linear value head, as CleanRL's ppo_atari.py; the frames stay uint8 in
+the rollout and the CNN scales them by 1/255.
+
 Gymnasium ≥ 1.0 vector envs autoreset in NEXT_STEP mode: the step where a sub-env terminates
 or truncates returns that episode's *final* observation; the *next* step ignores the action,
 resets the sub-env and returns (reset obs, reward 0, terminated = truncated = False). So the
@@ -32,7 +37,7 @@ from torch.distributions import Categorical, Distribution, Normal
 
 from rlrun.buffers import to_device
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
-from rlrun.nets import mlp
+from rlrun.nets import NatureCNN, check_image_space, is_image, mlp
 from rlrun.normalize import EPSILON as NORMALIZE_EPSILON
 from rlrun.normalize import RewardScaler, RunningMeanStd
 from rlrun.optim import adam, gradient_step
@@ -86,17 +91,19 @@ class PPOConfig:
     normalize_obs: bool = True
     """Standardise observations by their running mean and std (clipped to ±10), as CleanRL's
     NormalizeObservation (SB3: the VecNormalize wrapper, not on by default); the statistics are
-    checkpointed and used frozen at evaluation."""
+    checkpointed and used frozen at evaluation. Vector observations only: image observations
+    are scaled by 1/255 instead and need this false."""
     normalize_reward: bool = True
     """Divide rewards by the running std of the discounted return (clipped to ±10), as
     CleanRL's NormalizeReward (SB3: VecNormalize again)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the policy MLP and, separately, of the value MLP."""
+    """Hidden layer widths of the policy MLP and, separately, of the value MLP (vector
+    observations; image observations get the Nature CNN shared by both heads instead)."""
     activation: Literal["tanh", "relu"] = "tanh"
-    """Hidden-layer activation."""
+    """Hidden-layer activation of the MLPs (the Nature CNN is ReLU throughout)."""
     ortho_init: bool = True
-    """Orthogonal initialisation (gain √2; policy head 0.01 so the first policy is near-uniform,
-    value head 1), zero biases; false keeps PyTorch's default."""
+    """Orthogonal initialisation (gain √2, the Nature CNN's layers too; policy head 0.01 so the
+    first policy is near-uniform, value head 1), zero biases; false keeps PyTorch's default."""
     log_std_init: float = 0.0
     """Initial log σ of the Gaussian policy (Box actions only); 0 starts with σ = 1."""
 
@@ -155,39 +162,61 @@ def compute_gae(
 
 
 # ----- networks -----------------------------------------------------------------------------
+def _orthogonal_init(layers: list[nn.Module], last_gain: float) -> None:
+    """Orthogonal weights with gain √2, `last_gain` for the last layer; zero biases (CleanRL, SB3)."""
+    for layer in layers:
+        nn.init.orthogonal_(layer.weight, last_gain if layer is layers[-1] else math.sqrt(2))
+        nn.init.zeros_(layer.bias)
+
+
 def _mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, config: PPOConfig, out_gain: float) -> nn.Sequential:
     """An MLP with the configured activation. With `ortho_init`, weights are orthogonal with
-    gain √2 in hidden layers and `out_gain` in the last one, biases zero (CleanRL, SB3);
-    otherwise PyTorch's default init."""
+    gain √2 in hidden layers and `out_gain` in the last one, biases zero; otherwise PyTorch's
+    default init. No hidden sizes: one linear layer (a head on the CNN's features)."""
     net = mlp(in_dim, hidden_sizes, out_dim, activation={"tanh": nn.Tanh, "relu": nn.ReLU}[config.activation])
     if config.ortho_init:
-        linears = [layer for layer in net if isinstance(layer, nn.Linear)]
-        for layer in linears:
-            nn.init.orthogonal_(layer.weight, out_gain if layer is linears[-1] else math.sqrt(2))
-            nn.init.zeros_(layer.bias)
+        _orthogonal_init([layer for layer in net if isinstance(layer, nn.Linear)], out_gain)
     return net
 
 
 class ActorCritic(nn.Module):
-    """Separate policy and value MLPs; for Box actions also a state-independent log σ."""
+    """Policy and value heads on a torso: for vectors, no torso and separate MLPs; for images,
+    one Nature CNN and two linear heads. For Box actions also a state-independent log σ."""
 
-    def __init__(self, obs_dim: int, action_space: gym.Space, config: PPOConfig) -> None:
+    def __init__(self, obs_space: gym.spaces.Box, action_space: gym.Space, config: PPOConfig) -> None:
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         out_dim = int(action_space.n) if self.discrete else action_space.shape[0]
+        if is_image(obs_space):
+            # Shared, so the value loss shapes the features the policy sees (CleanRL ppo_atari.py).
+            self.torso: nn.Module = NatureCNN(*obs_space.shape)
+            if config.ortho_init:
+                _orthogonal_init([m for m in self.torso.modules() if isinstance(m, nn.Conv2d | nn.Linear)], math.sqrt(2))
+            features, hidden_sizes = NatureCNN.out_dim, ()
+        else:
+            self.torso = nn.Identity()
+            features, hidden_sizes = obs_space.shape[0], config.hidden_sizes
         # Small last-layer gain: the initial policy is near-uniform / near-zero-mean.
-        self.actor = _mlp(obs_dim, config.hidden_sizes, out_dim, config, out_gain=0.01)
-        self.critic = _mlp(obs_dim, config.hidden_sizes, 1, config, out_gain=1.0)
+        self.actor = _mlp(features, hidden_sizes, out_dim, config, out_gain=0.01)
+        self.critic = _mlp(features, hidden_sizes, 1, config, out_gain=1.0)
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((out_dim,), config.log_std_init))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s), shape (B,)."""
-        return self.critic(obs).squeeze(-1)
+        return self.critic(self.torso(obs)).squeeze(-1)
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
-        """π(·|s). validate_args=False: the argument checks would sync the device every call."""
-        out = self.actor(obs)
+        """π(·|s)."""
+        return self._distribution(self.actor(self.torso(obs)))
+
+    def distribution_and_value(self, obs: torch.Tensor) -> tuple[Distribution, torch.Tensor]:
+        """π(·|s) and V(s), through the torso once."""
+        features = self.torso(obs)
+        return self._distribution(self.actor(features)), self.critic(features).squeeze(-1)
+
+    def _distribution(self, out: torch.Tensor) -> Distribution:
+        """validate_args=False: the argument checks would sync the device every call."""
         if self.discrete:
             return Categorical(logits=out, validate_args=False)
         return Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
@@ -205,7 +234,7 @@ class ActorCritic(nn.Module):
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         """The mode: argmax for categorical, the mean for Gaussian."""
-        out = self.actor(obs)
+        out = self.actor(self.torso(obs))
         return out.argmax(-1) if self.discrete else out
 
 
@@ -214,9 +243,16 @@ class Rollout:
     checkpoint taken mid-rollout saves it so that a resumed run finishes the same rollout."""
 
     def __init__(
-        self, T: int, N: int, obs_shape: tuple, action_shape: tuple, action_dtype: torch.dtype, device: torch.device
+        self,
+        T: int,
+        N: int,
+        obs_shape: tuple,
+        obs_dtype: torch.dtype,
+        action_shape: tuple,
+        action_dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
-        self.obs = torch.zeros((T, N, *obs_shape), device=device)
+        self.obs = torch.zeros((T, N, *obs_shape), dtype=obs_dtype, device=device)
         self.actions = torch.zeros((T, N, *action_shape), dtype=action_dtype, device=device)
         self.log_probs = torch.zeros((T, N), device=device)
         self.values = torch.zeros((T, N), device=device)
@@ -251,8 +287,15 @@ class PPO:
 
     @staticmethod
     def check_spaces(config: PPOConfig, obs_space: gym.Space, action_space: gym.Space) -> None:
-        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-            raise ConfigError(f"algo=ppo needs flat vector observations, got {obs_space}")
+        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) not in (1, 3):
+            raise ConfigError(f"algo=ppo needs flat vector or (C, H, W) image observations, got {obs_space}")
+        if is_image(obs_space):
+            check_image_space("ppo", obs_space)
+            if config.normalize_obs:
+                raise ConfigError(
+                    "algo.normalize_obs=true standardises vector observations; image observations are "
+                    "scaled by 1/255 in the CNN: set algo.normalize_obs=false (configs/tuned/ppo-Pong.yaml does)"
+                )
         if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) != 1:
             raise ConfigError(f"algo=ppo needs a flat (1-D) Box action space, got {action_space}")
 
@@ -261,12 +304,14 @@ class PPO:
         self.device = device
         self.seed = seed
         self.obs_shape = obs_space.shape
+        # uint8 frames stay uint8 in the rollout (the CNN scales them); vectors are float32.
+        self.obs_dtype = torch.uint8 if is_image(obs_space) else torch.float32
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.action_shape = () if self.discrete else action_space.shape
         if not self.discrete:
             self.action_low, self.action_high = action_space.low, action_space.high
 
-        self.model = ActorCritic(obs_space.shape[0], action_space, config).to(device)
+        self.model = ActorCritic(obs_space, action_space, config).to(device)
         # One optimiser over actor, critic and log σ, so one gradient-norm clip covers all;
         # ε = 1e-5 as CleanRL and SB3 (PyTorch's default is 1e-8).
         self.optimizer = adam(self.model.parameters(), config.lr, eps=1e-5)
@@ -277,13 +322,13 @@ class PPO:
 
     # ----- acting ---------------------------------------------------------------------------
     def normalize_obs(self, obs: np.ndarray, update: bool) -> torch.Tensor:
-        """A float32 observation batch on the device; standardised if `normalize_obs` is on,
-        after merging this batch into the running stats when `update`."""
+        """An observation batch on the device (float32 vectors, uint8 frames); standardised if
+        `normalize_obs` is on, after merging this batch into the running stats when `update`."""
         if self.config.normalize_obs:
             if update:
                 self.obs_rms.update(obs)
             obs = self.obs_rms.normalize(obs, NORMALIZE_CLIP)
-        return to_device(obs, self.device, torch.float32)
+        return to_device(obs, self.device, self.obs_dtype)
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
         """Policy actions → environment actions: clipped to the bounds for Box."""
@@ -302,12 +347,12 @@ class PPO:
         return int(action) if self.discrete else self.to_env(action)
 
     def policy_module(self) -> nn.Module:
-        """observations (B, obs_dim) → the mode of π(·|s) (argmax, or the mean clipped to the
+        """observations (B, *obs_shape) → the mode of π(·|s) (argmax, or the mean clipped to the
         bounds), with the frozen normalisation statistics, for export."""
         layers: list[nn.Module] = []
         if self.config.normalize_obs:
             layers.append(Standardize(self.obs_rms.mean, self.obs_rms.var, NORMALIZE_EPSILON, NORMALIZE_CLIP))
-        layers.append(self.model.actor)
+        layers += [self.model.torso, self.model.actor]
         layers.append(Argmax() if self.discrete else ClipToBounds(self.action_low, self.action_high))
         return nn.Sequential(*layers)
 
@@ -332,9 +377,8 @@ class PPO:
         for _ in range(config.update_epochs):
             permutation = indices[torch.randperm(len(indices), device=self.device)]
             for mb in permutation.tensor_split(num_minibatches):
-                dist = self.model.distribution(obs[mb])
+                dist, new_value = self.model.distribution_and_value(obs[mb])
                 new_log_prob, entropy = self.model.log_prob_entropy(dist, actions[mb])
-                new_value = self.model.value(obs[mb])
                 log_ratio = new_log_prob - log_probs[mb]
                 ratio = log_ratio.exp()  # r_t(θ) = π_θ(a|s) / π_θ_old(a|s)
 
@@ -389,7 +433,7 @@ class PPO:
         T, N = config.num_steps, config.num_envs
         envs = run.make_vector_env(N, config.async_envs)
         action_dtype = torch.long if self.discrete else torch.float32
-        rollout = Rollout(T, N, self.obs_shape, self.action_shape, action_dtype, self.device)
+        rollout = Rollout(T, N, self.obs_shape, self.obs_dtype, self.action_shape, action_dtype, self.device)
         num_iterations = math.ceil(run.total_steps / config.batch_size)
 
         obs_np, step = run.start(self, loop={"rollout": rollout})  # a new run: sub-env i seeded seed + i
@@ -402,10 +446,9 @@ class PPO:
 
             for t in range(rollout.filled, T):  # from 0, or where a resumed rollout stopped
                 with torch.no_grad():
-                    dist = self.model.distribution(obs)
+                    dist, rollout.values[t] = self.model.distribution_and_value(obs)
                     action = self.model.sample(dist)
                     log_prob, _ = self.model.log_prob_entropy(dist, action)
-                    rollout.values[t] = self.model.value(obs)
                 rollout.obs[t], rollout.actions[t], rollout.log_probs[t] = obs, action, log_prob
                 autoreset = rollout.autoreset[t] = rollout.next_autoreset
 
