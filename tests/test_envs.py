@@ -266,6 +266,17 @@ def test_a_dmc_task_has_flat_observations_and_the_suites_1000_step_episodes():
     assert steps == 1000 and truncated and 0 < total <= 1000  # rewards lie in [0, 1]
 
 
+def test_a_misspelt_dmc_task_gets_the_closest_ids():
+    skip_without_dmc()
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "env.id='dm_control/cheetah-nope-v0' is not a registered Gymnasium environment; did you mean dm_control/cheetah-run-v0"
+        ),
+    ):
+        check_env_id(dmc_id("cheetah", "nope"))
+
+
 def test_action_repeat_sums_the_rewards_of_repeated_actions_and_stops_at_the_episode_end():
     action = np.array([0.3])
     single, repeated = (make_env(dmc("cartpole", "balance", action_repeat=k), 0, training=True) for k in (1, 3))
