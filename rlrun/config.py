@@ -216,7 +216,8 @@ class EnvConfig:
     """Keyword arguments of the environment's constructor, passed to gym.make
     (`+env.kwargs.forward_reward_weight=2.0`)."""
     max_episode_steps: int | None = None
-    """Episode length limit (gym.make's max_episode_steps); null keeps the registered one."""
+    """Episode length limit (gym.make's max_episode_steps) in environment steps, each
+    action_repeat of them one agent step; null keeps the registered one."""
     wrappers: tuple[Mapping[str, Any], ...] = ()
     """Gymnasium wrappers applied in order, each {_target_: <class or function>, <its arguments>}
     and called with the environment first (Hydra's instantiate), on training and evaluation
