@@ -154,9 +154,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str |
     return state
 
 
-def check_resumable(path: Path, algo: str, env_id: str) -> Checkpoint:
-    """Check that the checkpoint `path` can continue a run of `algo` on `env_id`; returns it
-    memory-mapped (cheap to open, even with a large replay buffer inside)."""
+def check_resumable(
+    path: Path, algo: str, env_id: str, *, backend: str = "gymnasium", total_steps: int | None = None
+) -> Checkpoint:
+    """Check that the checkpoint `path` can continue a run of `algo` on `env_id` stepped by
+    `backend`; returns it memory-mapped (cheap to open, even with a large replay buffer inside).
+
+    A run on EnvPool cannot continue (EnvPool cannot save its environments mid-episode); one
+    whose checkpoint already reached `total_steps` passes, as there is nothing to continue.
+    """
     try:
         state = load(path, mmap=True)
     except ConfigError as error:
@@ -170,6 +176,15 @@ def check_resumable(path: Path, algo: str, env_id: str) -> Checkpoint:
         raise ConfigError(f"checkpoint {path} is from env.id={state['env_id']}, not env.id={env_id}; {same_run}")
     if state["format"] != FORMAT_VERSION:
         raise ConfigError(f"checkpoint {path} has format {state['format']}; this rlrun reads format {FORMAT_VERSION} only")
+    saved_env = state["config"].get("env") if isinstance(state["config"], dict) else None
+    saved_backend = saved_env.get("backend", "gymnasium") if isinstance(saved_env, dict) else "gymnasium"
+    if saved_backend != backend:
+        raise ConfigError(f"checkpoint {path} is from env.backend={saved_backend}, not env.backend={backend}; {same_run}")
+    if backend == "envpool" and (total_steps is None or state["step"] < total_steps):
+        raise ConfigError(
+            f"checkpoint {path} is from a run on env.backend=envpool, which cannot resume (EnvPool cannot save its "
+            "environments mid-episode); start a new run folder, or train on env.backend=gymnasium to resume exactly"
+        )
     return state
 
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 import rlrun.sweep  # noqa: F401  registers the resolver that names sweep job folders (configs/config.yaml)
-from rlrun.config import ConfigError, RunError
+from rlrun.config import ConfigError, RunConfig, RunError
 
 CONFIG_MODULE = "rlrun.configs"
 SLURM_INSTALL = "python -m pip install -c constraints.txt -e '.[slurm]'"
@@ -244,10 +244,12 @@ def _train_job(cfg: DictConfig, plan, run_dir: Path, multirun: bool) -> dict | N
         return None
     if summary["status"] == "interrupted":
         # Stops a sweep too: Ctrl-C or a scheduler's SIGTERM means stop, not "next job".
-        _say(
-            f"rlrun: {summary['signal']} at step {summary['total_steps']}: saved {summary['checkpoint']}; "
-            f"continue with: rlrun resume={run_dir}"
+        then = (
+            "a run on env.backend=envpool cannot resume"
+            if plan.run_config.env.backend == "envpool"
+            else f"continue with: rlrun resume={run_dir}"
         )
+        _say(f"rlrun: {summary['signal']} at step {summary['total_steps']}: saved {summary['checkpoint']}; {then}")
         sys.exit(128 + signal.Signals[summary["signal"]])
     evaluated = summary["eval_return_mean"] is not None
     log.info(
@@ -426,18 +428,18 @@ def _check_job(cfg: DictConfig, multirun: bool):
     if multirun:
         _check_writable("hydra.sweep.dir", Path(cfg.hydra.sweep.dir))
     else:
-        _check_run_folder(Path(cfg.hydra.run.dir), plan.algo_name, plan.run_config.env.id)
+        _check_run_folder(Path(cfg.hydra.run.dir), plan.algo_name, plan.run_config)
     return plan
 
 
-def _check_run_folder(run_dir: Path, algo: str, env_id: str) -> None:
+def _check_run_folder(run_dir: Path, algo: str, settings: RunConfig) -> None:
     """The run folder must be writable, and a checkpoint already in it (a rerun or resume=)
     must be one this run can continue; checked before Hydra writes anything there."""
     _check_writable("hydra.run.dir", run_dir)
     from rlrun.checkpoint import check_resumable, latest
 
     if (checkpoint := latest(run_dir)) is not None:
-        check_resumable(checkpoint, algo, env_id)
+        check_resumable(checkpoint, algo, settings.env.id, backend=settings.env.backend, total_steps=settings.total_steps)
 
 
 def _check_writable(key: str, folder: Path) -> None:

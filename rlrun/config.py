@@ -222,6 +222,10 @@ class EnvConfig:
     """Gymnasium wrappers applied in order, each {_target_: <class or function>, <its arguments>}
     and called with the environment first (Hydra's instantiate), on training and evaluation
     environments alike; e.g. [{_target_: gymnasium.wrappers.ClipReward, min_reward: -1, max_reward: 1}]."""
+    backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """What steps a vector algorithm's (PPO's) training environments: Gymnasium's vector env, or
+    EnvPool's C++ thread pool (Atari and MuJoCo tasks; the envpool extra). Evaluation always runs
+    on Gymnasium; an EnvPool run cannot resume (docs/environments.md)."""
 
     def __post_init__(self) -> None:
         positive("env.action_repeat", self.action_repeat)

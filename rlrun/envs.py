@@ -61,8 +61,13 @@ def make_vector_env(
     """`num_envs` copies stepped together (in subprocesses if `asynchronous`), autoreset.
 
     Episode statistics arrive in `info["episode"]` with the mask `info["_episode"]`;
-    `training` as for make_env.
+    `training` as for make_env. With env.backend=envpool, EnvPool steps them instead
+    (rlrun.envpool_backend), in its own threads whatever `asynchronous` says.
     """
+    if env.backend == "envpool":
+        from rlrun.envpool_backend import EnvPoolVectorEnv
+
+        return EnvPoolVectorEnv(env, seed, num_envs, training=training)
     make = [lambda: _make_recorded(env, training) for _ in range(num_envs)]
     if asynchronous:
         # A sub-environment's error reaches this process as an EnvironmentFailure with one line;
@@ -190,7 +195,10 @@ class EpisodeReplay(gym.Wrapper):
 
 
 def env_state(env: gym.Env | gym.vector.VectorEnv) -> dict:
-    """What `restore_env` needs to put a training env (single or vector) back exactly."""
+    """What `restore_env` needs to put a training env (single or vector) back exactly; for
+    EnvPool, which cannot save its environments, only a note that it cannot."""
+    if env.metadata.get("backend") == "envpool":
+        return {"backend": "envpool"}
     if isinstance(env, gym.vector.VectorEnv):
         episodes = list(env.call("episode_state"))
     else:
@@ -201,6 +209,8 @@ def env_state(env: gym.Env | gym.vector.VectorEnv) -> dict:
 def restore_env(env: gym.Env | gym.vector.VectorEnv, state: dict) -> np.ndarray:
     """Replay each (sub-)environment's episode in progress; returns the observation(s) it had
     reached, batched for a vector env."""
+    if state.get("backend") == "envpool" or env.metadata.get("backend") == "envpool":
+        raise RunError("a run on env.backend=envpool cannot resume: EnvPool cannot save its environments mid-episode")
     env.action_space.np_random.bit_generator.state = state["action_space_rng"]
     if not isinstance(env, gym.vector.VectorEnv):
         return env.restore_episode(state["episodes"][0])
@@ -416,6 +426,10 @@ def _register_ale(env_id: str) -> None:
     except ImportError as error:
         raise ConfigError(f"env.id={env_id!r} needs the Atari extra ({error.name} is missing): {ATARI_INSTALL}") from None
     gym.register_envs(ale_py)
+
+
+def is_atari(env_id: str) -> bool:
+    return _is_atari(_registered_id(env_id))
 
 
 def is_mujoco(env_id: str) -> bool:

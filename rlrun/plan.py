@@ -50,6 +50,10 @@ def validate(cfg: DictConfig) -> Plan:
     obs_space, action_space = env_spaces(run_config.env)
     _check_action_space(algo_name, algo_class, run_config.env.id, action_space)
     algo_class.check_spaces(algo_config, obs_space, action_space)
+    if run_config.env.backend == "envpool":
+        from rlrun.envpool_backend import check_envpool
+
+        check_envpool(run_config.env, algo_name, algo_config, obs_space, action_space)
     if run_config.video.every is not None:
         from rlrun.video import check_video_support
 

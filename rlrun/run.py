@@ -135,6 +135,8 @@ class Run:
     # ----- the handshake (rlrun.protocols.RunContext) ---------------------------------------
     def make_env(self) -> gym.Env:
         """The training environment, for algorithms that step one at a time."""
+        if self.settings.env.backend != "gymnasium":  # plan.validate lets only vector algorithms through
+            raise RunError(f"env.backend={self.settings.env.backend} makes vector environments only; use env.backend=gymnasium")
         self.training_env = make_env(self.settings.env, self.seed, training=True)
         return self.training_env
 
@@ -215,6 +217,7 @@ class Run:
         """eval.episodes deterministic episodes on the evaluation env, logged; an Optuna
         trial's pruner may stop the run here (StopRun "pruned")."""
         deterministic = self.settings.eval.deterministic
+        training_seconds = self.clock.elapsed - self.clock.paused
         with self.clock.pause():
             returns = evaluate(
                 lambda obs: self._agent.act(obs, deterministic=deterministic),
@@ -227,7 +230,10 @@ class Run:
             if math.isfinite(mean) and (self.best_eval is None or mean > self.best_eval[0]):
                 self.checkpointer.save_best(step, self._agent.state_dict(), self._run_state())
                 self.best_eval = (mean, step)
-        self.logger.scalars(step, {"eval/return_mean": returns.mean(), "eval/return_std": returns.std()})
+        # perf/train_seconds: training time so far, evaluation and checkpoints left out (time to a return).
+        self.logger.scalars(
+            step, {"eval/return_mean": returns.mean(), "eval/return_std": returns.std(), "perf/train_seconds": training_seconds}
+        )
         log.info("step %d: eval return %.1f ± %.1f", step, returns.mean(), returns.std())
         if self.trial is not None and (pruned := self.trial.report(step, float(returns.mean()))) is not None:
             raise StopRun("pruned", pruned)

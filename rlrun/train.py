@@ -34,7 +34,9 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
     checkpoint_path = latest(run_dir)
     resumed = None
     if checkpoint_path is not None:
-        header = check_resumable(checkpoint_path, plan.algo_name, settings.env.id)
+        header = check_resumable(
+            checkpoint_path, plan.algo_name, settings.env.id, backend=settings.env.backend, total_steps=settings.total_steps
+        )
         if header["step"] >= settings.total_steps:
             log.info("nothing to do: %s already reached total_steps=%d", checkpoint_path, settings.total_steps)
             return _completed_summary(plan, run_dir, header, checkpoint_path)

@@ -21,12 +21,26 @@ and the table's ratio is then the median of the pairs' ratios, with their range.
 Long learning comparisons can use both cores by running each side in its own invocation
 (`--runners rlrun --out a` and `--runners sb3 --out b` at once), then
 `--merge a b --out both` writes the tables for the two together.
+
+Learning comparisons of several methods name them with `--methods`, each `runner:algo`
+with optional rlrun overrides after further colons; the peers are SB3 (`sb3:sac`, `sb3:td3`,
+...) and sb3-contrib (`sb3:crossq`, `sb3:tqc`, with rlrun's SAC settings):
+
+    python scripts/benchmark.py --env HalfCheetah,Hopper --steps 100000 --seeds 0,1,2 --threads 1 \
+        --methods rlrun:sac,rlrun:crossq,rlrun:sac:algo.critic_loss=hl_gauss,sb3:sac,sb3:crossq \
+        --threshold HalfCheetah=5000
+
+The learning table gives each method's final-return IQM with its 95% bootstrap interval,
+training steps/s, and, with `--threshold ENV=RETURN`, the time to that return: the
+environment steps and training seconds (evaluation left out) until an evaluation first
+reaches it, the median over seeds (a seed that never reaches it counts as never).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -37,12 +51,28 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ENVS = {"sac": "HalfCheetah", "td3": "HalfCheetah", "ddpg": "HalfCheetah", "ppo": "HalfCheetah", "dqn": "CartPole"}
+# Peers without an rlrun algorithm of their own take the settings of this rlrun algorithm.
+SETTINGS_FROM = {"tqc": "sac"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--algos", default="sac,td3,ppo,dqn")
-    parser.add_argument("--env", default=None, help="one env for every algorithm (default: HalfCheetah, CartPole for dqn)")
+    parser.add_argument(
+        "--env", default=None, help="envs (comma-separated) for every algorithm (default: HalfCheetah, CartPole for dqn)"
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="runner:algo[:override...] list (default: every --algos with every --runners), e.g. rlrun:crossq,sb3:crossq",
+    )
+    parser.add_argument(
+        "--threshold",
+        nargs="*",
+        default=[],
+        metavar="ENV=RETURN",
+        help="report the steps and training seconds until an evaluation first reaches RETURN on ENV",
+    )
     parser.add_argument("--steps", type=int, default=20_000, help="environment steps per run")
     parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: steps / 4)")
     parser.add_argument("--eval-episodes", type=int, default=5)
@@ -71,43 +101,62 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        write_tables([run for folder in args.merge for run in json.loads((folder / "benchmark.json").read_text())], args.out)
+        merged = [run for folder in args.merge for run in json.loads((folder / "benchmark.json").read_text())]
+        write_tables(merged, args.out, parse_thresholds(parser, args.threshold))
         return
     runners = {"rlrun": run_rlrun_process, "sb3": run_sb3_process}
-    unknown = set(args.runners.split(",")) - set(runners)
-    if unknown:
-        parser.error(f"--runners {args.runners}: unknown {sorted(unknown)}; valid: rlrun, sb3")
+    methods = (
+        args.methods.split(",") if args.methods else [f"{r}:{a}" for a in args.algos.split(",") for r in args.runners.split(",")]
+    )
+    for method in methods:
+        runner, _, algo = method.partition(":")
+        if runner not in runners or not algo:
+            parser.error(f"--methods {method}: expected runner:algo[:override...] with runner rlrun or sb3")
+    thresholds = parse_thresholds(parser, args.threshold)
     eval_every = args.eval_every or max(1, args.steps // 4)
     results = []
-    for algo in args.algos.split(","):
-        env = args.env or DEFAULT_ENVS[algo]
+    for env_name in args.env.split(",") if args.env else [None]:
         for threads in map(int, args.threads.split(",")):
             for seed in map(int, args.seeds.split(",")):
                 for repeat in range(args.repeats):
-                    spec = {
-                        "algo": algo,
-                        "env": env,
-                        "steps": args.steps,
-                        "threads": threads,
-                        "seed": seed,
-                        "repeat": repeat,
-                        "device": args.device,
-                        "eval_every": eval_every,
-                        "eval_episodes": args.eval_episodes,
-                        "overrides": args.set,
-                    }
-                    for name in args.runners.split(","):
-                        result = {**spec, **runners[name](spec)}
+                    for method in methods:
+                        runner, algo, *overrides = method.split(":")
+                        spec = {
+                            "method": method,
+                            "runner": runner,
+                            "algo": algo,
+                            "env": env_name or DEFAULT_ENVS.get(algo, "HalfCheetah"),
+                            "steps": args.steps,
+                            "threads": threads,
+                            "seed": seed,
+                            "repeat": repeat,
+                            "device": args.device,
+                            "eval_every": eval_every,
+                            "eval_episodes": args.eval_episodes,
+                            "overrides": [*args.set, *overrides],
+                        }
+                        result = {**spec, **runners[runner](spec)}
                         print(json.dumps(result), flush=True)
                         results.append(result)
                         # Written after every run, so a long comparison cut short keeps what it measured.
                         (args.out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_tables(results, args.out)
+    write_tables(results, args.out, thresholds)
 
 
-def write_tables(results: list[dict], out: Path) -> None:
+def parse_thresholds(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
+    thresholds = {}
+    for item in items:
+        env, _, value = item.partition("=")
+        try:
+            thresholds[env] = float(value)
+        except ValueError:
+            parser.error(f"--threshold {item}: expected ENV=RETURN, e.g. HalfCheetah=5000")
+    return thresholds
+
+
+def write_tables(results: list[dict], out: Path, thresholds: dict[str, float] | None = None) -> None:
     (out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results) + "\n\n" + learning_markdown(results)
+    table = markdown(results) + "\n\n" + learning_markdown(results, thresholds or {})
     (out / "benchmark.md").write_text(table + "\n")
     print(table)
 
@@ -153,6 +202,7 @@ def run_rlrun_process(spec: dict) -> dict:
         summary = json.loads((run_dir / "summary.json").read_text())
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         evals = {row["step"]: row["eval/return_mean"] for row in rows if "eval/return_mean" in row}
+        eval_seconds = {row["step"]: row["perf/train_seconds"] for row in rows if "perf/train_seconds" in row}
     return {
         "runner": "rlrun",
         "train_sps": summary["sps"],
@@ -160,6 +210,7 @@ def run_rlrun_process(spec: dict) -> dict:
         "wall_s": round(wall, 1),
         "peak_rss_mib": rss,
         "eval_returns": evals,
+        "eval_train_seconds": eval_seconds,
     }
 
 
@@ -189,7 +240,7 @@ def sb3_model(algo: str, config: dict, env, seed: int, device: str = "cpu"):
 
     a = config["algo"]
     common = dict(gamma=a["gamma"], seed=seed, device=device, verbose=0)
-    if algo in ("sac", "td3", "ddpg"):
+    if algo in ("sac", "tqc", "td3", "ddpg"):
         off_policy = dict(
             learning_rate=a["lr"],
             buffer_size=a["buffer_size"],
@@ -203,6 +254,11 @@ def sb3_model(algo: str, config: dict, env, seed: int, device: str = "cpu"):
         )
         if algo == "sac":
             return sb3.SAC("MlpPolicy", env, ent_coef=f"auto_{a['init_temperature']}", **off_policy)
+        if algo == "tqc":
+            # sb3-contrib's TQC with its own defaults (5 critics of 25 quantiles, 2 dropped per net).
+            from sb3_contrib import TQC
+
+            return TQC("MlpPolicy", env, ent_coef=f"auto_{a['init_temperature']}", **off_policy)
         # rlrun's noise is relative to the half-range of the action bounds.
         half_range = (env.action_space.high - env.action_space.low) / 2
         noise = NormalActionNoise(np.zeros_like(half_range), a["exploration_noise"] * half_range)
@@ -272,7 +328,7 @@ def run_sb3(spec: dict) -> dict:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     torch.set_num_threads(spec["threads"])
-    config = rlrun_config(spec["algo"], spec["env"], spec["overrides"])
+    config = rlrun_config(SETTINGS_FROM.get(spec["algo"], spec["algo"]), spec["env"], spec["overrides"])
     env_id = config["env"]["id"]
     algo = config["algo"]
     if spec["algo"] == "ppo":
@@ -284,11 +340,13 @@ def run_sb3(spec: dict) -> dict:
     model = sb3_model(spec["algo"], config, env, spec["seed"], spec["device"])
     eval_env = gym.make(env_id)
     evals: dict[int, float] = {}
+    eval_train_seconds: dict[int, float] = {}
     eval_seconds = [0.0]
 
     class Evaluate(BaseCallback):
         def _on_step(self) -> bool:
             if self.num_timesteps // spec["eval_every"] > (self.num_timesteps - self.training_env.num_envs) // spec["eval_every"]:
+                eval_train_seconds[self.num_timesteps] = time.perf_counter() - training_start - eval_seconds[0]
                 start = time.perf_counter()
                 if isinstance(self.training_env, VecNormalize):
                     self.training_env.training = False
@@ -300,11 +358,16 @@ def run_sb3(spec: dict) -> dict:
                 eval_seconds[0] += time.perf_counter() - start
             return True
 
-    start = time.perf_counter()
+    training_start = time.perf_counter()
     model.learn(total_timesteps=spec["steps"], callback=Evaluate())
-    train_seconds = time.perf_counter() - start - eval_seconds[0]
+    train_seconds = time.perf_counter() - training_start - eval_seconds[0]
     # SB3's PPO finishes its last rollout, so it may run past spec["steps"]; count what it ran.
-    return {"train_sps": round(model.num_timesteps / train_seconds, 2), "steps_run": model.num_timesteps, "eval_returns": evals}
+    return {
+        "train_sps": round(model.num_timesteps / train_seconds, 2),
+        "steps_run": model.num_timesteps,
+        "eval_returns": evals,
+        "eval_train_seconds": eval_train_seconds,
+    }
 
 
 class _Normalized:
@@ -319,6 +382,9 @@ class _Normalized:
 
 # ----- the table ------------------------------------------------------------------------------
 def markdown(results: list[dict]) -> str:
+    """Speed, rlrun against SB3 for the same algorithm and settings (methods with overrides
+    of their own have no SB3 partner and are left out)."""
+    results = [r for r in results if method_label(r) == f"{r['runner']}:{r['algo']}"]
     lines = [
         "| algo | env | device | threads | rlrun steps/s | SB3 steps/s | ratio | pairs: ratio range | rlrun final return | SB3 final return | rlrun peak RSS MiB | SB3 peak RSS MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -360,28 +426,66 @@ def pair_ratios(rlrun_runs: list[dict], sb3_runs: list[dict]) -> list[float]:
     return [r["train_sps"] / sb3[key] for r in rlrun_runs if (key := (r["seed"], r.get("repeat", 0))) in sb3]
 
 
-def learning_markdown(results: list[dict]) -> str:
-    """Final eval returns across seeds: IQM (the 25% trimmed mean) and its 95% bootstrap
-    interval per runner, with the report's statistics (rlrun/report/stats.py)."""
+def learning_markdown(results: list[dict], thresholds: dict[str, float]) -> str:
+    """Per method and env: final eval returns across seeds, their IQM (the 25% trimmed mean)
+    with its 95% bootstrap interval (the report's statistics, rlrun/report/stats.py), training
+    steps/s and, where the env has a threshold, the median time to reach it."""
     from rlrun.report.stats import Bootstrap, iqm
 
     lines = [
-        "| algo | env | runner | seeds | final eval returns | IQM | 95% bootstrap CI |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| env | method | seeds | final eval returns | IQM | 95% bootstrap CI | steps/s | s per 100k steps "
+        "| threshold | reached | median steps to it | median training s to it |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for algo, env in sorted({(r["algo"], r["env"]) for r in results}):
-        for runner in ("rlrun", "sb3"):
+    for env in sorted({r["env"] for r in results}):
+        for method in dict.fromkeys(method_label(r) for r in results if r["env"] == env):
             # One result per seed: the first thread count's (returns do not depend on threads).
-            runs = {r["seed"]: r for r in results if (r["algo"], r["env"], r["runner"]) == (algo, env, runner)}
+            runs = {}
+            for r in results:
+                if r["env"] == env and method_label(r) == method:
+                    runs.setdefault(r["seed"], r)
             finals = [float(r["eval_returns"][max(r["eval_returns"], key=int)]) for r in runs.values()]
-            if not finals:
-                continue
             estimate = Bootstrap(resamples=10_000).estimate(iqm, finals)
+            sps = statistics.mean(float(r["train_sps"]) for r in runs.values())
+            threshold = thresholds.get(env)
+            reached = "", "", ""
+            if threshold is not None:
+                times = [time_to(r, threshold) for r in runs.values()]
+                hits = sum(t is not None for t in times)
+                reached = (
+                    f"{hits}/{len(times)}",
+                    median_time([t and t[0] for t in times], "{:.0f}"),
+                    median_time([t and t[1] for t in times], "{:.0f}"),
+                )
             lines.append(
-                f"| {algo} | {env} | {runner} | {len(finals)} | {', '.join(f'{v:.1f}' for v in finals)} | "
-                f"{float(estimate.value):.1f} | [{float(estimate.low):.1f}, {float(estimate.high):.1f}] |"
+                f"| {env} | {method} | {len(finals)} | {', '.join(f'{v:.1f}' for v in finals)} | {float(estimate.value):.1f} "
+                f"| [{float(estimate.low):.1f}, {float(estimate.high):.1f}] | {sps:.1f} | {100_000 / sps:.0f} "
+                f"| {'' if threshold is None else f'{threshold:g}'} | {' | '.join(reached)} |"
             )
     return "\n".join(lines)
+
+
+def method_label(result: dict) -> str:
+    """Results written before --methods existed name only algo and runner."""
+    return result.get("method", f"{result['runner']}:{result['algo']}")
+
+
+def time_to(result: dict, threshold: float) -> tuple[int, float] | None:
+    """(environment steps, training seconds) at the first evaluation reaching `threshold`;
+    None if none did."""
+    seconds = result.get("eval_train_seconds", {})
+    for step, value in sorted(result["eval_returns"].items(), key=lambda item: int(item[0])):
+        if value >= threshold:
+            return int(step), float(seconds.get(step, float("nan")))
+    return None
+
+
+def median_time(times: list[float | None], form: str) -> str:
+    """The median over seeds, counting a seed that never reached the threshold as infinitely
+    late: "never" when at least half never did."""
+    ordered = sorted(math.inf if t is None else t for t in times)
+    middle = statistics.median(ordered)
+    return "never" if math.isinf(middle) else form.format(middle)
 
 
 if __name__ == "__main__":

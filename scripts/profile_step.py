@@ -63,6 +63,7 @@ def instrument() -> None:
     import rlrun.algos.ppo
     import rlrun.algos.sac
     import rlrun.algos.td3
+    import rlrun.envpool_backend
     import rlrun.envs
     import rlrun.run
     from rlrun import buffers
@@ -88,6 +89,7 @@ def instrument() -> None:
     wrap(buffers.ReplayBuffer, "add", "replay buffer: add")
     wrap(buffers.ReplayBuffer, "sample", "replay buffer: sample")
     wrap(rlrun.envs.EpisodeReplay, "step", "environment step")
+    wrap(rlrun.envpool_backend.EnvPoolVectorEnv, "step", "environment step")  # env.backend=envpool's whole vector step
     wrap(rlrun.envs.EpisodeReplay, "reset", "environment reset")
     wrap(rlrun.run.Run, "after_step", "logging, evaluation, checkpoints")
     wrap(rlrun.run.Run, "episode_end", "logging, evaluation, checkpoints")

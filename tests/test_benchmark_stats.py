@@ -26,14 +26,31 @@ def test_learning_table_uses_the_reports_iqm_and_interval():
     """The IQM is the 25% trimmed mean (rlrun/report/stats.py), not a weighted middle half:
     with 8 seeds the mean of the middle 4; with 3 seeds nothing is trimmed."""
     finals = [1, 2, 3, 4, 5, 6, 7, 100]
-    eight = benchmark.learning_markdown([_learning_run("rlrun", seed, v) for seed, v in enumerate(finals)])
+    eight = benchmark.learning_markdown([_learning_run("rlrun", seed, v) for seed, v in enumerate(finals)], {})
     assert "| 4.5 | [" in eight.splitlines()[-1]  # mean of 3, 4, 5, 6
-    three = benchmark.learning_markdown([_learning_run("sb3", seed, v) for seed, v in enumerate([0.0, 10.0, 1000.0])])
+    three = benchmark.learning_markdown([_learning_run("sb3", seed, v) for seed, v in enumerate([0.0, 10.0, 1000.0])], {})
     row = three.splitlines()[-1]
     assert "| 336.7 | [" in row  # the plain mean: floor(3 / 4) = 0 runs trimmed at each end
-    low, high = (float(x) for x in row.rsplit("[", 1)[1].rstrip("] |").split(", "))
+    low, high = (float(x) for x in row.split("[", 1)[1].split("]", 1)[0].split(", "))
     assert 0.0 <= low <= 336.7 <= high <= 1000.0
-    assert benchmark.learning_markdown([_learning_run("sb3", s, v) for s, v in enumerate([0.0, 10.0, 1000.0])]) == three
+    assert benchmark.learning_markdown([_learning_run("sb3", s, v) for s, v in enumerate([0.0, 10.0, 1000.0])], {}) == three
+
+
+def test_time_to_threshold_is_the_first_evaluation_reaching_it_and_the_median_counts_misses_as_never():
+    def run(seed, returns, seconds):
+        return {**_learning_run("rlrun", seed, 0.0), "eval_returns": returns, "eval_train_seconds": seconds}
+
+    # JSON keys are strings after a merge; the order of evaluation is by step, not by text.
+    early = run(0, {"100": 10.0, "50": 6000.0, "200": 4000.0}, {"50": 5.0, "100": 11.0, "200": 21.0})
+    late = run(1, {"50": 0.0, "100": 5000.0}, {"50": 4.0, "100": 9.0})
+    never = run(2, {"50": 0.0, "100": 4999.0}, {"50": 4.0, "100": 9.0})
+    assert benchmark.time_to(early, 5000) == (50, 5.0)
+    assert benchmark.time_to(late, 5000) == (100, 9.0)
+    assert benchmark.time_to(never, 5000) is None
+    row = benchmark.learning_markdown([early, late, never], {"HalfCheetah": 5000}).splitlines()[-1]
+    assert row.endswith("| 5000 | 2/3 | 100 | 9 |")  # the median of 50, 100 and never
+    two_misses = [early, never, run(3, {"50": 0.0}, {"50": 1.0})]
+    assert benchmark.learning_markdown(two_misses, {"HalfCheetah": 5000}).splitlines()[-1].endswith("| 1/3 | never | never |")
 
 
 def test_speed_ratio_is_the_median_of_back_to_back_pairs():

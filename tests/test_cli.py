@@ -20,6 +20,7 @@ SCALARS = {
     "train/alpha",
     "train/q_mean",
     "perf/sps",
+    "perf/train_seconds",
 }
 
 

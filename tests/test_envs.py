@@ -330,3 +330,15 @@ def test_action_repeat_on_an_atari_game_points_to_frame_skip():
         ConfigError, match=re.escape("env.action_repeat=2 does not apply to Atari games; set env.atari.frame_skip")
     ):
         env_spaces(EnvConfig("ALE/Pong-v5", 1000, action_repeat=2))
+
+
+def test_action_repeat_on_the_envpool_backend_is_one_line():
+    from rlrun.algos.ppo import PPOConfig
+    from rlrun.envpool_backend import check_envpool
+
+    env_config = EnvConfig("HalfCheetah-v5", 1000, backend="envpool", action_repeat=2)
+    obs_space, action_space = env_spaces(EnvConfig("HalfCheetah-v5", 1000))
+    with pytest.raises(
+        ConfigError, match=re.escape("env.action_repeat=2 repeats actions in Gymnasium environments; with env.backend=envpool")
+    ):
+        check_envpool(env_config, "ppo", PPOConfig(), obs_space, action_space)

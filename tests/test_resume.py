@@ -52,15 +52,17 @@ def assert_identical(a, b, where=""):
 
 
 def logged_rows(run_dir):
-    """metrics.jsonl without the wall-clock-dependent steps/s."""
+    """metrics.jsonl without the wall-clock timings (perf/*)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "perf/sps"} for row in rows]
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
 
 
 def tensorboard_scalars(run_dir):
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if tag != "perf/sps"}
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if not tag.startswith("perf/")
+    }
 
 
 @pytest.mark.parametrize("algo", RUNS)

@@ -30,3 +30,35 @@ def test_profile_step_accounts_for_a_training_run(algo):
         assert shares.get(part, 0.0) > 0.0, (part, output.stdout)
     # The parts and the untimed rest add up to the run's wall time.
     assert sum(shares.values()) + float(output.stdout.split("(untimed)")[1].split()[1].rstrip("%")) == pytest.approx(100, abs=1)
+
+
+def test_envpool_speed_measures_both_backends_side_by_side():
+    pytest.importorskip("envpool")
+    output = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "envpool_speed.py"),
+            "--env-only",
+            "--steps",
+            "20",
+            "algo=ppo",
+            "env=Hopper",
+            "algo.num_envs=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPTS.parent)},
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    assert [line.split()[:3] for line in output.stderr.splitlines() if line.startswith("repeat")] == [
+        ["repeat", "0:", "gymnasium"],
+        ["repeat", "0:", "envpool"],
+    ]
+    rows = [
+        line.strip("|").split("|") for line in output.stdout.splitlines() if line.startswith("| wall") or line.startswith("| CPU")
+    ]
+    assert len(rows) == 2
+    for row in rows:
+        gymnasium, envpool, ratio = float(row[1]), float(row[2]), float(row[3].strip().rstrip("×"))
+        assert gymnasium > 0 and envpool > 0 and ratio == pytest.approx(envpool / gymnasium, rel=0.05)
