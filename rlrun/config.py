@@ -144,6 +144,11 @@ class CheckpointConfig:
         positive("checkpoint.keep", self.keep)
 
 
+def dmc_id(domain: str, task: str) -> str:
+    """Shimmy's Gymnasium id of a DeepMind Control Suite task."""
+    return f"dm_control/{domain}-{task}-v0"
+
+
 @dataclass(frozen=True)
 class AtariConfig:
     """Preprocessing of Atari (ALE) games, after Mnih et al. 2015; ignored for other ids.
@@ -188,15 +193,31 @@ class EnvConfig:
     id: str
     """A registered Gymnasium id, e.g. HalfCheetah-v5 or ALE/Pong-v5 (set by configs/env/)."""
     total_steps: int
-    """The environment's usual training budget in environment steps (Atari: agent steps of
-    frame_skip frames each); configs/config.yaml makes it the run's total_steps."""
+    """The environment's usual training budget in agent steps (Atari: of frame_skip frames
+    each; with action_repeat, of that many environment steps each); configs/config.yaml makes
+    it the run's total_steps."""
+    domain: str | None = None
+    """DeepMind Control Suite domain, e.g. cheetah; env=dmc builds the id
+    dm_control/<domain>-<task>-v0 from it and task. Needs the dmc extra."""
+    task: str | None = None
+    """DeepMind Control Suite task of the domain, e.g. run (cheetah-run)."""
+    action_repeat: int = 1
+    """Environment steps per agent step: the agent's action is played this many times and the
+    rewards summed, stopping early at an episode's end. Every step count (total_steps,
+    eval.every, buffer sizes, ...) counts agent steps. Atari games repeat actions through
+    atari.frame_skip instead."""
+    pixels: bool = False
+    """Observe rendered 84×84 RGB frames, uint8 (3, 84, 84), instead of the state
+    (DeepMind Control Suite ids only). SAC, TD3 and DDPG take flat vectors, so they need a
+    FlattenObservation wrapper on pixels, and have no image encoder to learn well from them."""
     atari: AtariConfig = field(default_factory=AtariConfig)
     """Atari preprocessing; acts on ALE ids only."""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments of the environment's constructor, passed to gym.make
     (`+env.kwargs.forward_reward_weight=2.0`)."""
     max_episode_steps: int | None = None
-    """Episode length limit (gym.make's max_episode_steps); null keeps the registered one."""
+    """Episode length limit (gym.make's max_episode_steps) in environment steps, each
+    action_repeat of them one agent step; null keeps the registered one."""
     wrappers: tuple[Mapping[str, Any], ...] = ()
     """Gymnasium wrappers applied in order, each {_target_: <class or function>, <its arguments>}
     and called with the environment first (Hydra's instantiate), on training and evaluation
@@ -207,6 +228,14 @@ class EnvConfig:
     on Gymnasium; an EnvPool run cannot resume (docs/environments.md)."""
 
     def __post_init__(self) -> None:
+        positive("env.action_repeat", self.action_repeat)
+        if (self.domain is None) != (self.task is None):
+            raise ConfigError("env.domain and env.task go together, e.g. env=dmc env.domain=cheetah env.task=run")
+        if self.domain is not None and self.id != dmc_id(self.domain, self.task):
+            raise ConfigError(
+                f"env.id={self.id!r} is not the env.domain={self.domain} env.task={self.task} environment "
+                f"({dmc_id(self.domain, self.task)}); set env.domain and env.task instead of env.id"
+            )
         if self.max_episode_steps is not None:
             positive("env.max_episode_steps", self.max_episode_steps)
         for i, wrapper in enumerate(self.wrappers):

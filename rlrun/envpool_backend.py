@@ -38,6 +38,11 @@ def check_envpool(env: EnvConfig, algo_name: str, algo_config: Any, obs_space: g
         )
     if env.wrappers:
         raise ConfigError("env.wrappers wrap Gymnasium environments one by one; with env.backend=envpool there are none to wrap")
+    if env.action_repeat > 1:
+        raise ConfigError(
+            f"env.action_repeat={env.action_repeat} repeats actions in Gymnasium environments; "
+            "with env.backend=envpool use env.backend=gymnasium (Atari games repeat through env.atari.frame_skip)"
+        )
     spec = _spec(env, training=True)
     for envpool_space, gymnasium_space in ((spec.observation_space, obs_space), (spec.action_space, action_space)):
         if _size(envpool_space) != _size(gymnasium_space):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import logging
@@ -17,6 +18,9 @@ from rlrun.config import ConfigError, EnvConfig, RunError
 log = logging.getLogger("rlrun")
 
 ATARI_INSTALL = "pip install -c constraints.txt -e '.[atari]'"
+DMC_INSTALL = "pip install -c constraints.txt -e '.[dmc]'"
+# DrQ-v2's pixel observations of the DeepMind Control Suite (Yarats et al. 2021): 84×84 RGB.
+PIXELS_SIZE = 84
 
 
 class EnvironmentFailure(RunError):
@@ -233,13 +237,23 @@ def env_spaces(env: EnvConfig) -> tuple[gym.Space, gym.Space]:
 
 def _make(env: EnvConfig, training: bool, render_mode: str | None = None) -> gym.Env:
     env_id = _registered_id(env.id)  # again here: a vector env's subprocess starts without it
-    if "mujoco" in str(gym.spec(env_id).entry_point):
+    if _is_dmc_id(env_id) or "mujoco" in str(gym.spec(env_id).entry_point):
         _route_mujoco_warnings()
+    if env.action_repeat > 1 and _is_atari(env_id):
+        raise ConfigError(
+            f"env.action_repeat={env.action_repeat} does not apply to Atari games; set env.atari.frame_skip instead"
+        )
+    if env.pixels and not _is_dmc_id(env_id):
+        raise ConfigError(f"env.pixels=true needs a DeepMind Control Suite id (env=dmc), not env.id={env.id!r}")
     try:
         if _is_atari(env_id):
             made = _make_atari(env, env_id, training, render_mode)
+        elif _is_dmc_id(env_id):
+            made = _make_dmc(env, env_id, render_mode)
         else:
             made = gym.make(env_id, render_mode=render_mode, **_make_kwargs(env))
+            if env.action_repeat > 1:
+                made = ActionRepeat(made, env.action_repeat)
         for index, wrapper in enumerate(env.wrappers):
             made = _wrap(made, wrapper, index)
         return made
@@ -282,6 +296,8 @@ def _registered_id(env_id: str) -> str:
     for ALE/ ids, and `module` for Gymnasium's "module:EnvId" form (a user's own environments)."""
     if _is_ale_id(env_id):
         _register_ale(env_id)
+    elif _is_dmc_id(env_id) and env_id not in gym.registry:
+        _register_dmc(env_id)
     module, separator, bare_id = env_id.rpartition(":")
     if not separator:
         return env_id
@@ -326,6 +342,79 @@ def _make_atari(env: EnvConfig, env_id: str, training: bool, render_mode: str | 
     return gym.wrappers.FrameStackObservation(game, atari.frame_stack)
 
 
+class ActionRepeat(gym.Wrapper):
+    """One agent step plays the action `repeat` times and returns the summed reward; it stops
+    early when the episode ends, so no step runs past a terminal state."""
+
+    def __init__(self, env: gym.Env, repeat: int) -> None:
+        super().__init__(env)
+        self.repeat = repeat
+
+    def step(self, action):
+        total_reward = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total_reward += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total_reward, terminated, truncated, info
+
+
+def _make_dmc(env: EnvConfig, env_id: str, render_mode: str | None) -> gym.Env:
+    """A DeepMind Control Suite task through Shimmy, with a flat observation vector (the
+    suite's observations are a dict of arrays), or with 84×84 RGB frames as observations in
+    (C, H, W) layout if env.pixels. The suite ends each episode itself after 1000 steps
+    (truncated), or when env.max_episode_steps is reached first."""
+    if env.pixels:
+        from rlrun.video import choose_mujoco_backend
+
+        choose_mujoco_backend()  # one line naming what to install when neither EGL nor OSMesa is here
+        # DrQ-v2 films the quadruped from camera 2, every other domain from camera 0.
+        camera = 2 if env_id.startswith("dm_control/quadruped-") else 0
+        render_kwargs = {"height": PIXELS_SIZE, "width": PIXELS_SIZE, "camera_id": camera}
+        made = gym.make(env_id, render_mode="rgb_array", render_kwargs=render_kwargs, **_make_kwargs(env))
+    else:
+        made = gym.make(env_id, render_mode=render_mode, **_make_kwargs(env))
+    if env.action_repeat > 1:
+        made = ActionRepeat(made, env.action_repeat)
+    if not env.pixels:
+        return gym.wrappers.FlattenObservation(made)
+    frames = gym.wrappers.AddRenderObservation(made, render_only=True)
+    channels_first = gym.spaces.Box(0, 255, (3, PIXELS_SIZE, PIXELS_SIZE), np.uint8)
+    return gym.wrappers.TransformObservation(frames, _channels_first, channels_first)
+
+
+def _channels_first(frame: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(frame.transpose(2, 0, 1))
+
+
+def _is_dmc_id(env_id: str) -> bool:
+    return env_id.startswith("dm_control/")
+
+
+def _register_dmc(env_id: str) -> None:
+    """Import Shimmy (which registers the dm_control/ ids) only when such an id is asked for;
+    without the dmc extra, fail with the command that installs it."""
+    # dm_control picks its OpenGL backend when imported; a headless one (EGL or OSMesa) keeps
+    # it from looking for a display. Without either, only pixels need one, and fail there.
+    from rlrun.video import choose_mujoco_backend
+
+    with contextlib.suppress(ConfigError):
+        choose_mujoco_backend()
+    # dm_control logs its choice of backend when imported, and a deprecation warning on every
+    # model load, through absl, which would reach the console through Hydra's root logger.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)  # "No OpenGL_accelerate module"
+    try:
+        import dm_control.suite  # noqa: F401
+        import shimmy
+    except ImportError as error:
+        raise ConfigError(
+            f"env.id={env_id!r} needs the DeepMind Control Suite extra ({error.name} is missing): {DMC_INSTALL}"
+        ) from None
+    gym.register_envs(shimmy)
+
+
 def _is_ale_id(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
@@ -351,7 +440,9 @@ def is_atari(env_id: str) -> bool:
 
 
 def is_mujoco(env_id: str) -> bool:
-    return "mujoco" in str(gym.spec(_registered_id(env_id)).entry_point)
+    """Simulated by MuJoCo: Gymnasium's MuJoCo tasks and the DeepMind Control Suite."""
+    registered = _registered_id(env_id)
+    return _is_dmc_id(registered) or "mujoco" in str(gym.spec(registered).entry_point)
 
 
 def space_name(space: gym.Space) -> str:

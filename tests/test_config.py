@@ -4,6 +4,7 @@ mistakes through the real command line (exit code, one line, nothing written).""
 
 import ast
 import dataclasses
+import importlib.util
 import inspect
 import sys
 import textwrap
@@ -276,6 +277,24 @@ def test_tuned_values_and_overrides_reach_the_plan(composer):
     assert tuned.algo_config.lr == 1e-3 and tuned.algo_config.learning_starts == 100  # configs/tuned/sac-Pendulum.yaml
     overridden = validate(composer("algo=sac", "env=Pendulum", "algo.lr=5e-4", "algo.hidden_sizes=[32,32]"))
     assert overridden.algo_config.lr == 5e-4 and overridden.algo_config.hidden_sizes == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "overrides,domain,task",
+    [
+        (["env=dmc-walker-walk"], "walker", "walk"),  # a short name
+        (["env=dmc", "env.domain=finger", "env.task=turn_easy"], "finger", "turn_easy"),  # any task of the suite
+    ],
+)
+def test_a_dmc_task_gets_its_id_from_domain_and_task_and_the_suites_sac_settings(composer, overrides, domain, task):
+    if importlib.util.find_spec("shimmy") is None:
+        pytest.skip("needs the dmc extra")
+    plan = validate(composer("algo=sac", *overrides))
+    assert plan.run_config.env.id == f"dm_control/{domain}-{task}-v0"
+    assert (plan.run_config.env.domain, plan.run_config.env.task) == (domain, task)
+    assert plan.algo_config.lr == 1e-4 and plan.algo_config.hidden_sizes == (1024, 1024)  # configs/tuned/sac-dmc.yaml
+    assert plan.run_config.total_steps == 1_000_000 and plan.run_config.env.action_repeat == 1
+    assert len(plan.obs_space.shape) == 1  # the suite's observation dict, flattened
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 Saving a training environment mid-episode and restoring it in a fresh copy continues the
 exact same trajectory: the basis of exact resume."""
 
+import importlib.util
 import io
+import re
 import sys
 
 import gymnasium as gym
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlrun.config import ConfigError, EnvConfig
+from rlrun.config import ConfigError, EnvConfig, dmc_id
 from rlrun.envs import check_env_id, env_spaces, env_state, make_env, make_vector_env, restore_env
 
 
@@ -83,10 +85,14 @@ def through_a_checkpoint(state):
     return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Pendulum-v1", "CartPole-v1", "ALE/Pong-v5"])
+@pytest.mark.parametrize(
+    "env_id", ["HalfCheetah-v5", "Pendulum-v1", "CartPole-v1", "ALE/Pong-v5", "dm_control/cartpole-swingup-v0"]
+)
 def test_a_restored_env_continues_the_same_trajectory(env_id):
     if env_id.startswith("ALE/"):
         pytest.importorskip("ale_py")
+    if env_id.startswith("dm_control/"):
+        skip_without_dmc()
     config = EnvConfig(id=env_id, total_steps=1)
     original = make_env(config, seed=3, training=True)
     obs, _ = original.reset(seed=3)
@@ -225,3 +231,114 @@ def test_a_custom_environment_in_the_working_folder_trains_through_the_rlrun_com
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
     saved = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
     assert "friction: 0.5" in saved and "my_point:PointMass-v0" in saved  # resume and evaluation see the same env
+
+
+# ----- DeepMind Control Suite and action repeat ------------------------------------------------
+def skip_without_dmc() -> None:
+    # Not importorskip: importing dm_control here would fix its OpenGL backend before rlrun
+    # chooses a headless one.
+    if importlib.util.find_spec("shimmy") is None or importlib.util.find_spec("dm_control") is None:
+        pytest.skip("needs the dmc extra")
+
+
+def dmc(domain: str, task: str, **settings) -> EnvConfig:
+    skip_without_dmc()
+    return EnvConfig(id=dmc_id(domain, task), total_steps=1000, domain=domain, task=task, **settings)
+
+
+def play(env: gym.Env, action, seed: int = 0) -> tuple[int, float, bool]:
+    """One episode of a constant action: its length, return and whether it was truncated."""
+    env.reset(seed=seed)
+    steps, total, done = 0, 0.0, False
+    while not done:
+        _, reward, terminated, truncated, _ = env.step(action)
+        steps, total, done = steps + 1, total + reward, terminated or truncated
+    return steps, total, truncated
+
+
+def test_a_dmc_task_has_flat_observations_and_the_suites_1000_step_episodes():
+    obs_space, action_space = env_spaces(dmc("cartpole", "balance"))
+    assert obs_space.shape == (5,) and action_space.shape == (1,)  # position (3) + velocity (2)
+    env = make_env(dmc("cartpole", "balance"), seed=0, training=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (5,)
+    steps, total, truncated = play(env, np.zeros(1))
+    assert steps == 1000 and truncated and 0 < total <= 1000  # rewards lie in [0, 1]
+
+
+def test_a_misspelt_dmc_task_gets_the_closest_ids():
+    skip_without_dmc()
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "env.id='dm_control/cheetah-nope-v0' is not a registered Gymnasium environment; did you mean dm_control/cheetah-run-v0"
+        ),
+    ):
+        check_env_id(dmc_id("cheetah", "nope"))
+
+
+def test_action_repeat_sums_the_rewards_of_repeated_actions_and_stops_at_the_episode_end():
+    action = np.array([0.3])
+    single, repeated = (make_env(dmc("cartpole", "balance", action_repeat=k), 0, training=True) for k in (1, 3))
+    single.reset(seed=5)
+    repeated.reset(seed=5)
+    for _ in range(4):
+        steps = [single.step(action) for _ in range(3)]
+        obs, reward, *_ = repeated.step(action)
+        assert reward == pytest.approx(sum(step[1] for step in steps)) and np.array_equal(obs, steps[-1][0])
+    steps, total, truncated = play(repeated, action)
+    assert steps == 334 and truncated  # 1000 environment steps: 333 repeats of 3, and a last one cut short
+    assert total == pytest.approx(play(single, action)[1])
+
+
+def test_dmc_pixels_are_84_by_84_rgb_frames_channels_first():
+    env_config = dmc("cartpole", "balance", pixels=True, action_repeat=2)
+    obs_space, _ = env_spaces(env_config)
+    assert obs_space.shape == (3, 84, 84) and obs_space.dtype == np.uint8
+    env = make_env(env_config, seed=0, training=True)
+    first, _ = env.reset(seed=0)
+    later = first
+    for _ in range(20):
+        later, *_ = env.step(np.array([1.0]))
+    assert first.shape == (3, 84, 84) and first.dtype == np.uint8
+    assert first.std() > 0 and not np.array_equal(first, later)  # a picture, and the cart moved
+
+
+@pytest.mark.parametrize(
+    "settings,words",
+    [
+        (
+            {"id": "Pendulum-v1", "pixels": True},
+            "env.pixels=true needs a DeepMind Control Suite id (env=dmc), not env.id='Pendulum-v1'",
+        ),
+        ({"id": "Pendulum-v1", "action_repeat": 0}, "env.action_repeat=0 must be positive"),
+        ({"id": "Pendulum-v1", "domain": "cheetah"}, "env.domain and env.task go together"),
+        (
+            {"id": "dm_control/walker-walk-v0", "domain": "cheetah", "task": "run"},
+            "env.id='dm_control/walker-walk-v0' is not the env.domain=cheetah env.task=run environment",
+        ),
+    ],
+)
+def test_wrong_dmc_and_action_repeat_settings_are_one_line_before_training(settings, words):
+    with pytest.raises(ConfigError, match="^" + re.escape(words)):
+        env_spaces(EnvConfig(total_steps=10, **settings))
+
+
+def test_action_repeat_on_an_atari_game_points_to_frame_skip():
+    pytest.importorskip("ale_py")
+    with pytest.raises(
+        ConfigError, match=re.escape("env.action_repeat=2 does not apply to Atari games; set env.atari.frame_skip")
+    ):
+        env_spaces(EnvConfig("ALE/Pong-v5", 1000, action_repeat=2))
+
+
+def test_action_repeat_on_the_envpool_backend_is_one_line():
+    from rlrun.algos.ppo import PPOConfig
+    from rlrun.envpool_backend import check_envpool
+
+    env_config = EnvConfig("HalfCheetah-v5", 1000, backend="envpool", action_repeat=2)
+    obs_space, action_space = env_spaces(EnvConfig("HalfCheetah-v5", 1000))
+    with pytest.raises(
+        ConfigError, match=re.escape("env.action_repeat=2 repeats actions in Gymnasium environments; with env.backend=envpool")
+    ):
+        check_envpool(env_config, "ppo", PPOConfig(), obs_space, action_space)

@@ -162,6 +162,17 @@ def test_an_atari_game_without_the_atari_extra_names_the_install_command(rlrun, 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_dmc_task_without_the_dmc_extra_names_the_install_command(rlrun, tmp_path):
+    hide_shimmy = "import sys\nsys.modules['shimmy'] = None  # as if Shimmy were not installed"
+    result = rlrun("algo=sac", "env=dmc-cheetah-run", f"hydra.run.dir={tmp_path / 'run'}", patch=hide_shimmy)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "rlrun: error: env.id='dm_control/cheetah-run-v0' needs the DeepMind Control Suite extra (shimmy is missing): "
+        "pip install -c constraints.txt -e '.[dmc]'"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_launcher_whose_extra_is_missing_names_the_install_command():
     from hydra.errors import MissingConfigException
 
