@@ -214,6 +214,7 @@ DEFAULT_SPACES = {
     "ppo": "CartPole",
     "dqn": "CartPole",
     "dsac_t": "Pendulum",
+    "crossq": "Pendulum",
 }
 
 
