@@ -1,6 +1,6 @@
-"""What the continuous-action off-policy algorithms (SAC, TD3, DDPG) share: the training
-loop and the mapping between policy actions in [-1, 1] and the environment's bounds; and what
-every replay-buffer loop (DQN's too) needs of a vector env.
+"""What the continuous-action off-policy algorithms (SAC, TD3, DDPG, CrossQ, DSAC-T) share:
+the training loop and the mapping between policy actions in [-1, 1] and the environment's
+bounds; and what every replay-buffer loop (DQN's too) needs of a vector env.
 
 The training envs are a Gymnasium vector env of `num_envs` sub-environments in SAME_STEP
 autoreset mode: the step where a sub-env's episode ends already returns the next episode's
