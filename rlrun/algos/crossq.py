@@ -17,18 +17,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlrun.algos.sac import MeanAction, TanhGaussianActor
+from rlrun.algos.sac import TanhGaussianActing, TanhGaussianActor
 from rlrun.buffers import Batch
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import EnsembleLinear, in_float32
-from rlrun.offpolicy import BoxActions, check_continuous_spaces, obs_batch, train_off_policy
+from rlrun.offpolicy import BoxActions, check_continuous_spaces, train_off_policy
 from rlrun.optim import Adam, gradient_step
-from rlrun.policy_modules import RescaleToBounds
 from rlrun.protocols import RunContext
 
 
@@ -204,7 +202,9 @@ def batch_statistics(*networks: nn.Module) -> Iterator[None]:
             network.eval()
 
 
-class CrossQ:
+class CrossQ(TanhGaussianActing):
+    # Acting (TanhGaussianActing) uses running statistics: the networks stay in evaluation mode
+    # outside the update's batch_statistics blocks.
     Config = CrossQConfig
     action_spaces = (gym.spaces.Box,)
 
@@ -234,23 +234,6 @@ class CrossQ:
         self.critic_optimizer = Adam(self.critic.parameters(), config.lr, betas=betas)
         self.alpha_optimizer = Adam([self.log_alpha], config.lr)
         self.critic_updates = 0
-
-    # ----- acting (running statistics: the networks stay in evaluation mode) ---------------
-    @torch.no_grad()
-    def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        """Stochastic unit actions for training, for a batch of observations on the device."""
-        return self.actor.sample_action(obs)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """The action for evaluation in environment units: tanh of the mean, or a sample."""
-        obs_t = obs_batch(obs, self.device)
-        unit_action = self.actor.deterministic(obs_t) if deterministic else self.actor.sample_action(obs_t)
-        return self.actions.to_env(unit_action[0].cpu().numpy())
-
-    def policy_module(self) -> nn.Module:
-        """observations (B, obs_dim) → tanh(mean) rescaled to the bounds, for export."""
-        return nn.Sequential(MeanAction(self.actor), RescaleToBounds(self.actions.low, self.actions.high))
 
     # ----- learning -------------------------------------------------------------------------
     def critic_loss(self, batch: Batch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,18 +28,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlrun.algos.sac import MeanAction, TanhGaussianActor
+from rlrun.algos.sac import TanhGaussianActing, TanhGaussianActor
 from rlrun.buffers import Batch
 from rlrun.config import in_range, positive
 from rlrun.nets import EnsembleLinear, in_float32, polyak_update
-from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
+from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, train_off_policy
 from rlrun.optim import adam, gradient_step
-from rlrun.policy_modules import RescaleToBounds
 from rlrun.protocols import RunContext
 
 
@@ -161,7 +159,7 @@ def critic_loss(
     return (weight * (mean_term + std_term)).mean(dim=1).sum()
 
 
-class DSACT:
+class DSACT(TanhGaussianActing):
     Config = DSACTConfig
     action_spaces = (gym.spaces.Box,)
 
@@ -195,23 +193,6 @@ class DSACT:
         self.std_average = torch.zeros(2, device=device)
         # The latest delayed-update losses, reported between delayed updates.
         self.actor_metrics = {tag: torch.zeros((), device=device) for tag in ("losses/actor", "losses/alpha", "train/entropy")}
-
-    # ----- acting ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        """Stochastic unit actions for training, for a batch of observations on the device."""
-        return self.actor.sample_action(obs)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """The action for evaluation in environment units: tanh of the mean, or a sample."""
-        obs_t = obs_batch(obs, self.device)
-        unit_action = self.actor.deterministic(obs_t) if deterministic else self.actor.sample_action(obs_t)
-        return self.actions.to_env(unit_action[0].cpu().numpy())
-
-    def policy_module(self) -> nn.Module:
-        """observations (B, obs_dim) → tanh(mean) rescaled to the bounds, for export."""
-        return nn.Sequential(MeanAction(self.actor), RescaleToBounds(self.actions.low, self.actions.high))
 
     # ----- learning -------------------------------------------------------------------------
     @torch.no_grad()

@@ -117,7 +117,33 @@ class MeanAction(nn.Module):
         return self.actor.deterministic(obs)
 
 
-class SAC:
+class TanhGaussianActing:
+    """Acting through a TanhGaussianActor at `self.actor`, for SAC and the algorithms that
+    share its actor (DSAC-T, CrossQ): training samples, evaluation actions and the exported
+    policy, with actions in [-1, 1]^|A| mapped to the bounds by `self.actions`."""
+
+    actor: TanhGaussianActor
+    actions: BoxActions
+    device: torch.device
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """Stochastic unit actions for training, for a batch of observations on the device."""
+        return self.actor.sample_action(obs)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """The action for evaluation in environment units: tanh of the mean, or a sample."""
+        obs_t = obs_batch(obs, self.device)
+        unit_action = self.actor.deterministic(obs_t) if deterministic else self.actor.sample_action(obs_t)
+        return self.actions.to_env(unit_action[0].cpu().numpy())
+
+    def policy_module(self) -> nn.Module:
+        """observations (B, obs_dim) → tanh(mean) rescaled to the bounds, for export."""
+        return nn.Sequential(MeanAction(self.actor), RescaleToBounds(self.actions.low, self.actions.high))
+
+
+class SAC(TanhGaussianActing):
     Config = SACConfig
     action_spaces = (gym.spaces.Box,)
 
@@ -146,23 +172,6 @@ class SAC:
         self.actor_optimizer = adam(self.actor.parameters(), config.lr)
         self.critic_optimizer = adam(self.critic.parameters(), config.lr)
         self.alpha_optimizer = adam([self.log_alpha], config.lr)
-
-    # ----- acting ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        """Stochastic unit actions for training, for a batch of observations on the device."""
-        return self.actor.sample_action(obs)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """The action for evaluation in environment units: tanh of the mean, or a sample."""
-        obs_t = obs_batch(obs, self.device)
-        unit_action = self.actor.deterministic(obs_t) if deterministic else self.actor.sample_action(obs_t)
-        return self.actions.to_env(unit_action[0].cpu().numpy())
-
-    def policy_module(self) -> nn.Module:
-        """observations (B, obs_dim) → tanh(mean) rescaled to the bounds, for export."""
-        return nn.Sequential(MeanAction(self.actor), RescaleToBounds(self.actions.low, self.actions.high))
 
     # ----- learning -------------------------------------------------------------------------
     def q_values(self, critic_outputs: torch.Tensor) -> torch.Tensor:
