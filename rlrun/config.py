@@ -39,6 +39,14 @@ def positive(path: str, value: float) -> None:
         raise ConfigError(f"{path}={value!r} must be positive")
 
 
+def replay_sizes(batch_size: int, buffer_size: int) -> None:
+    """A replay buffer's algo.batch_size and algo.buffer_size: both positive, the batch no larger."""
+    positive("algo.batch_size", batch_size)
+    positive("algo.buffer_size", buffer_size)
+    if batch_size > buffer_size:
+        raise ConfigError(f"algo.batch_size={batch_size} is larger than algo.buffer_size={buffer_size}")
+
+
 def non_negative(path: str, value: float) -> None:
     if value < 0:
         raise ConfigError(f"{path}={value!r} must be zero or positive")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rlrun.buffers import Batch, ReplayBuffer, to_device
-from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
+from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive, replay_sizes
 from rlrun.protocols import RunContext
 
 
@@ -58,10 +58,7 @@ class OffPolicyConfig:
         positive("algo.lr", self.lr)
         in_range("algo.gamma", self.gamma, 0.0, 1.0)
         in_range("algo.tau", self.tau, 0.0, 1.0)
-        positive("algo.batch_size", self.batch_size)
-        positive("algo.buffer_size", self.buffer_size)
-        if self.batch_size > self.buffer_size:
-            raise ConfigError(f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}")
+        replay_sizes(self.batch_size, self.buffer_size)
         non_negative("algo.learning_starts", self.learning_starts)
         layer_sizes("algo.hidden_sizes", self.hidden_sizes)
         positive("algo.updates_per_step", self.updates_per_step)

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from rlrun.algos.sac import TanhGaussianActing, TanhGaussianActor
 from rlrun.buffers import Batch
-from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
+from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive, replay_sizes
 from rlrun.nets import EnsembleLinear, in_float32
 from rlrun.offpolicy import BoxActions, check_continuous_spaces, train_off_policy
 from rlrun.optim import Adam, gradient_step
@@ -83,10 +83,7 @@ class CrossQConfig:
         if not 0.0 <= self.adam_beta1 < 1.0:
             raise ConfigError(f"algo.adam_beta1={self.adam_beta1!r} must lie in [0.0, 1.0)")
         in_range("algo.gamma", self.gamma, 0.0, 1.0)
-        positive("algo.batch_size", self.batch_size)
-        positive("algo.buffer_size", self.buffer_size)
-        if self.batch_size > self.buffer_size:
-            raise ConfigError(f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}")
+        replay_sizes(self.batch_size, self.buffer_size)
         non_negative("algo.learning_starts", self.learning_starts)
         layer_sizes("algo.actor_hidden_sizes", self.actor_hidden_sizes)
         layer_sizes("algo.critic_hidden_sizes", self.critic_hidden_sizes)

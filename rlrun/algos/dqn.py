@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlrun.buffers import Batch, ReplayBuffer, to_device
-from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
+from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive, replay_sizes
 from rlrun.hl_gauss import HLGauss, SupportCheck, ValueSupportConfig
 from rlrun.nets import NatureCNN, OutputLinear, check_image_space, hidden_layers, is_image, polyak_update
 from rlrun.offpolicy import final_observations, make_training_envs, record_finished_episodes
@@ -92,10 +92,7 @@ class DQNConfig(ValueSupportConfig):
     def __post_init__(self) -> None:
         positive("algo.lr", self.lr)
         in_range("algo.gamma", self.gamma, 0.0, 1.0)
-        positive("algo.batch_size", self.batch_size)
-        positive("algo.buffer_size", self.buffer_size)
-        if self.batch_size > self.buffer_size:
-            raise ConfigError(f"algo.batch_size={self.batch_size} is larger than algo.buffer_size={self.buffer_size}")
+        replay_sizes(self.batch_size, self.buffer_size)
         non_negative("algo.learning_starts", self.learning_starts)
         positive("algo.num_envs", self.num_envs)
         positive("algo.train_every", self.train_every)
