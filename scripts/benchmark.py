@@ -42,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,12 @@ DEFAULT_ENVS = {
 }
 # Peers without an rlrun algorithm of their own take the settings of this rlrun algorithm.
 SETTINGS_FROM = {"tqc": "sac"}
+
+
+def split_methods(text: str) -> list[str]:
+    """Splits --methods at the commas outside brackets, so overrides such as
+    rlrun:crossq:algo.critic_hidden_sizes=[256,256] stay whole."""
+    return re.split(r",(?![^\[]*\])", text)
 
 
 def main() -> None:
@@ -113,7 +120,9 @@ def main() -> None:
         return
     runners = {"rlrun": run_rlrun_process, "sb3": run_sb3_process}
     methods = (
-        args.methods.split(",") if args.methods else [f"{r}:{a}" for a in args.algos.split(",") for r in args.runners.split(",")]
+        split_methods(args.methods)
+        if args.methods
+        else [f"{r}:{a}" for a in args.algos.split(",") for r in args.runners.split(",")]
     )
     for method in methods:
         runner, _, algo = method.partition(":")
