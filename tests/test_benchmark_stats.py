@@ -82,3 +82,12 @@ def test_speed_ratio_is_the_median_of_back_to_back_pairs():
     assert "| 1.50× | 3: 1.25–1.50× |" in row
     # Sides with no seed in common make no row (rather than a ratio of unrelated runs).
     assert benchmark.markdown([run("rlrun", 1, 0, 90), run("sb3", 2, 0, 80)]).count("\n") == 1
+
+
+def test_methods_split_at_commas_outside_brackets():
+    methods = "rlrun:sac,rlrun:crossq:algo.critic_hidden_sizes=[256,256]:algo.lr=1e-3,sb3:crossq:algo.critic_hidden_sizes=[64,64]"
+    assert benchmark.split_methods(methods) == [
+        "rlrun:sac",
+        "rlrun:crossq:algo.critic_hidden_sizes=[256,256]:algo.lr=1e-3",
+        "sb3:crossq:algo.critic_hidden_sizes=[64,64]",
+    ]
