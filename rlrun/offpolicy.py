@@ -24,16 +24,11 @@ from rlrun.protocols import RunContext
 
 
 @dataclass(frozen=True)
-class OffPolicyConfig:
-    """Hyperparameters every off-policy actor-critic here has; defaults are SAC's MuJoCo ones
-    (Haarnoja et al. 2018, Table 1) unless a field says otherwise."""
+class ReplayLoopConfig:
+    """The settings train_off_policy (below) reads: every algorithm that learns from a replay
+    buffer through it has them. Defaults are SAC's MuJoCo ones (Haarnoja et al. 2018, Table 1;
+    learning_starts CleanRL's sac_continuous_action) unless a subclass says otherwise."""
 
-    lr: float = 3e-4
-    """Adam step size for every network (actor, critics; SAC's temperature too)."""
-    gamma: float = 0.99
-    """Discount factor of future rewards."""
-    tau: float = 0.005
-    """Polyak factor of the target networks: θ̄ ← τθ + (1 − τ)θ̄ at each target update."""
     batch_size: int = 256
     """Transitions sampled from the replay buffer per gradient step."""
     buffer_size: int = 1_000_000
@@ -41,9 +36,7 @@ class OffPolicyConfig:
     a larger buffer would only hold zeros."""
     learning_starts: int = 5000
     """Environment steps of uniform random actions, without updates, that fill the buffer
-    before learning starts (CleanRL's sac_continuous_action)."""
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of the actor's and of each critic's MLP."""
+    before learning starts."""
     updates_per_step: int = 1
     """Gradient steps per environment step once learning has started; environment steps are
     counted over all num_envs sub-environments, so a vector step is followed by
@@ -55,14 +48,32 @@ class OffPolicyConfig:
     and counts num_envs steps towards total_steps, learning_starts and every schedule."""
 
     def __post_init__(self) -> None:
+        replay_sizes(self.batch_size, self.buffer_size)
+        non_negative("algo.learning_starts", self.learning_starts)
+        positive("algo.updates_per_step", self.updates_per_step)
+        positive("algo.num_envs", self.num_envs)
+
+
+@dataclass(frozen=True)
+class OffPolicyConfig(ReplayLoopConfig):
+    """Hyperparameters every off-policy actor-critic with target networks here has (SAC, TD3,
+    DDPG, DSAC-T); defaults are SAC's MuJoCo ones unless a field says otherwise."""
+
+    lr: float = 3e-4
+    """Adam step size for every network (actor, critics; SAC's temperature too)."""
+    gamma: float = 0.99
+    """Discount factor of future rewards."""
+    tau: float = 0.005
+    """Polyak factor of the target networks: θ̄ ← τθ + (1 − τ)θ̄ at each target update."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the actor's and of each critic's MLP."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         positive("algo.lr", self.lr)
         in_range("algo.gamma", self.gamma, 0.0, 1.0)
         in_range("algo.tau", self.tau, 0.0, 1.0)
-        replay_sizes(self.batch_size, self.buffer_size)
-        non_negative("algo.learning_starts", self.learning_starts)
         layer_sizes("algo.hidden_sizes", self.hidden_sizes)
-        positive("algo.updates_per_step", self.updates_per_step)
-        positive("algo.num_envs", self.num_envs)
 
 
 class BoxActions:
@@ -131,7 +142,7 @@ class OffPolicyAgent(Protocol):
         """One gradient step; returns on-device metrics."""
 
 
-def train_off_policy(agent: OffPolicyAgent, run: RunContext, config: OffPolicyConfig) -> None:
+def train_off_policy(agent: OffPolicyAgent, run: RunContext, config: ReplayLoopConfig) -> None:
     """Act, store, learn: one vector step of `config.num_envs` environment steps, then
     `config.updates_per_step` gradient steps for each environment step.
 

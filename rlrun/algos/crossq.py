@@ -23,17 +23,19 @@ from torch.nn import functional as F
 
 from rlrun.algos.sac import TanhGaussianActing, TanhGaussianActor
 from rlrun.buffers import Batch
-from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive, replay_sizes
+from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
 from rlrun.nets import EnsembleLinear, in_float32
-from rlrun.offpolicy import BoxActions, check_continuous_spaces, train_off_policy
+from rlrun.offpolicy import BoxActions, ReplayLoopConfig, check_continuous_spaces, train_off_policy
 from rlrun.optim import Adam, gradient_step
 from rlrun.protocols import RunContext
 
 
 @dataclass(frozen=True)
-class CrossQConfig:
+class CrossQConfig(ReplayLoopConfig):
     """CrossQ's settings; defaults are the paper's, as the authors' train.py
-    (github.com/adityab/CrossQ) sets them for `-algo crossq`."""
+    (github.com/adityab/CrossQ) sets them for `-algo crossq`. batch_size (the critics' joint
+    pass sees twice as many rows, current and next state-actions), buffer_size,
+    learning_starts, updates_per_step (critic updates) and num_envs are the replay loop's."""
 
     lr: float = 1e-3
     """Adam step size for actor, critics and temperature."""
@@ -42,15 +44,6 @@ class CrossQConfig:
     0.999); the temperature's Adam keeps 0.9, as in the authors' code and sb3-contrib."""
     gamma: float = 0.99
     """Discount factor of future rewards."""
-    batch_size: int = 256
-    """Transitions sampled from the replay buffer per gradient step; the critics' joint pass
-    sees twice as many rows (current and next state-actions)."""
-    buffer_size: int = 1_000_000
-    """Transitions the replay buffer keeps (oldest overwritten); capped at total_steps, since
-    a larger buffer would only hold zeros."""
-    learning_starts: int = 5000
-    """Environment steps of uniform random actions, without updates, that fill the buffer
-    before learning starts (the authors' train.py)."""
     actor_hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the actor."""
     critic_hidden_sizes: tuple[int, ...] = (2048, 2048)
@@ -58,12 +51,6 @@ class CrossQConfig:
     much cheaper on a CPU (docs/benchmarks.md compares the two)."""
     num_critics: int = 2
     """Critics trained side by side; targets and the actor's loss take their minimum (clipped double-Q)."""
-    updates_per_step: int = 1
-    """Critic gradient steps per environment step once learning has started; environment
-    steps are counted over all num_envs sub-environments, as for SAC."""
-    num_envs: int = 1
-    """Environments stepped together as one Gymnasium vector env (sub-environment i seeded
-    seed + i); each vector step adds num_envs transitions and counts num_envs steps."""
     policy_delay: int = 3
     """Critic updates per actor and temperature update (the paper's 3)."""
     init_temperature: float = 1.0
@@ -79,17 +66,14 @@ class CrossQConfig:
     actor update."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         positive("algo.lr", self.lr)
         if not 0.0 <= self.adam_beta1 < 1.0:
             raise ConfigError(f"algo.adam_beta1={self.adam_beta1!r} must lie in [0.0, 1.0)")
         in_range("algo.gamma", self.gamma, 0.0, 1.0)
-        replay_sizes(self.batch_size, self.buffer_size)
-        non_negative("algo.learning_starts", self.learning_starts)
         layer_sizes("algo.actor_hidden_sizes", self.actor_hidden_sizes)
         layer_sizes("algo.critic_hidden_sizes", self.critic_hidden_sizes)
         positive("algo.num_critics", self.num_critics)
-        positive("algo.updates_per_step", self.updates_per_step)
-        positive("algo.num_envs", self.num_envs)
         positive("algo.policy_delay", self.policy_delay)
         positive("algo.init_temperature", self.init_temperature)
         if not 0.0 < self.batch_norm_momentum <= 1.0:
