@@ -256,18 +256,18 @@ def sb3_model(algo: str, config: dict, env, seed: int, device: str = "cpu"):
 
     a = config["algo"]
     common = dict(gamma=a["gamma"], seed=seed, device=device, verbose=0)
-    if algo in ("sac", "tqc", "td3", "ddpg"):
-        off_policy = dict(
+    if algo in ("sac", "tqc", "td3", "ddpg", "crossq"):
+        replay = dict(
             learning_rate=a["lr"],
             buffer_size=a["buffer_size"],
             learning_starts=a["learning_starts"],
             batch_size=a["batch_size"],
-            tau=a["tau"],
             train_freq=1,
             gradient_steps=a["updates_per_step"],
-            policy_kwargs=dict(net_arch=list(a["hidden_sizes"])),
             **common,
         )
+    if algo in ("sac", "tqc", "td3", "ddpg"):
+        off_policy = dict(tau=a["tau"], policy_kwargs=dict(net_arch=list(a["hidden_sizes"])), **replay)
         if algo == "sac":
             return sb3.SAC("MlpPolicy", env, ent_coef=f"auto_{a['init_temperature']}", **off_policy)
         if algo == "tqc":
@@ -295,12 +295,6 @@ def sb3_model(algo: str, config: dict, env, seed: int, device: str = "cpu"):
         return CrossQ(
             "MlpPolicy",
             env,
-            learning_rate=a["lr"],
-            buffer_size=a["buffer_size"],
-            learning_starts=a["learning_starts"],
-            batch_size=a["batch_size"],
-            train_freq=1,
-            gradient_steps=a["updates_per_step"],
             policy_delay=a["policy_delay"],
             ent_coef=f"auto_{a['init_temperature']}",
             target_entropy=a["target_entropy"],
@@ -311,7 +305,7 @@ def sb3_model(algo: str, config: dict, env, seed: int, device: str = "cpu"):
                 renorm_warmup_steps=a["renorm_warmup_steps"],
                 optimizer_kwargs=dict(betas=(a["adam_beta1"], 0.999)),
             ),
-            **common,
+            **replay,
         )
     if algo == "ppo":
         lr = a["lr"]
