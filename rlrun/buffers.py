@@ -174,20 +174,24 @@ class SequenceReplayBuffer(ReplayBuffer):
         ended = ended_by_termination or bool(truncated[0])
         self.episode_length += 1
         # The slot's old subsequence is gone with its data; windows that now end here open.
-        changed = {slot: False}
+        self._mark(slot, 1, False)
         if ended_by_termination:
-            for back in range(min(self.episode_length, self.horizon)):
-                changed[(slot - back) % self.capacity] = True
+            count = min(self.episode_length, self.horizon)
+            self._mark((slot - count + 1) % self.capacity, count, True)
             self.any_terminated = True
         elif self.episode_length >= self.horizon:
-            changed[(slot - self.horizon + 1) % self.capacity] = True
+            self._mark((slot - self.horizon + 1) % self.capacity, 1, True)
         if ended:
             self.episode_length = 0
-        slots = np.fromiter(changed, dtype=np.int64, count=len(changed))
-        values = np.fromiter(changed.values(), dtype=bool, count=len(changed))
-        self.sampleable += int(values.sum()) - int(self.startable_host[slots].sum())
-        self.startable_host[slots] = values
-        self.startable[torch.from_numpy(slots).to(self.device)] = to_device(values.astype(np.float32), self.device)
+
+    def _mark(self, first: int, count: int, startable: bool) -> None:
+        """Mark `count` slots from `first` on (wrapping around the end) as startable or not.
+        Slices filled with a Python number: no host-to-device copy."""
+        for begin, end in ((first, min(first + count, self.capacity)), (0, first + count - self.capacity)):
+            if begin < end:
+                self.sampleable += (end - begin) * startable - int(self.startable_host[begin:end].sum())
+                self.startable_host[begin:end] = startable
+                self.startable[begin:end].fill_(float(startable))
 
     def sample_sequences(self, batch_size: int, horizon: int) -> Sequences:
         """`batch_size` subsequences of `horizon` (≤ self.horizon) transitions, their starts
