@@ -41,8 +41,6 @@ def test_two_hot_round_trips_inside_the_support_and_clips_outside():
     # Outside the support: the nearest end bin.
     edges = two_hot.encode(torch.tensor([-1e6, 1e6]))
     assert edges[0, 0] == 1 and edges[1, -1] == 1
-    # Decoding the logarithm of a two-hot distribution gives the value back.
-    torch.testing.assert_close(two_hot.decode(weights.clamp_min(1e-30).log()), x, rtol=1e-5, atol=1e-5)
     # The cross-entropy is the two-hot distribution's entropy at its own logits, and larger elsewhere.
     logits = weights.clamp_min(1e-30).log()
     entropy = -(weights * logits).sum(-1)

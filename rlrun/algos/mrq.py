@@ -178,8 +178,8 @@ class TwoHot:
     """A scalar as a distribution over fixed bins b_1 < ... < b_K, evenly spaced in symlog units
     (b_k = symexp(lower + (k − 1)(upper − lower)/(K − 1))): x ∈ [b_k, b_{k+1}] puts weight
     (b_{k+1} − x)/(b_{k+1} − b_k) on b_k and the rest on b_{k+1}, so that Σ_k p_k b_k = x.
-    Values outside [b_1, b_K] are clipped to it. The reward model outputs logits over the bins
-    and reads back the softmax's mean."""
+    Values outside [b_1, b_K] are clipped to it. The reward model's logits over the bins learn
+    it by cross-entropy."""
 
     def __init__(self, lower: float, upper: float, num_bins: int, device: torch.device) -> None:
         self.bins = symexp(torch.linspace(lower, upper, num_bins, device=device))
@@ -194,10 +194,6 @@ class TwoHot:
         weights.scatter_(-1, lower.unsqueeze(-1), (1.0 - upper_weight).unsqueeze(-1))
         weights.scatter_(-1, (lower + 1).unsqueeze(-1), upper_weight.unsqueeze(-1))
         return weights
-
-    def decode(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, K) logits → (B,) the mean Σ_k softmax(logits)_k b_k."""
-        return (logits.softmax(-1) * self.bins).sum(-1)
 
     def cross_entropy(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B,) −Σ_k twohot(x)_k log softmax(logits)_k."""
