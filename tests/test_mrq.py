@@ -245,6 +245,20 @@ def test_a_smoke_run_trains_evaluates_and_checkpoints(rlrun, tmp_path):
     assert all(np.isfinite(value) for value in last.values())
 
 
+def test_a_resume_without_the_replay_buffer_refills_it_before_updating(rlrun, tmp_path):
+    args = ["experiment=smoke", "algo=mrq", "env=Pendulum", "checkpoint.replay_buffer=false", f"hydra.run.dir={tmp_path}"]
+    assert rlrun(*args).returncode == 0
+    checkpoint = torch.load(tmp_path / "checkpoints" / "step_000000600.pt", weights_only=True)
+    assert "buffer" not in checkpoint["loop"]  # the sequence buffer is a replay buffer, left out
+    extended = rlrun(f"resume={tmp_path}", "total_steps=900")
+    assert extended.returncode == 0, extended.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["total_steps"] == 900
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = {row["step"]: row["losses/value"] for row in rows if "losses/value" in row}
+    # No update while the 200 learning_starts transitions are stored again, then learning.
+    assert losses[700] == losses[600] and losses[900] != losses[700]
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
