@@ -113,3 +113,125 @@ class ReplayBuffer:
             getattr(self, name)[:n] = state[name]
         self.position, self.size = state["position"], n
         self.generator.set_state(state["generator"])
+
+
+class Sequences(NamedTuple):
+    """`horizon` consecutive transitions from each of B sampled start slots."""
+
+    obs: torch.Tensor  # (B, *obs_shape): the first observation of each subsequence
+    actions: torch.Tensor  # (B, H, *action_shape)
+    rewards: torch.Tensor  # (B, H)
+    next_obs: torch.Tensor  # (B, H, *obs_shape): the observation after each transition
+    terminated: torch.Tensor  # (B, H); past a termination the rows belong to other episodes
+    start: torch.Tensor  # (B,) the start slots, for update_priorities
+
+
+class SequenceReplayBuffer(ReplayBuffer):
+    """A replay buffer of one environment's transitions, sampled as subsequences of up to
+    `horizon` consecutive transitions, with start slots drawn in proportion to priorities
+    (LAP, Fujimoto et al. 2020; MR.Q's buffer).
+
+    A start slot may be sampled once the `horizon` transitions from it lie in one episode, or
+    once its episode terminates within them (the rows after a termination then belong to the
+    next episode; learners mask them out). Subsequences that would run past a time-limit
+    truncation are never sampled. A new transition gets the largest priority set so far
+    (`initial_priority` at first), so it is likely to be replayed soon.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        action_shape: tuple[int, ...],
+        device: torch.device,
+        seed: int,
+        horizon: int,
+        initial_priority: float = 1.0,
+    ) -> None:
+        if capacity < horizon:
+            raise ValueError(f"a buffer of {capacity} transitions cannot hold subsequences of {horizon}")
+        super().__init__(capacity, obs_shape, action_shape, device, seed)
+        self.horizon = horizon
+        self.priority = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.max_priority = torch.tensor(initial_priority, dtype=torch.float32, device=device)
+        # Whether each slot may start a subsequence: on the device for sampling, and mirrored
+        # on the host so that the loop can count sampleable starts without a device sync.
+        self.startable = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.startable_host = np.zeros(capacity, dtype=bool)
+        self.sampleable = 0  # how many slots may start a subsequence now
+        self.episode_length = 0  # transitions of the current episode stored so far
+        self.any_terminated = False  # whether any stored episode ended in a termination
+
+    def add_batch(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:  # type: ignore[override]
+        """Store the next transition of the one environment (leading dimension 1);
+        `truncated` marks an episode cut off by a time limit."""
+        if len(rewards) != 1:
+            raise ValueError(f"a SequenceReplayBuffer stores one environment's transitions, got {len(rewards)} at once")
+        slot = self.position
+        super().add_batch(obs, actions, rewards, next_obs, terminated)
+        self.priority[slot] = self.max_priority
+        ended_by_termination = bool(terminated[0])
+        ended = ended_by_termination or bool(truncated[0])
+        self.episode_length += 1
+        # The slot's old subsequence is gone with its data; windows that now end here open.
+        self._mark(slot, 1, False)
+        if ended_by_termination:
+            count = min(self.episode_length, self.horizon)
+            self._mark((slot - count + 1) % self.capacity, count, True)
+            self.any_terminated = True
+        elif self.episode_length >= self.horizon:
+            self._mark((slot - self.horizon + 1) % self.capacity, 1, True)
+        if ended:
+            self.episode_length = 0
+
+    def _mark(self, first: int, count: int, startable: bool) -> None:
+        """Mark `count` slots from `first` on (wrapping around the end) as startable or not.
+        Slices filled with a Python number: no host-to-device copy."""
+        for begin, end in ((first, min(first + count, self.capacity)), (0, first + count - self.capacity)):
+            if begin < end:
+                self.sampleable += (end - begin) * startable - int(self.startable_host[begin:end].sum())
+                self.startable_host[begin:end] = startable
+                self.startable[begin:end].fill_(float(startable))
+
+    def sample_sequences(self, batch_size: int, horizon: int) -> Sequences:
+        """`batch_size` subsequences of `horizon` (≤ self.horizon) transitions, their starts
+        drawn with probability priority_i / Σ_j priority_j over the startable slots."""
+        cumulative = (self.priority * self.startable).cumsum(0)
+        draws = torch.rand(batch_size, device=self.device, generator=self.generator) * cumulative[-1]
+        # right=True: a draw lands in the first slot whose cumulative sum exceeds it, never a
+        # slot of zero weight; the clamp only guards against rounding at the top end.
+        start = torch.searchsorted(cumulative, draws, right=True).clamp_(max=self.capacity - 1)
+        slots = (start.unsqueeze(1) + torch.arange(horizon, device=self.device)) % self.capacity
+        return Sequences(
+            self.obs[start], self.actions[slots], self.rewards[slots], self.next_obs[slots], self.terminated[slots], start
+        )
+
+    def update_priorities(self, start: torch.Tensor, priority: torch.Tensor) -> None:
+        """New priorities for sampled start slots; a slot sampled twice keeps the larger one
+        (an order-independent choice, so a GPU run does not depend on write order)."""
+        self.priority.scatter_reduce_(0, start, priority, reduce="amax", include_self=False)
+        torch.maximum(self.max_priority, priority.max(), out=self.max_priority)
+
+    def mean_absolute_reward(self, eps: float = 1e-8) -> torch.Tensor:
+        """E|r| over the stored transitions (at least eps), on the device."""
+        return self.rewards[: self.size].abs().mean().clamp(min=eps)
+
+    def state_dict(self) -> dict:
+        n = self.size
+        return super().state_dict() | {
+            "priority": self.priority[:n],
+            "startable": self.startable[:n],
+            "max_priority": self.max_priority.clone(),
+            "episode_length": self.episode_length,
+            "any_terminated": self.any_terminated,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        n = state["size"]
+        self.priority[:n] = state["priority"]
+        self.startable[:n] = state["startable"]
+        self.startable_host[:n] = state["startable"].cpu().numpy() > 0
+        self.sampleable = int(self.startable_host.sum())
+        self.max_priority.copy_(state["max_priority"])
+        self.episode_length, self.any_terminated = state["episode_length"], state["any_terminated"]

@@ -11,12 +11,21 @@ class Adam:
     torch.optim.Adam(fused=True) uses, so the same numbers bit for bit, without torch.optim's
     wrapper, whose first use imports torch._dynamo, a slow import every run would wait for.
 
-    `lr` may be changed between steps (PPO anneals it).
+    `lr` may be changed between steps (PPO anneals it). A positive `weight_decay` makes it
+    AdamW (Loshchilov & Hutter 2019): θ ← θ − lr·weight_decay·θ besides the Adam step,
+    decoupled from the gradient's moments (torch.optim.AdamW(fused=True)'s kernel).
     """
 
-    def __init__(self, params, lr: float, eps: float = 1e-8, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float,
+        eps: float = 1e-8,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+    ) -> None:
         self.params = list(params)
-        self.lr, self.eps, self.betas = lr, eps, betas
+        self.lr, self.eps, self.betas, self.weight_decay = lr, eps, betas, weight_decay
         self.exp_avgs = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
         # One step count per parameter, on its device: the fused kernel's bias corrections use it.
@@ -32,7 +41,8 @@ class Adam:
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
         steps = [self.steps[i] for i in live]
         torch._foreach_add_(steps, 1)
-        torch._fused_adam_(
+        kernel = torch._fused_adamw_ if self.weight_decay else torch._fused_adam_
+        kernel(
             [self.params[i] for i in live],
             [self.params[i].grad for i in live],
             [self.exp_avgs[i] for i in live],
@@ -42,7 +52,7 @@ class Adam:
             lr=self.lr,
             beta1=self.betas[0],
             beta2=self.betas[1],
-            weight_decay=0.0,
+            weight_decay=self.weight_decay,
             eps=self.eps,
             amsgrad=False,
             maximize=False,

@@ -15,6 +15,7 @@ ALGORITHMS: dict[str, str] = {
     "ddpg": "rlrun.algos.ddpg:DDPG",
     "dsac_t": "rlrun.algos.dsac_t:DSACT",
     "crossq": "rlrun.algos.crossq:CrossQ",
+    "mrq": "rlrun.algos.mrq:MRQ",
 }
 
 

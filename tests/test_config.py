@@ -313,7 +313,7 @@ def test_an_algorithm_that_does_not_fit_the_action_space_is_refused(composer, ov
     with pytest.raises(ConfigError) as error:
         validate(composer(*overrides))
     if message == "algos that fit":  # Pendulum's Box: every continuous algorithm, in registry order
-        assert str(error.value).endswith("; algorithms that fit: sac, ppo, td3, ddpg, dsac_t, crossq")
+        assert str(error.value).endswith("; algorithms that fit: sac, ppo, td3, ddpg, dsac_t, crossq, mrq")
     else:
         assert str(error.value).startswith(message)
 
@@ -329,7 +329,7 @@ def test_an_algorithm_that_does_not_fit_the_action_space_is_refused(composer, ov
         (["env.id=HalfCheetah-v9"], "env.id='HalfCheetah-v9' is not a registered Gymnasium environment; did you mean"),
         (
             ["algo.name=sacc"],
-            "algo.name='sacc' is not a registered algorithm; choose one of: sac, ppo, dqn, td3, ddpg, dsac_t, crossq",
+            "algo.name='sacc' is not a registered algorithm; choose one of: sac, ppo, dqn, td3, ddpg, dsac_t, crossq, mrq",
         ),
     ],
 )
@@ -353,7 +353,7 @@ def test_cuda_without_a_gpu_is_refused(composer):
     [
         (["algo.lrr=0.1"], "unknown config key 'algo.lrr'; did you mean 'algo.lr'?"),
         (["eval.evry=5"], "unknown config key 'eval.evry'; did you mean 'eval.every'?"),
-        (["algo=sacc"], "unknown algo 'sacc'; choose one of: crossq, ddpg, dqn, dsac_t, ppo, sac, td3"),
+        (["algo=sacc"], "unknown algo 'sacc'; choose one of: crossq, ddpg, dqn, dsac_t, mrq, ppo, sac, td3"),
         (["env=HalfCheeta"], "unknown env 'HalfCheeta'; choose one of: Acrobot, "),
     ],
 )

@@ -20,10 +20,11 @@ from rlrun.algos.crossq import CrossQ, CrossQConfig
 from rlrun.algos.ddpg import DDPG, DDPGConfig
 from rlrun.algos.dqn import DQN, DQNConfig
 from rlrun.algos.dsac_t import DSACT, DSACTConfig
+from rlrun.algos.mrq import MRQ, MRQConfig
 from rlrun.algos.ppo import PPO, PPOConfig
 from rlrun.algos.sac import SAC, SACConfig
 from rlrun.algos.td3 import TD3, TD3Config
-from rlrun.buffers import ReplayBuffer
+from rlrun.buffers import ReplayBuffer, SequenceReplayBuffer
 from rlrun.config import EnvConfig
 from rlrun.envs import make_env, make_vector_env
 
@@ -53,6 +54,7 @@ OFF_POLICY = {
         ("ddpg", "Pendulum"),
         ("dsac_t", "Pendulum"),
         ("crossq", "Pendulum"),
+        ("mrq", "Pendulum"),
         ("ppo", "Pendulum"),
         ("dqn", "CartPole"),
     ],
@@ -108,6 +110,48 @@ def test_storing_sampling_and_updating_never_wait_for_the_gpu(algo):
             add_vector_step()
             metrics = agent.update(buffer.sample(config.batch_size))
     assert all(value.device.type == "cuda" for value in metrics.values())
+
+
+# MR.Q learns from its own buffer (subsequences, priorities), so its update takes the buffer.
+MRQ_SMALL = MRQConfig(
+    zs_dim=32,
+    za_dim=16,
+    zsa_dim=32,
+    encoder_hidden_dim=32,
+    value_hidden_dim=32,
+    policy_hidden_dim=32,
+    batch_size=64,
+    learning_starts=100,
+    target_update_freq=2,  # target copies and encoder steps inside the guarded updates
+)
+
+
+def test_an_mrq_update_never_waits_for_the_gpu():
+    obs_space, action_space = spaces("mrq")
+    agent = MRQ(MRQ_SMALL, obs_space, action_space, GPU, seed=0)
+    buffer = SequenceReplayBuffer(500, obs_space.shape, action_space.shape, GPU, seed=0, horizon=5)
+
+    def add_step():
+        obs = torch.randn((1, *obs_space.shape), device=GPU)
+        next_obs = torch.randn((1, *obs_space.shape), device=GPU)
+        buffer.add_batch(obs, agent.explore(obs), np.full(1, 0.5), next_obs, np.zeros(1, bool), np.zeros(1, bool))
+
+    for _ in range(50):
+        add_step()
+    with no_waiting_for_the_gpu():
+        for _ in range(4):
+            add_step()
+            metrics = agent.update(buffer)
+    assert all(value.device.type == "cuda" for value in metrics.values())
+
+
+def test_an_mrq_step_copies_only_the_observation_in_and_the_action_out():
+    run = LoopOnly("Pendulum-v1", total_steps=400)
+    agent = MRQ(MRQ_SMALL, *spaces("mrq"), GPU, seed=0)
+    to_device, to_host = copies(agent.train, run)
+    # As for SAC's loop: the buffer's bookkeeping (startable slots, priorities) stays on the device.
+    assert to_device == 1 + 2 * run.total_steps + run.episodes + MRQ_SMALL.learning_starts, (to_device, run.episodes)
+    assert to_host == run.total_steps - MRQ_SMALL.learning_starts
 
 
 def test_a_ppo_update_never_waits_for_the_gpu():

@@ -21,6 +21,7 @@ RUNS = {
     "dqn": ("CartPole", []),
     "td3": ("Pendulum", []),
     "crossq": ("Pendulum", []),  # batch renormalisation layers, in evaluation mode when acting
+    "mrq": ("Pendulum", []),  # the state encoder in front of the policy
 }
 
 

@@ -215,6 +215,7 @@ DEFAULT_SPACES = {
     "dqn": "CartPole",
     "dsac_t": "Pendulum",
     "crossq": "Pendulum",
+    "mrq": "Pendulum",
 }
 
 

@@ -29,6 +29,9 @@ RUNS = {
     "dsac_t": (["algo=dsac_t", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
     # CrossQ's smoke config ends the batch renormalisation's warm-up (100 passes) before the kill.
     "crossq": (["algo=crossq", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
+    # MR.Q's smoke config copies its targets and trains its encoder every 50 updates; the
+    # prioritised sequence buffer (priorities, startable slots) wraps around before the kill.
+    "mrq": (["algo=mrq", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 1200),
     "ppo": (
         ["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=6000", "checkpoint.every=1000", "eval.every=2000"],
         2000,
