@@ -88,6 +88,25 @@ CASES = {
         untrained_below=-1000,
         bar=-200,
     ),
+    # The tuned Pendulum file (configs/tuned/mrq-Pendulum.yaml: learning from step 1,000) with
+    # 128-wide embeddings and networks instead of the paper's 512.
+    "mrq-Pendulum": LearningTest(
+        (
+            "algo=mrq",
+            "env=Pendulum",
+            "total_steps=3000",
+            "eval.every=1000",
+            "algo.zs_dim=128",
+            "algo.za_dim=64",
+            "algo.zsa_dim=128",
+            "algo.encoder_hidden_dim=128",
+            "algo.value_hidden_dim=128",
+            "algo.policy_hidden_dim=128",
+        ),
+        evaluations=3,
+        untrained_below=-1000,
+        bar=-200,
+    ),
     # The tuned RL Zoo settings; the learning rate anneals to zero over these 30,000 steps.
     "ppo-CartPole": LearningTest(
         ("algo=ppo", "env=CartPole", "total_steps=30000", "eval.every=1000", "eval.episodes=5"),
