@@ -7,6 +7,8 @@ Each positional argument is an algorithm name, optionally followed by fields of 
 thread and updated on batches from a replay buffer of random transitions, in rounds that
 alternate between the agents. Times are the process's CPU time, which other jobs on a shared
 machine disturb far less than wall time; an environment step's cost is printed alongside.
+MR.Q's update samples its own subsequences and every target_update_freq-th one also trains
+the encoder that many times: timed over a multiple of 250 updates, its figure averages that in.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from rlrun.buffers import ReplayBuffer
+from rlrun.buffers import ReplayBuffer, SequenceReplayBuffer
 from rlrun.registry import get_algorithm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -46,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("agents", nargs="+", help='an algorithm name, optionally with Config fields: "dsac_t lr=1e-3"')
     parser.add_argument("--env", default="HalfCheetah", help="a configs/env name (its spaces are used)")
-    parser.add_argument("--updates", type=int, default=200, help="timed updates per agent and round")
+    parser.add_argument("--updates", type=int, default=250, help="timed updates per agent and round")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
@@ -69,15 +71,32 @@ def main() -> None:
         np.zeros(size, bool),
     )
 
+    # MR.Q's buffer: the same kind of random transitions, one episode-free stream.
+    sequences = SequenceReplayBuffer(size, obs_space.shape, action_space.shape, torch.device("cpu"), seed=0, horizon=5)
+    for _ in range(size):
+        sequences.add_batch(
+            torch.randn(1, obs_dim),
+            torch.rand(1, action_dim) * 2 - 1,
+            np.random.randn(1),
+            torch.randn(1, obs_dim),
+            *np.zeros((2, 1), bool),
+        )
+
+    def update_of(agent, config):
+        if type(agent).__name__ == "MRQ":
+            return lambda: agent.update(sequences)
+        return lambda: agent.update(buffer.sample(config.batch_size))
+
     env.reset(seed=0)
     step_ms = cpu_ms(lambda: env.step(action_space.sample()), 1000)
     print(f"{env_id}: environment step {step_ms:.3f} ms CPU")
     obs = torch.randn(obs_dim)
     for round_number in range(args.rounds):
         for spec, (agent, config) in agents.items():
+            update_once = update_of(agent, config)
             for _ in range(10):  # warm-up: first-call allocations
-                agent.update(buffer.sample(config.batch_size))
-            update = cpu_ms(lambda agent=agent, config=config: agent.update(buffer.sample(config.batch_size)), args.updates)
+                update_once()
+            update = cpu_ms(update_once, args.updates)
             explore = cpu_ms(lambda agent=agent: agent.explore(obs), args.updates)
             print(f"round {round_number + 1}  {spec:50s} update {update:7.2f} ms  explore {explore:6.3f} ms CPU")
 

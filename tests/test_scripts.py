@@ -100,12 +100,13 @@ def test_vector_envs_speed_without_updates_measures_the_loop_alone():
 def test_update_cost_times_each_agent_in_each_round():
     output = subprocess.run(
         [sys.executable, str(SCRIPTS / "update_cost.py"), "--env", "Pendulum", "--updates", "3", "--rounds", "2"]
-        + ["sac hidden_sizes=[32,32]", "dsac_t hidden_sizes=[32,32] activation=relu"],
+        + ["sac hidden_sizes=[32,32]", "dsac_t hidden_sizes=[32,32] activation=relu", "mrq zs_dim=16 target_update_freq=2"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert output.returncode == 0, output.stderr[-2000:]
     rows = [line.split() for line in output.stdout.splitlines() if line.startswith("round")]
-    assert [(row[1], row[2]) for row in rows] == [("1", "sac"), ("1", "dsac_t"), ("2", "sac"), ("2", "dsac_t")]
+    agents = ["sac", "dsac_t", "mrq"]
+    assert [(row[1], row[2]) for row in rows] == [(round_number, agent) for round_number in ("1", "2") for agent in agents]
     assert all(float(row[row.index("update") + 1]) > 0 for row in rows)
