@@ -54,10 +54,16 @@ def run_rlrun_together(commands: list[tuple[str, ...]], timeout: float = 600) ->
         return results
 
 
+def _default_interrupt_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:
     """Start `rlrun` in the background (to be signalled or killed); stdout/stderr are piped.
-    SIGINT is handled as in a terminal even when the tests run as a shell's background job
-    (which starts children with SIGINT ignored)."""
+    SIGINT and SIGHUP are handled as in a terminal even when the tests run as a shell's
+    background job or under nohup (which start children with them ignored, and rlrun keeps
+    an ignored signal ignored)."""
     return subprocess.Popen(
         _command(args, patch),
         stdout=subprocess.PIPE,
@@ -65,7 +71,7 @@ def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:
         text=True,
         env=_env(),
         cwd=REPO,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=_default_interrupt_signals,
     )
 
 
