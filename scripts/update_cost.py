@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import yaml
 
+from rlrun.algos.mrq import MRQ
 from rlrun.buffers import ReplayBuffer, SequenceReplayBuffer
 from rlrun.registry import get_algorithm
 
@@ -71,29 +72,31 @@ def main() -> None:
         np.zeros(size, bool),
     )
 
-    # MR.Q's buffer: the same kind of random transitions, one episode-free stream.
-    sequences = SequenceReplayBuffer(size, obs_space.shape, action_space.shape, torch.device("cpu"), seed=0, horizon=5)
-    for _ in range(size):
-        sequences.add_batch(
-            torch.randn(1, obs_dim),
-            torch.rand(1, action_dim) * 2 - 1,
-            np.random.randn(1),
-            torch.randn(1, obs_dim),
-            *np.zeros((2, 1), bool),
-        )
-
     def update_of(agent, config):
-        if type(agent).__name__ == "MRQ":
-            return lambda: agent.update(sequences)
-        return lambda: agent.update(buffer.sample(config.batch_size))
+        """One timed update. MR.Q samples its own subsequences: it gets a sequence buffer of the
+        same kind of random transitions, one episode-free stream."""
+        if not isinstance(agent, MRQ):
+            return lambda: agent.update(buffer.sample(config.batch_size))
+        horizon = max(config.enc_horizon, config.q_horizon)
+        sequences = SequenceReplayBuffer(size, obs_space.shape, action_space.shape, torch.device("cpu"), 0, horizon)
+        for _ in range(size):
+            sequences.add_batch(
+                torch.randn(1, obs_dim),
+                torch.rand(1, action_dim) * 2 - 1,
+                np.random.randn(1),
+                torch.randn(1, obs_dim),
+                *np.zeros((2, 1), bool),
+            )
+        return lambda: agent.update(sequences)
 
+    updates = {spec: update_of(agent, config) for spec, (agent, config) in agents.items()}
     env.reset(seed=0)
     step_ms = cpu_ms(lambda: env.step(action_space.sample()), 1000)
     print(f"{env_id}: environment step {step_ms:.3f} ms CPU")
     obs = torch.randn(obs_dim)
     for round_number in range(args.rounds):
-        for spec, (agent, config) in agents.items():
-            update_once = update_of(agent, config)
+        for spec, (agent, _) in agents.items():
+            update_once = updates[spec]
             for _ in range(10):  # warm-up: first-call allocations
                 update_once()
             update = cpu_ms(update_once, args.updates)
