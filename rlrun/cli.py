@@ -1,47 +1,26 @@
-"""The `rlrun` command: Hydra composes the config, rlrun checks it, then trains.
+"""The `rlrun` command line: which command it is, handed to the module that owns it.
 
-Before Hydra creates any run folder, every job of the command line (one, or each job of a
-`-m` grid) is composed and validated, so a typo or an unfit algorithm × environment pair
-gets a one-line error and nothing is written.
+    rlrun [key=value ...] | -m ... | resume=<run>    train (rlrun/commands/train.py)
+    rlrun evaluate=<run or sweep> [options]          rlrun/commands/evaluate.py
+    rlrun export=<run> [options]                     rlrun/commands/export.py
+    rlrun report=<folder> [report=<folder> ...]      rlrun/commands/report.py
+
+A bad command line gets one line and exit code 2 before anything is written; a failure
+while a command runs gets one line and exit code 1, with what was written kept.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import dataclasses
-import difflib
-import json
-import logging
 import os
 import signal
 import sys
-import tempfile
-from pathlib import Path
 
-import hydra
-import yaml
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
-from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from rlrun.commands import evaluate, export, report, train
+from rlrun.config import ConfigError, RunError
 
-import rlrun.sweep  # noqa: F401  registers the resolver that names sweep job folders (configs/config.yaml)
-from rlrun.config import ConfigError, RunConfig, RunError
-
-CONFIG_MODULE = "rlrun.configs"
-SLURM_INSTALL = "python -m pip install -c constraints.txt -e '.[slurm]'"
-log = logging.getLogger("rlrun")
-
-# The one Hydra flag the preflight runs with (see preflight).
-_MULTIRUN_FLAGS = {"-m", "--multirun"}
-_MAX_REPORTED_JOBS = 20
-
-
-# Commands that read run folders instead of training: `rlrun evaluate=<run> ...`, `rlrun export=<run> ...`,
-# `rlrun report=<folder> [report=<folder> ...] [report.<option>=...]`.
-_FOLDER_COMMANDS = ("evaluate", "export", "report")
+# Commands that read run folders instead of training, by their key.
+FOLDER_COMMANDS = {"evaluate": evaluate.main, "export": export.main, "report": report.main}
 
 
 def main() -> None:
@@ -50,28 +29,16 @@ def main() -> None:
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     args = sys.argv[1:]
-    if any(_override_key(a) in _FOLDER_COMMANDS or _override_key(a).startswith("report.") for a in args):
-        _folder_command(args)
-        return
     try:
-        if all(a in _MULTIRUN_FLAGS for a in args if a.startswith("-")):  # other flags take values: Hydra's to parse
-            check_overrides([a for a in args if not a.startswith("-")])
-        args = expand_resume(args)
-    except ConfigError as error:
-        print(f"rlrun: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        # Flags (-m, --cfg, ...) and hydra.mode= are Hydra's to handle; a plain run is ours.
-        if not any(a.startswith("-") or _override_key(a) == "hydra.mode" for a in args):
-            _run_one(args)
+        if any(train.override_key(a) in FOLDER_COMMANDS or train.override_key(a).startswith("report.") for a in args):
+            _folder_command(args)
         else:
-            errors = preflight(args)
-            if errors:
-                for line in errors:
-                    print(f"rlrun: error: {line}", file=sys.stderr)
-                sys.exit(2)
-            sys.argv = [sys.argv[0], *args]  # what Hydra parses
-            _hydra_main()
+            train.main(args)
+    except (ConfigError, RunError) as error:  # RunError: a failure while the command ran
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"rlrun: error: {error}", file=sys.stderr)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
     except KeyboardInterrupt:
         # Training's handler turns the first Ctrl-C into a checkpoint; this is a second one, or
         # one before training started.
@@ -80,46 +47,32 @@ def main() -> None:
 
 
 def _folder_command(args: list[str]) -> None:
-    """`rlrun evaluate=<run> [options]` or `rlrun export=<run> [options]`; one line and exit 2
-    for bad input, before anything is written."""
-    commands = [a for a in args if _override_key(a) in _FOLDER_COMMANDS]
+    """`rlrun evaluate=<run> [options]`, `export=<run>` or `report=<folder> ...`: which one,
+    and its folder(s), checked before the command's module takes its options."""
+    commands = [a for a in args if train.override_key(a) in FOLDER_COMMANDS]
     rest = [a for a in args if a not in commands]
-    try:
-        if not commands:
-            raise ConfigError("report.<option>= needs report=<folder>, e.g. rlrun report=multirun/<date>/<time> report.seed=1")
-        if {_override_key(c) for c in commands} == {"report"}:
-            clashing = [a for a in rest if a.startswith("-") or _override_key(a) == "resume"]
-            if clashing:
-                raise ConfigError(f"report= reads saved runs and takes no {' '.join(clashing)}")
-            folders = [c.partition("=")[2] for c in commands]
-            if not all(folders):
-                raise ConfigError("report= needs a run or sweep folder, e.g. report=multirun/<date>/<time>")
-            from rlrun.report.command import report_command
-
-            report_command(folders, rest)
-            return
-        if len(commands) > 1:
-            raise ConfigError(f"give one of {', '.join(c + '=' for c in _FOLDER_COMMANDS)} at a time, not {' '.join(commands)}")
-        name, _, folder = commands[0].partition("=")
-        clashing = [a for a in rest if a in _MULTIRUN_FLAGS or a.startswith("-") or _override_key(a) == "resume"]
+    if not commands:
+        raise ConfigError("report.<option>= needs report=<folder>, e.g. rlrun report=multirun/<date>/<time> report.seed=1")
+    names = {train.override_key(c) for c in commands}
+    if names == {"report"}:
+        clashing = [a for a in rest if a.startswith("-") or train.override_key(a) == "resume"]
         if clashing:
-            hint = "; evaluate a sweep with evaluate=<its folder>" if name == "evaluate" else ""
-            raise ConfigError(f"{name}= reads a saved run and takes no {' '.join(clashing)}{hint}")
-        if not folder:
-            raise ConfigError(f"{name}= needs a run folder, e.g. {name}=outputs/<date>/<time>")
-        if name == "evaluate":
-            from rlrun.evaluate import evaluate_command
-
-            evaluate_command(folder, rest)
-        else:
-            from rlrun.export import export_command
-
-            export_command(folder, rest)
-    except (ConfigError, RunError) as error:  # RunError: the environment failed while evaluated
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"rlrun: error: {error}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, ConfigError) else 1)
+            raise ConfigError(f"report= reads saved runs and takes no {' '.join(clashing)}")
+        folders = [c.partition("=")[2] for c in commands]
+        if not all(folders):
+            raise ConfigError("report= needs a run or sweep folder, e.g. report=multirun/<date>/<time>")
+        report.main(folders, rest)
+        return
+    if len(commands) > 1:
+        raise ConfigError(f"give one of {', '.join(c + '=' for c in FOLDER_COMMANDS)} at a time, not {' '.join(commands)}")
+    name, _, folder = commands[0].partition("=")
+    clashing = [a for a in rest if a in train.MULTIRUN_FLAGS or a.startswith("-") or train.override_key(a) == "resume"]
+    if clashing:
+        hint = "; evaluate a sweep with evaluate=<its folder>" if name == "evaluate" else ""
+        raise ConfigError(f"{name}= reads a saved run and takes no {' '.join(clashing)}{hint}")
+    if not folder:
+        raise ConfigError(f"{name}= needs a run folder, e.g. {name}=outputs/<date>/<time>")
+    FOLDER_COMMANDS[name](folder, rest)
 
 
 def keep_freed_memory() -> None:
@@ -137,378 +90,6 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_mmap_threshold, 32 << 20)
     libc.mallopt(m_trim_threshold, 256 << 20)
     libc.mallopt(m_top_pad, 64 << 20)
-
-
-def _run_one(overrides: list[str]) -> None:
-    """A single run (no -m, no Hydra flags): what Hydra's own `run` does, with the config
-    composed once, where the preflight and Hydra's `run` composed it three times (Hydra
-    once just to learn the run mode), a few tenths of a second each. Bad values get one line
-    before Hydra creates the run folder."""
-    from hydra import initialize_config_module
-    from hydra._internal.callbacks import Callbacks
-    from hydra._internal.utils import run_and_report
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.utils import run_job
-    from hydra.types import HydraContext
-
-    from rlrun.ownership import lock_run_folder
-
-    with initialize_config_module(CONFIG_MODULE, job_name="rlrun", version_base="1.3"):
-        hydra_app = GlobalHydra.instance().hydra
-        try:
-            cfg = hydra_app.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=True)
-            plan = _check_job(cfg, multirun=False)
-            for warning in plan.warnings:
-                _say(f"rlrun: warning: {warning}")
-            lock_run_folder(Path(cfg.hydra.run.dir))  # held until this process ends
-        except (ConfigError, HydraException) as error:
-            print(f"rlrun: error: {_describe(error, overrides)}", file=sys.stderr)
-            sys.exit(2)
-        cfg.hydra.mode = RunMode.RUN
-        callbacks = Callbacks(cfg)
-        callbacks.on_run_start(config=cfg, config_name="config")
-        result = run_job(
-            hydra_context=HydraContext(config_loader=hydra_app.config_loader, callbacks=callbacks),
-            task_function=lambda job_cfg: _job(job_cfg, plan),
-            config=cfg,
-            job_dir_key="hydra.run.dir",
-            job_subdir_key=None,
-        )
-        callbacks.on_run_end(config=cfg, config_name="config", job_return=result)
-        run_and_report(lambda: result.return_value)  # a crash: Hydra's short traceback, exit 1
-
-
-@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
-def _hydra_main(cfg: DictConfig) -> dict | None:
-    """One job of a sweep (or of a command with Hydra flags); see _job."""
-    return _job(cfg)
-
-
-def _job(cfg: DictConfig, plan=None) -> dict | None:
-    """One job. Returns its summary (what summary.json holds), which sweepers read from
-    Hydra's JobReturn; None if the job failed. `plan` is `cfg` already validated, if it was."""
-    from rlrun.ownership import FolderInUse, ParentWatch, lock_run_folder, release_run_folder
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    if multirun:
-        try:
-            lock_run_folder(run_dir)
-        except FolderInUse as error:  # a survivor of an earlier attempt still trains here: leave its files alone
-            log.error("job skipped: %s", error)
-            return None
-    # A joblib worker outlives a killed sweep unless it watches for it.
-    parent_watch = ParentWatch() if multirun and HydraConfig.get().launcher.get("n_jobs") is not None else None
-    try:
-        return _train_job(cfg, plan, run_dir, multirun)
-    finally:
-        if multirun:
-            release_run_folder(run_dir)
-        if parent_watch is not None:
-            parent_watch.stop()
-            parent_watch.exit_if_orphaned()
-
-
-def _train_job(cfg: DictConfig, plan, run_dir: Path, multirun: bool) -> dict | None:
-    from rlrun.plan import validate
-    from rlrun.train import execute
-
-    try:
-        plan = plan or validate(cfg)
-        if plan.run_config.threads is None and (threads := _threads_per_parallel_job()) is not None:
-            plan = dataclasses.replace(plan, run_config=dataclasses.replace(plan.run_config, threads=threads))
-        if multirun and plan.run_config.log.wandb.project is not None and plan.run_config.log.wandb.group is None:
-            plan = _with_wandb_group(plan, str(HydraConfig.get().sweep.dir))
-        log.info(
-            "%s on %s, seed %d, %d steps, pid %d, %s torch threads → %s",
-            plan.algo_name,
-            plan.run_config.env.id,
-            plan.run_config.seed,
-            plan.run_config.total_steps,
-            os.getpid(),
-            plan.run_config.threads or "default",
-            run_dir,
-        )
-        summary = execute(plan, run_dir)
-    except Exception as error:
-        one_line = isinstance(error, (ConfigError, RunError)) and os.environ.get("HYDRA_FULL_ERROR") != "1"
-        if not multirun:
-            if one_line:
-                print(f"rlrun: error: {error}", file=sys.stderr)
-                sys.exit(2 if isinstance(error, ConfigError) else 1)
-            raise
-        # One job's failure must not stop a sweep: record it, and let the sweep summary
-        # (rlrun/sweep.py) report it and exit non-zero once every job has run.
-        log.error("job failed: %s: %s", type(error).__name__, error, exc_info=not one_line)
-        record_failure(run_dir, error)
-        return None
-    if summary["status"] == "interrupted":
-        # Stops a sweep too: Ctrl-C or a scheduler's SIGTERM means stop, not "next job".
-        then = (
-            "a run on env.backend=envpool cannot resume"
-            if plan.run_config.env.backend == "envpool"
-            else f"continue with: rlrun resume={run_dir}"
-        )
-        _say(f"rlrun: {summary['signal']} at step {summary['total_steps']}: saved {summary['checkpoint']}; {then}")
-        sys.exit(128 + signal.Signals[summary["signal"]])
-    evaluated = summary["eval_return_mean"] is not None
-    log.info(
-        "%s after %d steps: eval return %s, %s steps/s, %.0f s",
-        summary["status"],
-        summary["total_steps"],
-        f"{summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}" if evaluated else "none",
-        f"{summary['sps']:.0f}" if summary.get("sps") else "?",
-        summary["wall_time_s"],
-    )
-    return summary
-
-
-def _say(line: str) -> None:
-    """A line on stderr, unless stderr is gone (the terminal of a dropped SSH session)."""
-    with contextlib.suppress(OSError):
-        print(line, file=sys.stderr)
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """Catch what Hydra would report with a parser trace or accept silently: an override it
-    cannot parse, a list given to a config group, and `~key`, which removes a setting so that
-    rlrun would fall back to a default the saved config does not show."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    parser = OverridesParser.create()
-    groups = _config_groups()
-    for text in overrides:
-        try:
-            override = parser.parse_overrides([text])[0]
-        except OverrideParseException:
-            raise ConfigError(
-                f"cannot parse the override {text!r}: keys are dotted ASCII names such as algo.lr, and a value with "
-                "spaces or special characters goes in quotes (key='a value')"
-            ) from None
-        key = override.key_or_group
-        if override.is_delete() and key not in groups and not key.startswith("hydra"):
-            raise ConfigError(f"{text}: removing a setting is not supported; give it a value instead ({key}=...)")
-        if key in groups and not override.is_sweep_override() and not isinstance(override.value(), (str, type(None))):
-            raise ConfigError(
-                f"{text}: the config group {key} takes one name ({key}=<name>); for several, run a sweep: "
-                f"rlrun -m {key}=<name>,<name>"
-            )
-
-
-def _config_groups() -> set[str]:
-    """The config groups (folders) of rlrun's configs: algo, env, experiment, tuned, ..."""
-    import importlib.resources
-
-    root = importlib.resources.files(CONFIG_MODULE)
-    return {entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(("_", "."))}
-
-
-def _with_wandb_group(plan, group: str):
-    """`plan` with its W&B group set: a sweep's jobs share their sweep folder's path (W&B keeps
-    128 characters of a group)."""
-    settings = plan.run_config
-    wandb = dataclasses.replace(settings.log.wandb, group=group[-128:])
-    log_settings = dataclasses.replace(settings.log, wandb=wandb)
-    return dataclasses.replace(plan, run_config=dataclasses.replace(settings, log=log_settings))
-
-
-def expand_resume(args: list[str]) -> list[str]:
-    """`resume=<run folder>` → that run's own overrides, then the command line's (which win),
-    with Hydra writing into the folder again and keeping its original .hydra/ config."""
-    resumes = [a for a in args if a.startswith("resume=")]
-    if not resumes:
-        return args
-    folder_text = resumes[-1].split("=", 1)[1]
-    folder = Path(folder_text)
-    if any(a in _MULTIRUN_FLAGS for a in args):
-        raise ConfigError("resume= continues one run; to continue a sweep, rerun its command with hydra.sweep.dir=<its folder>")
-    if not folder.is_dir():
-        raise ConfigError(f"resume={folder_text}: no such folder; give a run folder such as outputs/<date>/<time>")
-    saved_file = folder / ".hydra" / "overrides.yaml"
-    if not saved_file.is_file():
-        raise ConfigError(f"resume={folder_text} is not an rlrun run folder (no .hydra/overrides.yaml)")
-    from rlrun.checkpoint import latest
-
-    if latest(folder) is None:
-        raise ConfigError(
-            f"resume={folder_text} has no checkpoint to continue from (checkpoints/step_*.pt is written every "
-            "checkpoint.every steps, at the end, and on Ctrl-C or SIGTERM)"
-        )
-    given = [a for a in args if not a.startswith("resume=")]
-    given_keys = {_override_key(a) for a in given}
-    try:
-        saved_overrides = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or []
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise ConfigError(f"resume={folder_text}: {saved_file} is damaged ({reason}); it lists the run's overrides") from None
-    if not isinstance(saved_overrides, list) or not all(isinstance(o, str) for o in saved_overrides):
-        raise ConfigError(
-            f"resume={folder_text}: {saved_file} is damaged (not a list of overrides); it lists the run's overrides"
-        )
-    saved = [o for o in saved_overrides if _override_key(o) not in given_keys | {"hydra.run.dir"}]
-    return [*saved, *given, f"hydra.run.dir={folder}", "hydra.output_subdir=null"]
-
-
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _threads_per_parallel_job() -> int | None:
-    """Cores ÷ parallel jobs when a launcher runs jobs side by side on this machine (joblib's
-    n_jobs), so that they do not oversubscribe the CPU; None otherwise."""
-    n_jobs = HydraConfig.get().launcher.get("n_jobs")
-    if n_jobs is None:
-        return None
-    cores = os.cpu_count() or 1
-    parallel = cores if n_jobs < 0 else min(n_jobs, cores)  # joblib: -1 means one job per core
-    return max(1, cores // parallel)
-
-
-def record_failure(run_dir: Path, error: Exception) -> None:
-    """Make sure a failed job's summary.json says it failed and why (a one-line error as it is
-    worded, anything else with its exception type); a folder that cannot be written is left."""
-    path = run_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text()) if path.exists() else {"status": "failed"}
-    except (OSError, json.JSONDecodeError):
-        summary = {"status": "failed"}
-    summary["error"] = str(error) if isinstance(error, (ConfigError, RunError)) else f"{type(error).__name__}: {error}"
-    try:
-        path.write_text(json.dumps(summary, indent=2) + "\n")
-    except OSError as write_error:
-        log.error("cannot write %s: %s", path, write_error.strerror)
-
-
-def preflight(args: list[str]) -> list[str]:
-    """Compose and validate every job `args` describe; one error line per bad job.
-
-    Skipped when Hydra's own flags (--help, --cfg, -cn, ...) are present: those print or
-    change the config source, and Hydra reports their problems itself.
-    """
-    flags = [a for a in args if a.startswith("-")]
-    if any(flag not in _MULTIRUN_FLAGS for flag in flags):
-        return []
-    overrides = [a for a in args if not a.startswith("-")]
-    try:
-        multirun = bool(flags) or "hydra.mode=MULTIRUN" in overrides
-        jobs = _expand(overrides) if multirun else [overrides]
-    except HydraException as error:
-        return [_describe(error, overrides)]
-
-    from hydra import compose, initialize_config_module
-
-    errors, warnings = [], []
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        for job in jobs:
-            prefix = f"job {' '.join(job)}: " if len(jobs) > 1 else ""
-            try:
-                plan = _check_job(compose("config", overrides=job, return_hydra_config=True), multirun)
-                warnings += [prefix + warning for warning in plan.warnings]
-            except (ConfigError, HydraException) as error:
-                errors.append(prefix + _describe(error, job))
-    if not errors:  # warnings matter once the command can run
-        for warning in dict.fromkeys(warnings):
-            _say(f"rlrun: warning: {warning}")
-    if len(errors) > _MAX_REPORTED_JOBS:
-        errors = errors[:_MAX_REPORTED_JOBS] + [f"... and {len(errors) - _MAX_REPORTED_JOBS} more bad jobs"]
-    return errors
-
-
-def _check_job(cfg: DictConfig, multirun: bool):
-    """Validate one composed job (`cfg` with its hydra node, left as it is) and the folder it
-    will write to; returns its Plan or raises ConfigError."""
-    from rlrun.plan import validate
-
-    job_cfg = cfg.copy()
-    with open_dict(job_cfg):
-        del job_cfg["hydra"]
-    plan = validate(job_cfg)
-    # Read from `cfg`: a folder may interpolate other hydra keys (${hydra.job.override_dirname}).
-    if multirun:
-        _check_writable("hydra.sweep.dir", Path(cfg.hydra.sweep.dir))
-    else:
-        _check_run_folder(Path(cfg.hydra.run.dir), plan.algo_name, plan.run_config)
-    return plan
-
-
-def _check_run_folder(run_dir: Path, algo: str, settings: RunConfig) -> None:
-    """The run folder must be writable, and a checkpoint already in it (a rerun or resume=)
-    must be one this run can continue; checked before Hydra writes anything there."""
-    _check_writable("hydra.run.dir", run_dir)
-    from rlrun.checkpoint import check_resumable, latest
-
-    if (checkpoint := latest(run_dir)) is not None:
-        check_resumable(checkpoint, algo, settings.env.id, backend=settings.env.backend, total_steps=settings.total_steps)
-
-
-def _check_writable(key: str, folder: Path) -> None:
-    _check_name_lengths(key, folder)
-    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"{key}={folder} cannot be created: {existing} is a file; choose another folder with {key}=<folder>")
-    try:  # a real probe: os.access says yes to root even on read-only file systems
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as error:
-        raise ConfigError(
-            f"{key}={folder} is not writable ({error.strerror} when creating a file in {existing}); "
-            f"choose another folder with {key}=<folder>"
-        ) from None
-
-
-def _check_name_lengths(key: str, folder: Path) -> None:
-    """Every folder name in `folder` must be one the file system takes (names built from
-    overrides, as hydra.run.dir=outputs/${hydra.job.override_dirname} builds them, can exceed it)."""
-    limit = 255  # most file systems' limit, where the nearest existing folder does not say
-    for existing in [folder.absolute(), *folder.absolute().parents]:
-        try:
-            limit = os.pathconf(existing, "PC_NAME_MAX")
-            break
-        except OSError:  # not there yet, or its own name is too long
-            continue
-    for part in folder.parts:
-        size = len(part.encode())
-        if size > limit:
-            raise ConfigError(
-                f"{key} has a folder name of {size} bytes ('{part[:40]}...'), more than the {limit} this file system "
-                f"allows; choose a shorter {key}=<folder>"
-            )
-
-
-def _expand(overrides: list[str]) -> list[list[str]]:
-    """The jobs of a basic-sweeper grid (`a=1,2 b=range(3)`), each as its override list."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    if any(o.is_hydra_override() and o.key_or_group.startswith("hydra/sweeper") for o in parsed):
-        return []  # another sweeper (e.g. Optuna) chooses its own jobs
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def _describe(error: Exception, overrides: list[str]) -> str:
-    """One line for a composition or validation error, naming the bad value."""
-    if isinstance(error, ConfigError):
-        return str(error)
-    missing = error.missing_cfg_file if isinstance(error, MissingConfigException) else None
-    if missing and missing.startswith("hydra/launcher/submitit_"):  # the plugin's own configs, absent without it
-        return f"hydra/launcher={missing.rpartition('/')[2]} needs the slurm extra (hydra-submitit-launcher): {SLURM_INSTALL}"
-    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
-        group, _, value = error.missing_cfg_file.rpartition("/")
-        extra = "; or keep env= and set env.id=<any Gymnasium id>" if group == "env" else ""
-        return f"unknown {group} {value!r}; choose one of: {', '.join(sorted(error.options))}{extra}"
-    cause = error.__cause__
-    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
-        siblings = list(cause.parent_node.keys()) if cause.parent_node is not None else []
-        close = difflib.get_close_matches(str(cause.key), [str(k) for k in siblings], n=1)
-        parent = cause.full_key.rpartition(".")[0]
-        hint = (
-            f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?"
-            if close
-            else (f"; valid keys here: {', '.join(map(str, siblings))}" if siblings else "")
-        )
-        return f"unknown config key '{cause.full_key}'{hint}"
-    return str(error).strip().splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The handshake between a run and an algorithm, as typed Protocols.
 
-`rlrun.train.execute` builds an `Algorithm` from the plan and calls `agent.train(run)` with a
-`RunContext` (rlrun/run.py's Run). The algorithm owns its loop; the run owns the clock,
+`rlrun.core.training.execute` builds an `Algorithm` from the plan and calls `agent.train(run)` with a
+`RunContext` (rlrun/core/run.py's Run). The algorithm owns its loop; the run owns the clock,
 logging, evaluation, checkpoints and stopping:
 
     env = run.make_env()                        # or run.make_vector_env(num_envs, asynchronous)
@@ -39,7 +39,7 @@ class Stateful(Protocol):
 
 
 class Algorithm(Stateful, Protocol):
-    """What rlrun needs of an algorithm class (registered in rlrun/registry.py)."""
+    """What rlrun needs of an algorithm class (registered in rlrun/core/registry.py)."""
 
     Config: ClassVar[type]  # a frozen dataclass of the algorithm's settings (configs/algo/<name>.yaml)
     action_spaces: ClassVar[tuple[type[gym.Space], ...]]  # the action space types it supports
@@ -68,7 +68,7 @@ class Algorithm(Stateful, Protocol):
 
 
 class RunContext(Protocol):
-    """What an algorithm's training loop talks to (rlrun/run.py's Run)."""
+    """What an algorithm's training loop talks to (rlrun/core/run.py's Run)."""
 
     seed: int
     total_steps: int

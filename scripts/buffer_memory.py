@@ -26,11 +26,11 @@ def measure(side: str, env_id: str, transitions: int) -> dict:
     import torch
 
     from rlrun.config import EnvConfig
-    from rlrun.envs import env_spaces
+    from rlrun.envs.make import env_spaces
 
     obs_space, action_space = env_spaces(EnvConfig(id=env_id, total_steps=transitions))
     if side == "rlrun":
-        from rlrun.buffers import ReplayBuffer
+        from rlrun.blocks.buffers import ReplayBuffer
     else:
         from stable_baselines3.common.buffers import ReplayBuffer
     before = peak_rss_mib()  # after the imports: only the buffer counts

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from rlrun.algos.sac import SAC, SACConfig
-from rlrun.buffers import ReplayBuffer
-from rlrun.checkpoint import Checkpointer, load
+from rlrun.blocks.buffers import ReplayBuffer
 from rlrun.config import EnvConfig
-from rlrun.envs import env_spaces
+from rlrun.core.checkpoint import Checkpointer, load
+from rlrun.envs.make import env_spaces
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ def env_steps_per_second(overrides: list[str], backend: str, steps: int) -> tupl
     from omegaconf import OmegaConf
 
     from rlrun.config import EnvConfig, from_mapping
-    from rlrun.envs import make_vector_env
+    from rlrun.envs.make import make_vector_env
 
     with initialize_config_module("rlrun.configs", version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"+env.backend={backend}"])

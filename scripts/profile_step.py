@@ -63,10 +63,10 @@ def instrument() -> None:
     import rlrun.algos.ppo
     import rlrun.algos.sac
     import rlrun.algos.td3
-    import rlrun.envpool_backend
-    import rlrun.envs
-    import rlrun.run
-    from rlrun import buffers
+    import rlrun.core.run
+    import rlrun.envs.envpool
+    import rlrun.envs.make
+    from rlrun.blocks import buffers
 
     def gradient_step(optimizer, loss, max_grad_norm=None):
         optimizer.zero_grad()
@@ -88,19 +88,19 @@ def instrument() -> None:
                 wrap(cls, method, "acting")
     wrap(buffers.ReplayBuffer, "add_batch", "replay buffer: add")
     wrap(buffers.ReplayBuffer, "sample", "replay buffer: sample")
-    wrap(rlrun.envs.EpisodeReplay, "step", "environment step")
-    wrap(rlrun.envpool_backend.EnvPoolVectorEnv, "step", "environment step")  # env.backend=envpool's whole vector step
-    wrap(rlrun.envs.EpisodeReplay, "reset", "environment reset")
-    wrap(rlrun.run.Run, "after_step", "logging, evaluation, checkpoints")
-    wrap(rlrun.run.Run, "episode_end", "logging, evaluation, checkpoints")
+    wrap(rlrun.envs.make.EpisodeReplay, "step", "environment step")
+    wrap(rlrun.envs.envpool.EnvPoolVectorEnv, "step", "environment step")  # env.backend=envpool's whole vector step
+    wrap(rlrun.envs.make.EpisodeReplay, "reset", "environment reset")
+    wrap(rlrun.core.run.Run, "after_step", "logging, evaluation, checkpoints")
+    wrap(rlrun.core.run.Run, "episode_end", "logging, evaluation, checkpoints")
 
 
 def main(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_module
 
     from rlrun.cli import keep_freed_memory
-    from rlrun.plan import validate
-    from rlrun.train import execute
+    from rlrun.core.plan import validate
+    from rlrun.core.training import execute
 
     keep_freed_memory()  # as the rlrun command does: without it, page faults inflate the update
     with initialize_config_module("rlrun.configs", version_base="1.3"):

@@ -21,13 +21,13 @@ import time
 # Run in the child: the real CLI, with the first training step ending the process.
 CHILD = """
 import os, sys
-import rlrun.envs
-original = rlrun.envs.EpisodeReplay.step
+import rlrun.envs.make
+original = rlrun.envs.make.EpisodeReplay.step
 def first_step(self, action):
     original(self, action)
     print("FIRST_STEP", flush=True)
     os._exit(0)
-rlrun.envs.EpisodeReplay.step = first_step
+rlrun.envs.make.EpisodeReplay.step = first_step
 from rlrun.cli import main
 sys.argv = ["rlrun", *sys.argv[1:]]
 main()

@@ -23,8 +23,8 @@ import torch
 import yaml
 
 from rlrun.algos.mrq import MRQ
-from rlrun.buffers import ReplayBuffer, SequenceReplayBuffer
-from rlrun.registry import get_algorithm
+from rlrun.blocks.buffers import ReplayBuffer, SequenceReplayBuffer
+from rlrun.core.registry import get_algorithm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

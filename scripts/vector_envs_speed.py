@@ -105,9 +105,9 @@ def loop_cost(args: argparse.Namespace) -> None:
     import torch
     from hydra import compose, initialize_config_module
 
-    from rlrun.plan import validate
-    from rlrun.registry import get_algorithm
-    from rlrun.train import execute
+    from rlrun.core.plan import validate
+    from rlrun.core.registry import get_algorithm
+    from rlrun.core.training import execute
 
     torch.set_num_threads(args.threads)
     cases = [tuple(case.split(":")) for case in args.cases.split(",")]

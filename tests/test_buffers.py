@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from rlrun.buffers import ReplayBuffer
+from rlrun.blocks.buffers import ReplayBuffer
 
 
 def test_replay_buffer_returns_what_was_stored_with_integer_actions_and_uint8_frames():

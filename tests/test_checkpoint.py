@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rlrun import checkpoint
 from rlrun.config import ConfigError
+from rlrun.core import checkpoint
 
 RUN_STATE = {"env": {}, "rng": {}, "metrics": None, "last_eval": None, "clock": {"elapsed": 0.0, "paused": 0.0}}
 

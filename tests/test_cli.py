@@ -6,8 +6,8 @@ import gymnasium as gym
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlrun import checkpoint
 from rlrun.algos.sac import SAC, SACConfig
+from rlrun.core import checkpoint
 
 SCALARS = {
     "train/episode_return",

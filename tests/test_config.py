@@ -1,5 +1,5 @@
 """Config validation in-process: from_mapping's conversions, every dataclass's range checks,
-and rlrun.plan.validate on configs that Hydra composed. test_errors.py runs the same kind of
+and rlrun.core.plan.validate on configs that Hydra composed. test_errors.py runs the same kind of
 mistakes through the real command line (exit code, one line, nothing written)."""
 
 import ast
@@ -20,11 +20,11 @@ from rlrun.algos.dqn import DQN, DQNConfig
 from rlrun.algos.ppo import PPO, PPOConfig
 from rlrun.algos.sac import SAC, SACConfig
 from rlrun.algos.td3 import TD3Config
-from rlrun.cli import CONFIG_MODULE, _describe, preflight
+from rlrun.commands.train import CONFIG_MODULE, describe_error, preflight
 from rlrun.config import ConfigError, EnvConfig, EvalConfig, RunConfig, from_mapping
-from rlrun.offpolicy import OffPolicyConfig
-from rlrun.plan import validate
-from rlrun.registry import ALGORITHMS, get_algorithm
+from rlrun.core.plan import validate
+from rlrun.core.registry import ALGORITHMS, get_algorithm
+from rlrun.loops.replay import OffPolicyConfig
 
 # The values a dataclass needs before any check can run: its required fields.
 REQUIRED = {
@@ -360,7 +360,7 @@ def test_cuda_without_a_gpu_is_refused(composer):
 def test_composition_errors_become_one_line_with_a_suggestion(composer, overrides, message):
     with pytest.raises(HydraException) as error:
         composer("algo=sac", "env=Pendulum", *overrides)
-    assert _describe(error.value, overrides).startswith(message)
+    assert describe_error(error.value, overrides).startswith(message)
 
 
 def test_the_preflight_reports_every_bad_job_of_a_grid():

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from rlrun.config import RunConfig
-from rlrun.registry import ALGORITHMS, get_algorithm
+from rlrun.core.registry import ALGORITHMS, get_algorithm
 
 ALGO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "algo"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlrun.algos.crossq import RENORM_EPS, BatchRenorm, CrossQ, CrossQConfig
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
 
 # ----- batch renormalisation ------------------------------------------------------------------
 

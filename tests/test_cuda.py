@@ -24,9 +24,9 @@ from rlrun.algos.mrq import MRQ, MRQConfig
 from rlrun.algos.ppo import PPO, PPOConfig
 from rlrun.algos.sac import SAC, SACConfig
 from rlrun.algos.td3 import TD3, TD3Config
-from rlrun.buffers import ReplayBuffer, SequenceReplayBuffer
+from rlrun.blocks.buffers import ReplayBuffer, SequenceReplayBuffer
 from rlrun.config import EnvConfig
-from rlrun.envs import make_env, make_vector_env
+from rlrun.envs.make import make_env, make_vector_env
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -173,7 +173,7 @@ def test_a_ppo_update_never_waits_for_the_gpu():
 
 
 class LoopOnly:
-    """What a training loop uses of rlrun.run.Run, without logging, evaluation or
+    """What a training loop uses of rlrun.core.run.Run, without logging, evaluation or
     checkpoints, so that a profile of the loop holds only the loop's own traffic."""
 
     def __init__(self, env_id: str, total_steps: int, seed: int = 0) -> None:

@@ -9,12 +9,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from rlrun import checkpoint
 from rlrun.algos.dqn import DQN, DQNConfig, DuelingHead, QNetwork, linear_epsilon
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
+from rlrun.blocks.nets import NatureCNN
 from rlrun.config import EnvConfig
-from rlrun.envs import env_spaces
-from rlrun.nets import NatureCNN
+from rlrun.core import checkpoint
+from rlrun.envs.make import env_spaces
 
 SCALARS = {"losses/td", "train/q_mean", "train/epsilon", "eval/return_mean", "eval/return_std", "perf/sps"}
 

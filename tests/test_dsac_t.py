@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlrun import checkpoint
 from rlrun.algos.dsac_t import DSACT, DSACTConfig, critic_loss
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
+from rlrun.core import checkpoint
 
 
 def huber(x: float, delta: float) -> float:

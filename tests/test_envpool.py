@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from rlrun import checkpoint
 from rlrun.algos.ppo import PPOConfig
 from rlrun.algos.sac import SACConfig
 from rlrun.config import AtariConfig, ConfigError, EnvConfig, from_mapping
-from rlrun.envs import env_spaces, make_vector_env
+from rlrun.core import checkpoint
+from rlrun.envs.make import env_spaces, make_vector_env
 
 RUN_STATE = {"env": {}, "rng": {}, "metrics": None, "last_eval": None, "clock": {"elapsed": 0.0, "paused": 0.0}}
 
@@ -112,7 +112,7 @@ def test_episode_returns_keep_the_game_score_and_seeds_give_other_episodes():
 
 
 def check(env: EnvConfig, algo_name: str = "ppo", algo_config=None) -> None:
-    from rlrun.envpool_backend import check_envpool
+    from rlrun.envs.envpool import check_envpool
 
     check_envpool(env, algo_name, algo_config or PPOConfig(), *env_spaces(env))
 
@@ -125,7 +125,7 @@ def test_a_missing_extra_names_the_install_command(monkeypatch):
 
 def test_a_task_whose_spaces_differ_between_the_backends_is_refused():
     pytest.importorskip("envpool")
-    from rlrun.envpool_backend import check_envpool
+    from rlrun.envs.envpool import check_envpool
 
     env = EnvConfig("HalfCheetah-v5", 1, backend="envpool")
     obs_space, action_space = env_spaces(env)
@@ -214,7 +214,7 @@ def test_ppo_trains_on_envpool_and_a_rerun_is_refused_before_anything_is_written
 
 def test_a_non_finite_observation_names_envpool_unless_a_non_finite_action_went_in():
     pytest.importorskip("envpool")
-    from rlrun.envs import EnvironmentFailure
+    from rlrun.envs.make import EnvironmentFailure
 
     envs = make_vector_env(EnvConfig("Hopper-v5", 1, backend="envpool"), 0, 2, asynchronous=False)
     envs.reset(seed=0)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rlrun.config import ConfigError, EnvConfig, dmc_id
-from rlrun.envs import check_env_id, env_spaces, env_state, make_env, make_vector_env, restore_env
+from rlrun.envs.ids import check_env_id
+from rlrun.envs.make import env_spaces, env_state, make_env, make_vector_env, restore_env
 
 
 def test_env_ids_are_checked_against_the_registry_with_suggestions():
@@ -334,7 +335,7 @@ def test_action_repeat_on_an_atari_game_points_to_frame_skip():
 
 def test_action_repeat_on_the_envpool_backend_is_one_line():
     from rlrun.algos.ppo import PPOConfig
-    from rlrun.envpool_backend import check_envpool
+    from rlrun.envs.envpool import check_envpool
 
     env_config = EnvConfig("HalfCheetah-v5", 1000, backend="envpool", action_repeat=2)
     obs_space, action_space = env_spaces(EnvConfig("HalfCheetah-v5", 1000))

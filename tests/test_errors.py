@@ -176,7 +176,7 @@ def test_a_dmc_task_without_the_dmc_extra_names_the_install_command(rlrun, tmp_p
 def test_a_launcher_whose_extra_is_missing_names_the_install_command():
     from hydra.errors import MissingConfigException
 
-    from rlrun.cli import _describe
+    from rlrun.commands.train import describe_error as _describe
 
     # What Hydra raises for hydra/launcher=slurm when hydra-submitit-launcher is not installed.
     error = MissingConfigException("Could not load 'hydra/launcher/submitit_slurm'.", "hydra/launcher/submitit_slurm")

@@ -12,7 +12,7 @@ import torch
 from conftest import run_rlrun
 
 from rlrun.config import EnvConfig
-from rlrun.saved_run import load_agent
+from rlrun.core.saved_run import load_agent
 
 # algo → (env, extra overrides) of the smoke runs shared by this file's tests.
 RUNS = {
@@ -112,7 +112,7 @@ def test_best_checkpoint_holds_the_best_evaluation_and_is_never_pruned(tmp_path)
 
 def read_frames(path: Path) -> np.ndarray:
     pytest.importorskip("moviepy", reason="needs the video extra")
-    from rlrun.video import read_frames
+    from rlrun.envs.video import read_frames
 
     return read_frames(path)
 
@@ -135,7 +135,7 @@ def test_evaluate_records_videos_that_decode_to_the_episodes_frames(runs):
 
 
 def test_mujoco_renders_headless(tmp_path):
-    from rlrun.video import check_video_support, record_episodes
+    from rlrun.envs.video import check_video_support, record_episodes
 
     # InvertedPendulum: a MuJoCo task whose episode ends within a few dozen steps when the
     # cart does not balance, which keeps software rendering short.
@@ -178,7 +178,7 @@ def real_observations(env_id: str, count: int) -> np.ndarray:
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("algo", RUNS)
 def test_exported_policy_matches_the_in_process_policy(runs, algo, fmt, tmp_path):
-    from rlrun.export import export_policy
+    from rlrun.commands.export import export_policy
 
     saved = load_agent(runs[algo] / "checkpoints" / "step_000000600.pt", {}, "cpu")
     exported, _ = export_policy(saved, tmp_path, fmt)
@@ -209,8 +209,8 @@ def test_export_command_writes_the_policy_and_its_description(runs):
 def test_ppo_on_atari_frames_evaluates_and_exports_with_uint8_input(tmp_path):
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")
-    from rlrun.envs import make_env
-    from rlrun.export import export_policy
+    from rlrun.commands.export import export_policy
+    from rlrun.envs.make import make_env
 
     run_dir = tmp_path / "ppo-Pong"
     result = run_rlrun(

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import types
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from conftest import run_rlrun, start_rlrun
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_resume import checkpoint_file, wait_for
 
-from rlrun.train import _stop_on_signals
+from rlrun.core.run import Run
 
 SAC_PENDULUM = ["experiment=smoke", "algo=sac", "env=Pendulum"]
 
@@ -42,11 +41,12 @@ def test_a_signal_checkpoints_flushes_and_exits_with_one_line(tmp_path, sig):
 
 
 def test_a_second_interrupt_stops_at_once():
-    run = types.SimpleNamespace(stop_signal=None, requeue=None)
+    run = Run.__new__(Run)  # only its signal state: no folder, no environments
+    run.stop_signal = run.checkpoint_signal = run.requeue = None
     # As in a terminal (a shell's background job starts with SIGINT ignored, which rlrun keeps).
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with _stop_on_signals(run):
+        with run.stopping_on_signals():
             os.kill(os.getpid(), signal.SIGINT)
             assert run.stop_signal == "SIGINT"  # the first asks for a clean stop
             with pytest.raises(KeyboardInterrupt):

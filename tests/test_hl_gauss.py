@@ -1,4 +1,4 @@
-"""HL-Gauss classification critics (rlrun/hl_gauss.py) and the algorithms that use them."""
+"""HL-Gauss classification critics (rlrun/blocks/hl_gauss.py) and the algorithms that use them."""
 
 import json
 
@@ -11,10 +11,10 @@ from torch.nn import functional as F
 from rlrun.algos.dqn import DQN, DQNConfig
 from rlrun.algos.sac import SAC, SACConfig
 from rlrun.algos.td3 import TD3, TD3Config
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
+from rlrun.blocks.hl_gauss import HLGauss, SupportCheck
+from rlrun.blocks.nets import QEnsemble
 from rlrun.config import ConfigError, RunError, from_mapping
-from rlrun.hl_gauss import HLGauss, SupportCheck
-from rlrun.nets import QEnsemble
 
 V_MIN, V_MAX, BINS = -10.0, 30.0, 51
 BIN_WIDTH = (V_MAX - V_MIN) / BINS

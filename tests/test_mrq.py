@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlrun.algos.mrq import MRQ, MRQConfig, TwoHot, lap_priority, multi_step_return, symexp, symlog
-from rlrun.buffers import SequenceReplayBuffer
+from rlrun.blocks.buffers import SequenceReplayBuffer
 from rlrun.config import ConfigError
 
 # ----- targets ------------------------------------------------------------------------------

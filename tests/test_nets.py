@@ -5,7 +5,7 @@ import copy
 import torch
 from torch import nn
 
-from rlrun.nets import QEnsemble, mlp, polyak_update
+from rlrun.blocks.nets import QEnsemble, mlp, polyak_update
 
 
 def separate_critics(ensemble: QEnsemble) -> list[nn.Sequential]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rlrun.normalize import RewardScaler, RunningMeanStd
+from rlrun.blocks.normalize import RewardScaler, RunningMeanStd
 
 
 def test_running_mean_std_matches_numpy_on_random_chunks():

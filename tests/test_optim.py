@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from rlrun.nets import mlp
-from rlrun.optim import Adam, adam, gradient_step
+from rlrun.blocks.nets import mlp
+from rlrun.blocks.optim import Adam, adam, gradient_step
 
 
 @pytest.mark.parametrize("max_grad_norm", [None, 0.5])

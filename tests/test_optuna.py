@@ -10,7 +10,7 @@ import pytest
 from conftest import run_rlrun, run_rlrun_together
 from omegaconf import OmegaConf
 
-from rlrun.registry import ALGORITHMS
+from rlrun.core.registry import ALGORITHMS
 
 INSTALL = "python -m pip install -c constraints.txt -e '.[optuna]'"
 needs_optuna = pytest.mark.skipif(
@@ -169,7 +169,7 @@ def test_search_space_forms():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from hydra_plugins.rlrun_optuna_sweeper._core import distribution, flatten, render
-    from rlrun.tuning import make_pruner
+    from rlrun.core.tuning import make_pruner
 
     parser = OverridesParser.create()
     dist = optuna.distributions
@@ -247,7 +247,7 @@ def default_space_trials(tmp_path_factory):
 def test_one_trial_of_each_default_search_space_runs(default_space_trials, algo):
     import yaml
 
-    from rlrun.sweep import MAX_NAME_BYTES, job_dirname
+    from rlrun.commands.sweep import MAX_NAME_BYTES, job_dirname
 
     result, sweep_dir = default_space_trials[algo]
     assert result.returncode == 0, result.stderr

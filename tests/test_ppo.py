@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from rlrun import checkpoint
 from rlrun.algos.ppo import PPO, PPOConfig, compute_gae
+from rlrun.blocks.nets import NatureCNN
 from rlrun.config import EnvConfig, from_mapping
-from rlrun.envs import env_spaces
-from rlrun.nets import NatureCNN
+from rlrun.core import checkpoint
+from rlrun.envs.make import env_spaces
 
 
 def test_gae_on_a_hand_computed_rollout_with_a_termination_and_a_truncation():

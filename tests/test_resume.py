@@ -9,7 +9,7 @@ import torch
 from conftest import run_rlrun, start_rlrun
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlrun.registry import ALGORITHMS
+from rlrun.core.registry import ALGORITHMS
 
 # Small but real runs: learning starts before the kill, the replay buffer (1000) wraps around,
 # PPO's checkpoint falls mid-rollout (2000 is not a multiple of its 64-step rollouts) with two
@@ -17,7 +17,7 @@ from rlrun.registry import ALGORITHMS
 # learning_starts fall inside vector steps (a checkpoint at step 801); DQN steps four.
 RUNS = {
     "sac": (["algo=sac", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
-    # HL-Gauss critics: their support is rebuilt from the config, not saved (rlrun/hl_gauss.py).
+    # HL-Gauss critics: their support is rebuilt from the config, not saved (rlrun/blocks/hl_gauss.py).
     "sac-hl_gauss": (
         ["algo=sac", "env=Pendulum", "algo.critic_loss=hl_gauss", "total_steps=1500", "checkpoint.every=400", "eval.every=500"],
         800,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlrun.algos.sac import SAC, SACConfig, tanh_gaussian_log_prob
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
 
 
 def test_tanh_gaussian_log_prob_matches_numerical_density():

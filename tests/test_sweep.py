@@ -10,7 +10,8 @@ import yaml
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-from rlrun.sweep import MAX_NAME_BYTES, _job_number, job_dirname
+from rlrun.commands.sweep import _job_number, job_dirname
+from rlrun.core.folders import NAME_MAX as MAX_NAME_BYTES
 
 
 def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlrun import checkpoint
 from rlrun.algos.ddpg import DDPG, DDPGConfig
 from rlrun.algos.td3 import TD3, TD3Config
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
+from rlrun.core import checkpoint
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 ACTION_SPACE = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)

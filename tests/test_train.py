@@ -8,7 +8,7 @@ from test_sac import batch, make_agent
 from torch import nn
 
 from rlrun.algos.ppo import PPO, PPOConfig
-from rlrun.train import bfloat16_updates, compile_networks
+from rlrun.core.training import bfloat16_updates, compile_networks
 
 
 def test_compile_networks_compiles_each_network_and_keeps_checkpoint_names():

@@ -1,4 +1,4 @@
-"""Vector environments in the replay-buffer loops (SAC, TD3, DDPG via rlrun.offpolicy; DQN):
+"""Vector environments in the replay-buffer loops (SAC, TD3, DDPG via rlrun.loops.replay; DQN):
 each vector step stores one real transition per sub-environment (an ended episode's last
 observation, not the next episode's first), logs each sub-environment's episodes, and keeps
 the gradient steps per environment step whatever num_envs is."""
@@ -12,7 +12,7 @@ import rlrun.algos.dqn
 from rlrun.algos.dqn import DQN, DQNConfig
 from rlrun.algos.sac import SAC, SACConfig
 from rlrun.config import ConfigError, EnvConfig
-from rlrun.envs import env_spaces, make_vector_env
+from rlrun.envs.make import env_spaces, make_vector_env
 
 CPU = torch.device("cpu")
 
@@ -26,7 +26,7 @@ def one_torch_thread():
 
 
 class LoopOnly:
-    """What a training loop uses of rlrun.run.Run, recording what the loop hands it."""
+    """What a training loop uses of rlrun.core.run.Run, recording what the loop hands it."""
 
     def __init__(self, env: EnvConfig, total_steps: int, seed: int = 0) -> None:
         self.env_config, self.total_steps, self.seed = env, total_steps, seed

@@ -123,7 +123,7 @@ def test_a_recorded_video_goes_to_wandb(tmp_path, monkeypatch):
     import wandb
 
     from rlrun.config import WandbConfig
-    from rlrun.tracking import WandbMirror
+    from rlrun.core.tracking import WandbMirror
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     mirror = WandbMirror(WandbConfig(project="rlrun-test", mode="offline"), tmp_path, {"seed": 0})

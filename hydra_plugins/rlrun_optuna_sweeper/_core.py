@@ -8,7 +8,7 @@
    reruns the trials an interruption left unfinished (in their own folders, from their latest
    checkpoint), and asks new ones until n_trials have finished.
 4. Trials go out n_jobs at a time through the configured launcher; each job reports its
-   evaluations to its trial (rlrun/tuning.py), where the pruner may stop it. Each job's
+   evaluations to its trial (rlrun/core/tuning.py), where the pruner may stop it. Each job's
    summary tells the study: COMPLETE with the final eval_return_mean, PRUNED, or FAIL.
 5. At the end: <sweep dir>/optuna/best.yaml, a config that `rlrun` runs as it stands.
 """
@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from rlrun.config import ConfigError
-from rlrun.tuning import PRUNER_ATTR, import_optuna, make_pruner, open_storage
+from rlrun.core.tuning import PRUNER_ATTR, import_optuna, make_pruner, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class _Study:
     def preflight(self) -> None:
         """Compose and validate the jobs at every corner of the space (each choice, each bound,
         one key at a time); exit 2 with a line per bad job before any trial starts."""
-        from rlrun.plan import validate
+        from rlrun.core.plan import validate
 
         dists = self.space.distributions
         base = {key: corners(dist)[0] for key, dist in dists.items()}
@@ -481,7 +481,7 @@ def _quote(text: str) -> str:
 def _describe(error: Exception, overrides: list[str]) -> str:
     """One line for a composition or validation error, as rlrun's own preflight words it."""
     try:
-        from rlrun.cli import _describe as describe
+        from rlrun.commands.train import describe_error as describe
 
         return describe(error, overrides)
     except Exception:  # noqa: BLE001 - wording only; never hide the error itself

@@ -79,7 +79,7 @@ def _run_job(
     import ray
     import torch
 
-    import rlrun.sweep  # noqa: F401  the resolver that names the job's folder (hydra.sweep.subdir)
+    import rlrun.commands.sweep  # noqa: F401  the resolver that names the job's folder (hydra.sweep.subdir)
 
     torch.set_num_threads(max(1, int(num_cpus)))  # a reused worker may have run a job of another size
     setup_globals()

@@ -1,1 +1,1 @@
-"""One file per algorithm; each is registered by name in rlrun/registry.py."""
+"""One file per algorithm; each is registered by name in rlrun/core/registry.py."""

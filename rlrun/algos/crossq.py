@@ -22,11 +22,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlrun.algos.sac import TanhGaussianActing, TanhGaussianActor
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
+from rlrun.blocks.nets import EnsembleLinear, in_float32
+from rlrun.blocks.optim import Adam, gradient_step
+from rlrun.blocks.spaces import BoxActions, check_continuous_spaces
+from rlrun.blocks.state import Checkpointed
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
-from rlrun.nets import EnsembleLinear, in_float32
-from rlrun.offpolicy import BoxActions, ReplayLoopConfig, check_continuous_spaces, train_off_policy
-from rlrun.optim import Adam, gradient_step
+from rlrun.loops.replay import ReplayLoopConfig, train_off_policy
 from rlrun.protocols import RunContext
 
 
@@ -183,7 +185,7 @@ def batch_statistics(*networks: nn.Module) -> Iterator[None]:
             network.eval()
 
 
-class CrossQ(TanhGaussianActing):
+class CrossQ(TanhGaussianActing, Checkpointed):
     # Acting (TanhGaussianActing) uses running statistics: the networks stay in evaluation mode
     # outside the update's batch_statistics blocks.
     Config = CrossQConfig
@@ -271,23 +273,5 @@ class CrossQ(TanhGaussianActing):
         train_off_policy(self, run, self.config)
 
     # ----- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),  # with the layers' running statistics and step counts
-            "critic": self.critic.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
-            "critic_updates": self.critic_updates,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        self.critic_updates = state["critic_updates"]
+    # The actor's state holds its batch renormalisation layers' running statistics and step counts.
+    checkpointed = ("actor", "critic", "log_alpha", "actor_optimizer", "critic_optimizer", "alpha_optimizer", "critic_updates")

@@ -16,7 +16,7 @@ import torch
 
 from rlrun.algos.td3 import TD3, TD3Config
 from rlrun.config import non_negative
-from rlrun.offpolicy import OffPolicyConfig
+from rlrun.loops.replay import OffPolicyConfig
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Reinforcement Learning with Double Q-learning". `dueling`: Wang et al. 2016, "Du
 Architectures for Deep Reinforcement Learning". The loop follows CleanRL's dqn.py.
 
 Vector observations get an MLP; image observations (uint8 frame stacks (C, H, W), as the
-Atari preprocessing in rlrun/envs.py makes them) get the Nature CNN.
+Atari preprocessing in rlrun/envs/make.py makes them) get the Nature CNN.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlrun.buffers import Batch, ReplayBuffer, to_device
+from rlrun.blocks.buffers import Batch, ReplayBuffer, to_device
+from rlrun.blocks.hl_gauss import HLGauss, SupportCheck, ValueSupportConfig
+from rlrun.blocks.nets import NatureCNN, OutputLinear, check_image_space, hidden_layers, is_image, polyak_update
+from rlrun.blocks.optim import adam, gradient_step
+from rlrun.blocks.policy_modules import Argmax
+from rlrun.blocks.state import Checkpointed
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive, replay_sizes
-from rlrun.hl_gauss import HLGauss, SupportCheck, ValueSupportConfig
-from rlrun.nets import NatureCNN, OutputLinear, check_image_space, hidden_layers, is_image, polyak_update
-from rlrun.offpolicy import final_observations, make_training_envs, record_finished_episodes
-from rlrun.optim import adam, gradient_step
-from rlrun.policy_modules import Argmax
+from rlrun.loops.replay import make_training_envs, train_replay
 from rlrun.protocols import RunContext
 
 
@@ -87,7 +88,7 @@ class DQNConfig(ValueSupportConfig):
     critic_loss: Literal["huber", "hl_gauss"] = "huber"
     """The Q-network's loss. huber: Q(s, a) regresses its TD target under the Huber loss
     (Nature DQN); hl_gauss: the network outputs a histogram over [v_min, v_max] per action,
-    trained by cross-entropy (rlrun/hl_gauss.py)."""
+    trained by cross-entropy (rlrun/blocks/hl_gauss.py)."""
 
     def __post_init__(self) -> None:
         positive("algo.lr", self.lr)
@@ -176,7 +177,7 @@ def linear_epsilon(step: int, start: float, end: float, duration: float) -> floa
     return start + (end - start) * step / duration
 
 
-class DQN:
+class DQN(Checkpointed):
     Config = DQNConfig
     action_spaces = (gym.spaces.Discrete,)
 
@@ -271,7 +272,7 @@ class DQN:
 
     def update_hl_gauss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Cross-entropy −Σ_k p_k(y) log softmax(logits(s, a))_k between the TD target's
-        HL-Gauss histogram p(y) and the taken action's (rlrun/hl_gauss.py)."""
+        HL-Gauss histogram p(y) and the taken action's (rlrun/blocks/hl_gauss.py)."""
         index = batch.actions.view(-1, 1, 1).expand(-1, 1, len(self.hl_gauss.centres))
         logits = self.q.logits(batch.obs).gather(1, index).squeeze(1)
         target = self.td_target(batch)
@@ -282,6 +283,9 @@ class DQN:
 
     # ----- the loop -------------------------------------------------------------------------
     def train(self, run: RunContext) -> None:
+        """The replay loop with ε-greedy exploration (ε annealed over exploration_fraction of
+        the run), `gradient_steps` updates every `train_every` steps and the target network
+        updated every `target_update_every` steps, counted past learning_starts."""
         config = self.config
         envs = make_training_envs(run, config.num_envs)
         # A buffer larger than the run would only hold zeros.
@@ -290,49 +294,24 @@ class DQN:
             capacity, self.obs_shape, (), self.device, self.seed, obs_dtype=self.obs_dtype, action_dtype=torch.int64
         )
         exploration_steps = config.exploration_fraction * run.total_steps
-        obs, step = run.start(self, loop={"buffer": buffer})
-        # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
-        warmup = max(1, min(config.learning_starts, capacity))
 
-        # Each observation crosses to the device once, to be both acted on and stored; greedy
-        # actions come back to the host for the envs. On a GPU those are the per-step copies.
-        obs = to_device(obs, self.device, self.obs_dtype)
-        while step < run.total_steps:
-            previous, step = step, step + config.num_envs
-            epsilon = linear_epsilon(previous, config.start_epsilon, config.end_epsilon, exploration_steps)
-            env_actions, actions = self.explore(obs, epsilon, envs.action_space.np_random)
-            next_obs, rewards, terminated, truncated, info = envs.step(env_actions)
-            next_obs_on_device = to_device(next_obs, self.device, self.obs_dtype)
-            final_obs = final_observations(next_obs, next_obs_on_device, info, self.obs_dtype)
-            buffer.add_batch(obs, actions, rewards, final_obs, terminated)
-            obs = next_obs_on_device
-            record_finished_episodes(run, step, info)
-
-            if step > config.learning_starts and len(buffer) >= warmup:
-                # The schedules' points this vector step passed, past learning_starts.
-                learning_from = max(previous, config.learning_starts)
-                training_points = step // config.train_every - learning_from // config.train_every
-                if training_points:
-                    for _ in range(training_points * config.gradient_steps):
-                        metrics = self.update(buffer.sample(config.batch_size))
-                    run.record(metrics)
-                # θ̄ ← τ θ + (1 − τ) θ̄ every target_update_every steps; τ = 1 copies (Nature DQN).
-                for _ in range(step // config.target_update_every - learning_from // config.target_update_every):
-                    polyak_update(self.target_q, self.q, config.tau)
+        def explore(obs: torch.Tensor, step: int) -> tuple[np.ndarray, torch.Tensor | np.ndarray]:
+            epsilon = linear_epsilon(step, config.start_epsilon, config.end_epsilon, exploration_steps)
             run.record({"train/epsilon": epsilon})
-            run.after_step(step)
+            return self.explore(obs, epsilon, envs.action_space.np_random)
+
+        def learn(buffer: ReplayBuffer, previous: int, step: int) -> dict[str, torch.Tensor] | None:
+            # The schedules' points this vector step passed, past learning_starts.
+            learning_from = max(previous, config.learning_starts)
+            metrics = None
+            for _ in range((step // config.train_every - learning_from // config.train_every) * config.gradient_steps):
+                metrics = self.update(buffer.sample(config.batch_size))
+            # θ̄ ← τ θ + (1 − τ) θ̄ every target_update_every steps; τ = 1 copies (Nature DQN).
+            for _ in range(step // config.target_update_every - learning_from // config.target_update_every):
+                polyak_update(self.target_q, self.q, config.tau)
+            return metrics
+
+        train_replay(self, run, envs, buffer, explore, learn, config.learning_starts)
 
     # ----- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "q": self.q.state_dict(),
-            "target_q": self.target_q.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": self.rng.bit_generator.state,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.q.load_state_dict(state["q"])
-        self.target_q.load_state_dict(state["target_q"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]
+    checkpointed = ("q", "target_q", "optimizer", "rng")

@@ -33,11 +33,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlrun.algos.sac import TanhGaussianActing, TanhGaussianActor
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
+from rlrun.blocks.nets import EnsembleLinear, in_float32, polyak_update
+from rlrun.blocks.optim import adam, gradient_step
+from rlrun.blocks.spaces import BoxActions, check_continuous_spaces
+from rlrun.blocks.state import Checkpointed
 from rlrun.config import in_range, positive
-from rlrun.nets import EnsembleLinear, in_float32, polyak_update
-from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, train_off_policy
-from rlrun.optim import adam, gradient_step
+from rlrun.loops.replay import OffPolicyConfig, train_off_policy
 from rlrun.protocols import RunContext
 
 
@@ -159,7 +161,7 @@ def critic_loss(
     return (weight * (mean_term + std_term)).mean(dim=1).sum()
 
 
-class DSACT(TanhGaussianActing):
+class DSACT(TanhGaussianActing, Checkpointed):
     Config = DSACTConfig
     action_spaces = (gym.spaces.Box,)
 
@@ -267,31 +269,16 @@ class DSACT(TanhGaussianActing):
         train_off_policy(self, run, self.config)
 
     # ----- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),
-            "target_actor": self.target_actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
-            "critic_updates": self.critic_updates,
-            "std_average": self.std_average,
-            "actor_metrics": self.actor_metrics,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.target_actor.load_state_dict(state["target_actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        self.critic_updates = state["critic_updates"]
-        self.std_average = state["std_average"].to(self.device)
-        self.actor_metrics = {tag: value.to(self.device) for tag, value in state["actor_metrics"].items()}
+    checkpointed = (
+        "actor",
+        "target_actor",
+        "critic",
+        "target_critic",
+        "log_alpha",
+        "actor_optimizer",
+        "critic_optimizer",
+        "alpha_optimizer",
+        "critic_updates",
+        "std_average",
+        "actor_metrics",
+    )

@@ -30,19 +30,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlrun.buffers import SequenceReplayBuffer, Sequences, to_device
+from rlrun.blocks.buffers import SequenceReplayBuffer, Sequences
+from rlrun.blocks.nets import EnsembleLinear, OutputLinear, in_float32
+from rlrun.blocks.optim import Adam, gradient_step
+from rlrun.blocks.policy_modules import RescaleToBounds
+from rlrun.blocks.spaces import BoxActions, check_continuous_spaces, obs_batch
+from rlrun.blocks.state import Checkpointed
 from rlrun.config import ConfigError, in_range, non_negative, positive, replay_sizes
-from rlrun.nets import EnsembleLinear, OutputLinear, in_float32
-from rlrun.offpolicy import (
-    BoxActions,
-    check_continuous_spaces,
-    final_observations,
-    make_training_envs,
-    obs_batch,
-    record_finished_episodes,
-)
-from rlrun.optim import Adam, gradient_step
-from rlrun.policy_modules import RescaleToBounds
+from rlrun.loops.replay import make_training_envs, train_replay, uniform_then_policy
 from rlrun.protocols import RunContext
 
 
@@ -333,7 +328,7 @@ class DeterministicPolicy(nn.Module):
 
 
 # ----- the agent ----------------------------------------------------------------------------
-class MRQ:
+class MRQ(Checkpointed):
     Config = MRQConfig
     action_spaces = (gym.spaces.Box,)
 
@@ -486,9 +481,9 @@ class MRQ:
 
     # ----- the loop -------------------------------------------------------------------------
     def train(self, run: RunContext) -> None:
-        """Act, store, learn: one environment (subsequences need one stream of transitions),
-        one update per step after `learning_starts` steps of uniform random actions. The
-        buffer stores `terminated` only for bootstrapping; truncations end sampled windows."""
+        """The replay loop on one environment (subsequences need one stream of transitions):
+        uniform random actions for `learning_starts` steps, then one update per step. The
+        buffer stores `terminated` for bootstrapping; truncations end sampled windows."""
         config = self.config
         envs = make_training_envs(run, 1)
         horizon = max(config.enc_horizon, config.q_horizon)
@@ -502,41 +497,21 @@ class MRQ:
             horizon,
             initial_priority=config.min_priority,
         )
-        obs, step = run.start(self, loop={"buffer": buffer})
-        # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
-        warmup = max(1, min(config.learning_starts, buffer.capacity))
-        obs = to_device(obs, self.device, torch.float32)
-        while step < run.total_steps:
-            step += 1
-            if step <= config.learning_starts:
-                unit_actions = actions = self.actions.to_unit(envs.action_space.sample())
-            else:
-                actions = self.explore(obs)
-                unit_actions = actions.cpu().numpy()
-            next_obs, rewards, terminated, truncated, info = envs.step(self.actions.to_env(unit_actions))
-            next_obs_on_device = to_device(next_obs, self.device, torch.float32)
-            final_obs = final_observations(next_obs, next_obs_on_device, info, torch.float32)
-            buffer.add_batch(obs, actions, rewards, final_obs, terminated, truncated)
-            obs = next_obs_on_device
-            record_finished_episodes(run, step, info)
-            if step > config.learning_starts and len(buffer) >= warmup and buffer.sampleable:
-                run.record(self.update(buffer))
-            run.after_step(step)
+        explore = uniform_then_policy(self, envs, config.learning_starts)
+        train_replay(self, run, envs, buffer, explore, lambda buffer, previous, step: self.update(buffer), config.learning_starts)
 
     # ----- checkpoints ----------------------------------------------------------------------
-    NETWORKS = ("encoder", "encoder_target", "policy", "policy_target", "value", "value_target")
-    OPTIMIZERS = ("encoder_optimizer", "policy_optimizer", "value_optimizer")
-
-    def state_dict(self) -> dict:
-        return {name: getattr(self, name).state_dict() for name in self.NETWORKS + self.OPTIMIZERS} | {
-            "reward_scale": self.reward_scale.clone(),
-            "target_reward_scale": self.target_reward_scale.clone(),
-            "updates": self.updates,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        for name in self.NETWORKS + self.OPTIMIZERS:
-            getattr(self, name).load_state_dict(state[name])
-        self.reward_scale = state["reward_scale"].to(self.device)
-        self.target_reward_scale = state["target_reward_scale"].to(self.device)
-        self.updates = state["updates"]
+    checkpointed = (
+        "encoder",
+        "encoder_target",
+        "policy",
+        "policy_target",
+        "value",
+        "value_target",
+        "encoder_optimizer",
+        "policy_optimizer",
+        "value_optimizer",
+        "reward_scale",
+        "target_reward_scale",
+        "updates",
+    )

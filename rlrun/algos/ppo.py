@@ -11,7 +11,7 @@ sampled (unclipped) action is what is stored and scored, and it is clipped to th
 bounds only when sent to the environment. Discrete actions: a categorical policy.
 
 Vector observations get separate policy and value MLPs. Image observations (uint8 frame stacks
-(C, H, W), as rlrun/envs.py's Atari preprocessing makes them) get one Nature CNN shared by a
+(C, H, W), as rlrun/envs/make.py's Atari preprocessing makes them) get one Nature CNN shared by a
 linear policy head and a linear value head, as CleanRL's ppo_atari.py; the frames stay uint8 in
 the rollout and the CNN scales them by 1/255.
 
@@ -35,13 +35,14 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
-from rlrun.buffers import to_device
+from rlrun.blocks.buffers import to_device
+from rlrun.blocks.nets import NatureCNN, check_image_space, is_image, mlp
+from rlrun.blocks.normalize import EPSILON as NORMALIZE_EPSILON
+from rlrun.blocks.normalize import RewardScaler, RunningMeanStd
+from rlrun.blocks.optim import adam, gradient_step
+from rlrun.blocks.policy_modules import Argmax, ClipToBounds, Standardize
+from rlrun.blocks.state import Checkpointed
 from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive
-from rlrun.nets import NatureCNN, check_image_space, is_image, mlp
-from rlrun.normalize import EPSILON as NORMALIZE_EPSILON
-from rlrun.normalize import RewardScaler, RunningMeanStd
-from rlrun.optim import adam, gradient_step
-from rlrun.policy_modules import Argmax, ClipToBounds, Standardize
 from rlrun.protocols import RunContext
 
 NORMALIZE_CLIP = 10.0  # normalised observations and rewards are clipped to ±this (SB3, CleanRL)
@@ -281,7 +282,7 @@ class Rollout:
         self.filled = state["filled"]
 
 
-class PPO:
+class PPO(Checkpointed):
     Config = PPOConfig
     action_spaces = (gym.spaces.Box, gym.spaces.Discrete)
 
@@ -497,18 +498,10 @@ class PPO:
             rollout.filled = 0
 
     # ----- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "obs_rms": self.obs_rms.state_dict(),
-            "return_rms": self.reward_scaler.rms.state_dict(),
-            "discounted_returns": torch.from_numpy(self.reward_scaler.returns.copy()),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.obs_rms.load_state_dict(state["obs_rms"])
-        self.reward_scaler.rms.load_state_dict(state["return_rms"])
-        self.reward_scaler.returns = state["discounted_returns"].cpu().numpy().astype(np.float64)
+    checkpointed = {
+        "model": "model",
+        "optimizer": "optimizer",
+        "obs_rms": "obs_rms",
+        "return_rms": "reward_scaler.rms",
+        "discounted_returns": "reward_scaler.returns",
+    }

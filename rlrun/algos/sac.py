@@ -19,13 +19,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
+from rlrun.blocks.hl_gauss import CriticLoss, HLGauss, SupportCheck, ValueSupportConfig
+from rlrun.blocks.nets import OutputLinear, QEnsemble, hidden_layers, polyak_update
+from rlrun.blocks.optim import adam, gradient_step
+from rlrun.blocks.policy_modules import RescaleToBounds
+from rlrun.blocks.spaces import BoxActions, check_continuous_spaces, obs_batch
+from rlrun.blocks.state import Checkpointed
 from rlrun.config import positive
-from rlrun.hl_gauss import CriticLoss, HLGauss, SupportCheck, ValueSupportConfig
-from rlrun.nets import OutputLinear, QEnsemble, hidden_layers, polyak_update
-from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
-from rlrun.optim import adam, gradient_step
-from rlrun.policy_modules import RescaleToBounds
+from rlrun.loops.replay import OffPolicyConfig, train_off_policy
 from rlrun.protocols import RunContext
 
 
@@ -45,7 +47,7 @@ class SACConfig(OffPolicyConfig, ValueSupportConfig):
     paper's heuristic (Haarnoja et al. 2018, Table 1)."""
     critic_loss: CriticLoss = "mse"
     """mse: each critic regresses its TD target (the paper's loss); hl_gauss: each critic
-    outputs a histogram over [v_min, v_max] trained by cross-entropy (rlrun/hl_gauss.py)."""
+    outputs a histogram over [v_min, v_max] trained by cross-entropy (rlrun/blocks/hl_gauss.py)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,7 +145,7 @@ class TanhGaussianActing:
         return nn.Sequential(MeanAction(self.actor), RescaleToBounds(self.actions.low, self.actions.high))
 
 
-class SAC(TanhGaussianActing):
+class SAC(TanhGaussianActing, Checkpointed):
     Config = SACConfig
     action_spaces = (gym.spaces.Box,)
 
@@ -235,23 +237,4 @@ class SAC(TanhGaussianActing):
         train_off_policy(self, run, self.config)
 
     # ----- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+    checkpointed = ("actor", "critic", "target_critic", "log_alpha", "actor_optimizer", "critic_optimizer", "alpha_optimizer")

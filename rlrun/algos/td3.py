@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlrun.buffers import Batch
+from rlrun.blocks.buffers import Batch
+from rlrun.blocks.hl_gauss import CriticLoss, HLGauss, SupportCheck, ValueSupportConfig
+from rlrun.blocks.nets import QEnsemble, mlp, polyak_update
+from rlrun.blocks.optim import adam, gradient_step
+from rlrun.blocks.policy_modules import RescaleToBounds
+from rlrun.blocks.spaces import BoxActions, check_continuous_spaces, obs_batch
+from rlrun.blocks.state import Checkpointed
 from rlrun.config import non_negative, positive
-from rlrun.hl_gauss import CriticLoss, HLGauss, SupportCheck, ValueSupportConfig
-from rlrun.nets import QEnsemble, mlp, polyak_update
-from rlrun.offpolicy import BoxActions, OffPolicyConfig, check_continuous_spaces, obs_batch, train_off_policy
-from rlrun.optim import adam, gradient_step
-from rlrun.policy_modules import RescaleToBounds
+from rlrun.loops.replay import OffPolicyConfig, train_off_policy
 from rlrun.protocols import RunContext
 
 
@@ -51,7 +53,7 @@ class TD3Config(OffPolicyConfig, ValueSupportConfig):
     """Critic updates per actor and target-network update (the paper's d = 2)."""
     critic_loss: CriticLoss = "mse"
     """mse: each critic regresses its TD target (the paper's loss); hl_gauss: each critic
-    outputs a histogram over [v_min, v_max] trained by cross-entropy (rlrun/hl_gauss.py)."""
+    outputs a histogram over [v_min, v_max] trained by cross-entropy (rlrun/blocks/hl_gauss.py)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,7 +77,7 @@ class DeterministicActor(nn.Module):
         return torch.tanh(self.net(obs))
 
 
-class TD3:
+class TD3(Checkpointed):
     Config = TD3Config
     action_spaces = (gym.spaces.Box,)
     name = "td3"
@@ -179,24 +181,13 @@ class TD3:
         train_off_policy(self, run, self.config)
 
     # ----- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),
-            "target_actor": self.target_actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "critic_updates": self.critic_updates,
-            "actor_loss": self.actor_loss,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.target_actor.load_state_dict(state["target_actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.critic_updates = state["critic_updates"]
-        self.actor_loss = state["actor_loss"].to(self.device)
+    checkpointed = (
+        "actor",
+        "target_actor",
+        "critic",
+        "target_critic",
+        "actor_optimizer",
+        "critic_optimizer",
+        "critic_updates",
+        "actor_loss",
+    )

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from rlrun.config import RunError
+from rlrun.core.folders import describe_write_error
 
 log = logging.getLogger("rlrun")
 
@@ -31,8 +32,6 @@ def _reports_write_errors(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except OSError as error:
-            from rlrun.checkpoint import describe_write_error
-
             raise RunError(
                 f"cannot write the run's logs in {self.run_dir}: {describe_write_error(error)}; the checkpoints written so far are kept"
             ) from error
@@ -51,7 +50,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, progress: bool, start_step: int = 0, mirror=None) -> None:
         """`start_step` is where the run starts: 0, or the step of the checkpoint it continues
         from. Whatever an earlier attempt in this folder logged after it is dropped, since
-        this run logs it again. `mirror` (rlrun.tracking.WandbMirror), if given, gets every
+        this run logs it again. `mirror` (rlrun.core.tracking.WandbMirror), if given, gets every
         scalar and video too."""
         self.run_dir = run_dir
         self.mirror = mirror

@@ -4,21 +4,18 @@ or OSMesa, whichever this machine has."""
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
 
 from rlrun.config import ConfigError, EnvConfig
-from rlrun.envs import is_mujoco, make_env
-
-if TYPE_CHECKING:
-    from rlrun.evaluate import Evaluation
+from rlrun.envs.episodes import Evaluation, evaluate
+from rlrun.envs.ids import choose_mujoco_backend, is_mujoco
+from rlrun.envs.make import make_env
 
 VIDEO_INSTALL = "python -m pip install -c constraints.txt -e '.[video]'"
 
@@ -48,30 +45,12 @@ def check_video_support(env: EnvConfig) -> None:
         raise ConfigError(f"env.id={env.id!r} does not render rgb_array frames; it cannot be recorded")
 
 
-def choose_mujoco_backend() -> None:
-    """MuJoCo's OpenGL backend for offscreen rendering: EGL (GPU drivers or Mesa), else OSMesa
-    (software). Must be set before the first frame; a MUJOCO_GL set by the user is kept."""
-    if os.environ.get("MUJOCO_GL"):
-        return
-    for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
-        if ctypes.util.find_library(library):
-            os.environ["MUJOCO_GL"] = backend
-            os.environ.setdefault("PYOPENGL_PLATFORM", backend)
-            return
-    raise ConfigError(
-        "MuJoCo cannot render without a display: install EGL (apt-get install libegl1) or OSMesa "
-        "(apt-get install libosmesa6), or set MUJOCO_GL"
-    )
-
-
 def record_episodes(
     env: EnvConfig, act: Callable[[np.ndarray], object], folder: Path, episodes: int, seed: int, fps: int | None = None
 ) -> tuple[list[Path], Evaluation]:
     """Play `episodes` episodes of `act` on a fresh environment seeded `seed`, as `evaluate`
     does, and write each to `folder/episode-<i>.mp4`; returns the files and the evaluation.
     Files already in `folder` (a resumed run recording the same step again) are replaced."""
-    from rlrun.evaluate import evaluate
-
     recorded = gym.wrappers.RecordVideo(
         make_env(env, seed, training=False, render_mode="rgb_array"),
         str(folder),

@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from rlrun.checkpoint import BEST, Checkpoint, load
 from rlrun.config import ConfigError
-from rlrun.plan import Plan, resolve_device, validate
+from rlrun.core.checkpoint import BEST, Checkpoint, load
+from rlrun.core.plan import Plan, validate
 from rlrun.protocols import Algorithm
 
 
@@ -106,7 +106,7 @@ def load_agent(path: Path, overrides: dict[str, Any], device: str) -> SavedAgent
             node = node.setdefault(parent, {})
         node[leaf] = value
     plan = validate(OmegaConf.create(config))
-    agent = plan.algo_class(plan.algo_config, plan.obs_space, plan.action_space, resolve_device(device), plan.run_config.seed)
+    agent = plan.algo_class(plan.algo_config, plan.obs_space, plan.action_space, plan.device, plan.run_config.seed)
     try:
         agent.load_state_dict(state["agent"])
     except (KeyError, RuntimeError) as error:

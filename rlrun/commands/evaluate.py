@@ -1,39 +1,19 @@
-"""Policy evaluation on an environment instance of its own."""
+"""`rlrun evaluate=<run or sweep folder> [options]`: a saved agent's episodes, printed and
+written to <run>/evaluations/."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+import csv
+import json
+import time
+from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
+from rlrun.config import ConfigError
+from rlrun.core.saved_run import choose_checkpoint, is_run_folder, job_folders, load_agent, new_file, parse_options, unused_path
+from rlrun.envs.episodes import EVAL_SEED_OFFSET, evaluate
+from rlrun.envs.make import make_env
+from rlrun.envs.video import check_video_support, record_episodes
 
-
-class Evaluation(NamedTuple):
-    returns: np.ndarray  # each episode's undiscounted return
-    lengths: np.ndarray  # each episode's number of steps
-
-
-def evaluate(policy: Callable[[np.ndarray], object], env: gym.Env, episodes: int, seed: int) -> Evaluation:
-    """`episodes` episodes of `policy` (observation → environment action).
-
-    Every call resets with the same `seed`, so successive evaluations of one run start
-    from the same initial states and differ only through the policy.
-    """
-    returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
-    obs, _ = env.reset(seed=seed)
-    for episode in range(episodes):
-        done = False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            returns[episode] += reward
-            lengths[episode] += 1
-            done = terminated or truncated
-        obs, _ = env.reset()
-    return Evaluation(returns, lengths)
-
-
-# ----- `rlrun evaluate=<run folder> ...` ------------------------------------------------------
 EVALUATE_OPTIONS = {
     "which": "last, best, a step number or a .pt path; default last",
     "eval.episodes": "episodes; default the run's eval.episodes",
@@ -44,15 +24,9 @@ EVALUATE_OPTIONS = {
 }
 
 
-def evaluate_command(folder_text: str, args: list[str]) -> None:
+def main(folder_text: str, args: list[str]) -> None:
     """Evaluate a run folder's checkpoint (or every run of a sweep folder): print the result
     and write it to <run>/evaluations/<checkpoint>.json, a new file each time."""
-    import time
-    from pathlib import Path
-
-    from rlrun.config import ConfigError
-    from rlrun.saved_run import choose_checkpoint, is_run_folder, job_folders, parse_options
-
     options = parse_options("evaluate", args, EVALUATE_OPTIONS)
     folder = Path(folder_text)
     if not folder.is_dir():
@@ -76,13 +50,6 @@ def evaluate_command(folder_text: str, args: list[str]) -> None:
 
 
 def _evaluate_checkpoint(run_dir, checkpoint, options: dict) -> dict:
-    import json
-    import time
-
-    from rlrun.envs import make_env
-    from rlrun.run import EVAL_SEED_OFFSET
-    from rlrun.saved_run import load_agent, new_file, unused_path
-
     overrides = {key: value for key, value in options.items() if key in ("eval.episodes", "eval.deterministic", "seed")}
     saved = load_agent(checkpoint, overrides, str(options.get("device") or "auto"))
     settings = saved.plan.run_config
@@ -92,8 +59,6 @@ def _evaluate_checkpoint(run_dir, checkpoint, options: dict) -> dict:
     start = time.perf_counter()
     videos: list[str] = []
     if options.get("video"):
-        from rlrun.video import check_video_support, record_episodes
-
         check_video_support(settings.env)
         folder = unused_path(run_dir / "videos", f"eval-{step}")
         files, result = record_episodes(settings.env, act, folder, episodes, seed)
@@ -138,10 +103,6 @@ def _describe(result: dict) -> str:
 
 
 def _write_table(sweep_dir, started: str, rows: list[dict]) -> None:
-    import csv
-
-    from rlrun.saved_run import new_file
-
     path = new_file(sweep_dir / "evaluations", f"sweep-{started}", ".csv")
     columns = ["job", "step", "return_mean", "return_std", "length_mean", "episodes", "deterministic", "checkpoint", "written"]
     with open(path, "w", newline="", encoding="utf-8") as file:

@@ -64,11 +64,13 @@ class ReplayBuffer:
         rewards: np.ndarray,
         next_obs: torch.Tensor | np.ndarray,
         terminated: np.ndarray,
+        truncated: np.ndarray | None = None,
     ) -> None:
         """Store one transition per sub-environment of a vector step (leading dimension N).
         The training loops pass observations (and the policy's actions) as tensors already on
         the device, the ones they act on, so storing them never waits for the device; rewards
-        and termination flags come from the host."""
+        and termination flags come from the host. Truncations are not stored: transitions
+        sampled one at a time need no episode boundaries."""
         obs, actions, next_obs = (to_device(x, self.device) for x in (obs, actions, next_obs))
         # Rewards and flags in one host-to-device copy.
         rewards, terminated = to_device(np.stack([rewards, terminated]).astype(np.float32), self.device)
@@ -87,6 +89,11 @@ class ReplayBuffer:
         return Batch(self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminated[index])
 
     def __len__(self) -> int:
+        return self.size
+
+    @property
+    def sampleable(self) -> int:
+        """How many stored slots a sample may draw (every stored transition here)."""
         return self.size
 
     def state_dict(self) -> dict:
@@ -158,7 +165,7 @@ class SequenceReplayBuffer(ReplayBuffer):
         # on the host so that the loop can count sampleable starts without a device sync.
         self.startable = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.startable_host = np.zeros(capacity, dtype=bool)
-        self.sampleable = 0  # how many slots may start a subsequence now
+        self.startable_count = 0  # how many slots may start a subsequence now
         self.episode_length = 0  # transitions of the current episode stored so far
         self.any_terminated = False  # whether any stored episode ended in a termination
 
@@ -189,9 +196,14 @@ class SequenceReplayBuffer(ReplayBuffer):
         Slices filled with a Python number: no host-to-device copy."""
         for begin, end in ((first, min(first + count, self.capacity)), (0, first + count - self.capacity)):
             if begin < end:
-                self.sampleable += (end - begin) * startable - int(self.startable_host[begin:end].sum())
+                self.startable_count += (end - begin) * startable - int(self.startable_host[begin:end].sum())
                 self.startable_host[begin:end] = startable
                 self.startable[begin:end].fill_(float(startable))
+
+    @property
+    def sampleable(self) -> int:
+        """How many slots may start a subsequence now."""
+        return self.startable_count
 
     def sample_sequences(self, batch_size: int, horizon: int) -> Sequences:
         """`batch_size` subsequences of `horizon` (≤ self.horizon) transitions, their starts
@@ -232,6 +244,6 @@ class SequenceReplayBuffer(ReplayBuffer):
         self.priority[:n] = state["priority"]
         self.startable[:n] = state["startable"]
         self.startable_host[:n] = state["startable"].cpu().numpy() > 0
-        self.sampleable = int(self.startable_host.sum())
+        self.startable_count = int(self.startable_host.sum())
         self.max_priority.copy_(state["max_priority"])
         self.episode_length, self.any_terminated = state["episode_length"], state["any_terminated"]

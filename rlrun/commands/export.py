@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rlrun.config import ConfigError
-from rlrun.saved_run import SavedAgent, choose_checkpoint, is_run_folder, load_agent, parse_options
+from rlrun.core.saved_run import SavedAgent, choose_checkpoint, is_run_folder, load_agent, parse_options
 
 EXPORT_INSTALL = "python -m pip install -c constraints.txt -e '.[export]'"
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts.pt"}
@@ -27,7 +27,7 @@ EXPORT_OPTIONS = {
 }
 
 
-def export_command(folder_text: str, args: list[str]) -> None:
+def main(folder_text: str, args: list[str]) -> None:
     options = parse_options("export", args, EXPORT_OPTIONS)
     fmt = options.get("format") or "onnx"
     if fmt not in FORMATS:

@@ -3,12 +3,9 @@ everything a run needs to continue exactly where it was."""
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import random
-import resource
-import shutil
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -17,6 +14,7 @@ import torch
 
 import rlrun
 from rlrun.config import ConfigError, RunError
+from rlrun.core.folders import describe_write_error
 
 FORMAT_VERSION = 2
 
@@ -27,9 +25,9 @@ class ClockState(TypedDict):
 
 
 class RunState(TypedDict):
-    """What the run itself (rlrun/run.py) needs to continue exactly."""
+    """What the run itself (rlrun/core/run.py) needs to continue exactly."""
 
-    env: dict[str, Any]  # the training env's episode in progress (rlrun.envs.env_state)
+    env: dict[str, Any]  # the training env's episode in progress (rlrun.envs.make.env_state)
     rng: dict[str, Any]  # Python's, NumPy's and torch's global RNG states (rng_state below)
     metrics: dict[str, Any] | None  # the latest training metrics, logged again after a resume
     last_eval: torch.Tensor | None  # the latest evaluation's episode returns
@@ -104,27 +102,6 @@ class Checkpointer:
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
             raise RunError(f"cannot write checkpoint {path}: {reason}; {kept}") from error
         return path
-
-
-def describe_write_error(error: BaseException, path: Path | None = None) -> str:
-    """A short reason for a failed write of `path`: the OS's words (No space left on device,
-    File too large, Read-only file system). torch.save wraps them in a RuntimeError whose
-    text often has no errno ("unexpected pos ..."), so the likely causes are checked."""
-    if isinstance(error, OSError):
-        return error.strerror or errno.errorcode.get(error.errno or 0, str(error))
-    text = str(error)
-    for code in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO):
-        if os.strerror(code) in text:
-            return os.strerror(code)
-    if path is not None:
-        size_limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-        written = path.stat().st_size if path.exists() else 0
-        if size_limit != resource.RLIM_INFINITY and written >= size_limit - (1 << 16):
-            return f"{os.strerror(errno.EFBIG)} (the file-size limit, ulimit -f, is {size_limit} bytes)"
-        if shutil.disk_usage(path.parent).free < (1 << 20):
-            return os.strerror(errno.ENOSPC)
-    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return f"the write failed ({first_line})"
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str | None = None, mmap: bool = False) -> Checkpoint:

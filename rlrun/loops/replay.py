@@ -1,6 +1,6 @@
-"""What the continuous-action off-policy algorithms (SAC, TD3, DDPG, CrossQ, DSAC-T) share:
-the training loop and the mapping between policy actions in [-1, 1] and the environment's
-bounds; and what every replay-buffer loop (DQN's too) needs of a vector env.
+"""The replay loop: act, store, learn. Every algorithm that learns from a replay buffer (SAC,
+TD3, DDPG, CrossQ, DSAC-T, MR.Q, DQN) trains through `train_replay`, handing it what differs:
+its buffer, how it explores and how it learns from the buffer.
 
 The training envs are a Gymnasium vector env of `num_envs` sub-environments in SAME_STEP
 autoreset mode: the step where a sub-env's episode ends already returns the next episode's
@@ -11,21 +11,23 @@ NEXT_STEP env, whose extra reset step is no transition.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from rlrun.buffers import Batch, ReplayBuffer, to_device
-from rlrun.config import ConfigError, in_range, layer_sizes, non_negative, positive, replay_sizes
+from rlrun.blocks.buffers import Batch, ReplayBuffer, to_device
+from rlrun.blocks.spaces import BoxActions
+from rlrun.config import in_range, layer_sizes, non_negative, positive, replay_sizes
 from rlrun.protocols import RunContext
 
 
 @dataclass(frozen=True)
 class ReplayLoopConfig:
-    """The settings train_off_policy (below) reads: every algorithm that learns from a replay
+    """The settings the replay loop reads: every algorithm that learns from a replay
     buffer through it has them. Defaults are SAC's MuJoCo ones (Haarnoja et al. 2018, Table 1;
     learning_starts CleanRL's sac_continuous_action) unless a subclass says otherwise."""
 
@@ -76,31 +78,6 @@ class OffPolicyConfig(ReplayLoopConfig):
         layer_sizes("algo.hidden_sizes", self.hidden_sizes)
 
 
-class BoxActions:
-    """Policies act in [-1, 1]^|A|; the environment gets actions rescaled to [low, high]."""
-
-    def __init__(self, space: gym.spaces.Box) -> None:
-        self.low, self.high = space.low, space.high
-
-    def to_env(self, unit_action: np.ndarray) -> np.ndarray:
-        return self.low + 0.5 * (unit_action + 1.0) * (self.high - self.low)
-
-    def to_unit(self, env_action: np.ndarray) -> np.ndarray:
-        return 2.0 * (env_action - self.low) / (self.high - self.low) - 1.0
-
-
-def check_continuous_spaces(algo: str, obs_space: gym.Space, action_space: gym.spaces.Box) -> None:
-    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-        raise ConfigError(f"algo={algo} needs a bounded action space, got low={action_space.low} high={action_space.high}")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise ConfigError(f"algo={algo} needs flat vector observations, got {obs_space}")
-
-
-def obs_batch(obs: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """One observation (a host array, or a tensor already on `device`) as a float32 batch of one."""
-    return to_device(obs, device, torch.float32).unsqueeze(0)
-
-
 def make_training_envs(run: RunContext, num_envs: int) -> gym.vector.VectorEnv:
     """The training envs of a replay-buffer loop: SAME_STEP autoreset, stepped in this process
     (an off-policy step is mostly the update; subprocesses would only add round trips)."""
@@ -128,9 +105,59 @@ def record_finished_episodes(run: RunContext, step: int, info: dict) -> None:
         run.episode_end(step, finished["episode"]["r"][i], finished["episode"]["l"][i])
 
 
-class OffPolicyAgent(Protocol):
-    actions: BoxActions
+# explore(obs, step) -> (actions for the envs, actions as the buffer stores them); `obs` is
+# the vector step's observations on the device, `step` the environment steps taken before it.
+Explore = Callable[[torch.Tensor, int], tuple[np.ndarray, Any]]
+# learn(buffer, previous, step) -> training metrics (or None): the updates a vector step from
+# `previous` to `step` earns, called once the buffer can be sampled past learning_starts.
+Learn = Callable[[ReplayBuffer, int, int], Mapping[str, Any] | None]
+
+
+class ReplayAgent(Protocol):
     device: torch.device
+
+
+def train_replay(
+    agent: ReplayAgent,
+    run: RunContext,
+    envs: gym.vector.VectorEnv,
+    buffer: ReplayBuffer,
+    explore: Explore,
+    learn: Learn,
+    learning_starts: int,
+) -> None:
+    """Act, store, learn: each vector step adds envs.num_envs transitions to `buffer`; once
+    more than `learning_starts` environment steps are taken and the buffer can be sampled,
+    `learn` does the updates they earn. The buffer stores `terminated` for bootstrapping, so
+    time-limit truncations still bootstrap."""
+    obs, step = run.start(agent, loop={"buffer": buffer})
+    # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
+    warmup = max(1, min(learning_starts, buffer.capacity))
+
+    # Each observation crosses to the device once, to be both acted on and stored; the actions
+    # come back to the host for the envs. On a GPU those, and one copy of the rewards and
+    # termination flags, are the loop's only per-step copies.
+    obs_dtype = buffer.obs.dtype
+    obs = to_device(obs, agent.device, obs_dtype)
+    while step < run.total_steps:
+        previous, step = step, step + envs.num_envs
+        env_actions, stored_actions = explore(obs, previous)
+        next_obs, rewards, terminated, truncated, info = envs.step(env_actions)
+        next_obs_on_device = to_device(next_obs, agent.device, obs_dtype)
+        final_obs = final_observations(next_obs, next_obs_on_device, info, obs_dtype)
+        buffer.add_batch(obs, stored_actions, rewards, final_obs, terminated, truncated)
+        obs = next_obs_on_device
+        record_finished_episodes(run, step, info)
+
+        if step > learning_starts and len(buffer) >= warmup and buffer.sampleable:
+            metrics = learn(buffer, previous, step)
+            if metrics is not None:
+                run.record(metrics)
+        run.after_step(step)
+
+
+class ContinuousAgent(ReplayAgent, Protocol):
+    actions: BoxActions
     seed: int
 
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
@@ -142,13 +169,24 @@ class OffPolicyAgent(Protocol):
         """One gradient step; returns on-device metrics."""
 
 
-def train_off_policy(agent: OffPolicyAgent, run: RunContext, config: ReplayLoopConfig) -> None:
-    """Act, store, learn: one vector step of `config.num_envs` environment steps, then
-    `config.updates_per_step` gradient steps for each environment step.
+def uniform_then_policy(agent: ContinuousAgent, envs: gym.vector.VectorEnv, learning_starts: int) -> Explore:
+    """Uniform random actions for the first `learning_starts` environment steps, then the
+    agent's own exploration; the buffer stores actions in [-1, 1], the envs get them rescaled."""
 
-    The first `config.learning_starts` environment steps take uniform random actions and do
-    not learn. The buffer stores `terminated` only, so time-limit truncations still bootstrap.
-    """
+    def explore(obs: torch.Tensor, step: int) -> tuple[np.ndarray, Any]:
+        if step < learning_starts:
+            unit_actions = agent.actions.to_unit(envs.action_space.sample())
+            return agent.actions.to_env(unit_actions), unit_actions
+        actions = agent.explore(obs)
+        return agent.actions.to_env(actions.cpu().numpy()), actions
+
+    return explore
+
+
+def train_off_policy(agent: ContinuousAgent, run: RunContext, config: ReplayLoopConfig) -> None:
+    """The replay loop of the continuous-action actor-critics (SAC, TD3, DDPG, CrossQ, DSAC-T):
+    a uniform buffer, uniform random actions for `config.learning_starts` steps, then
+    `config.updates_per_step` gradient steps for each environment step past them."""
     envs = make_training_envs(run, config.num_envs)
     # A buffer larger than the run would only hold zeros.
     buffer = ReplayBuffer(
@@ -158,31 +196,13 @@ def train_off_policy(agent: OffPolicyAgent, run: RunContext, config: ReplayLoopC
         agent.device,
         agent.seed,
     )
-    obs, step = run.start(agent, loop={"buffer": buffer})
-    # A run resumed without its replay buffer (checkpoint.replay_buffer=false) refills it first.
-    warmup = max(1, min(config.learning_starts, buffer.capacity))
 
-    # Each observation crosses to the device once, to be both acted on and stored; the actions
-    # come back to the host for the envs. On a GPU those, and one copy of the rewards and
-    # termination flags, are the loop's only per-step copies.
-    obs = to_device(obs, agent.device, torch.float32)
-    while step < run.total_steps:
-        previous, step = step, step + config.num_envs
-        if previous < config.learning_starts:
-            unit_actions = actions = agent.actions.to_unit(envs.action_space.sample())
-        else:
-            actions = agent.explore(obs)
-            unit_actions = actions.cpu().numpy()
-        next_obs, rewards, terminated, truncated, info = envs.step(agent.actions.to_env(unit_actions))
-        next_obs_on_device = to_device(next_obs, agent.device, torch.float32)
-        final_obs = final_observations(next_obs, next_obs_on_device, info, torch.float32)
-        buffer.add_batch(obs, actions, rewards, final_obs, terminated)
-        obs = next_obs_on_device
-        record_finished_episodes(run, step, info)
+    def learn(buffer: ReplayBuffer, previous: int, step: int) -> dict[str, torch.Tensor]:
+        # Only the environment steps past learning_starts earn updates.
+        for _ in range((step - max(previous, config.learning_starts)) * config.updates_per_step):
+            metrics = agent.update(buffer.sample(config.batch_size))
+        return metrics
 
-        if step > config.learning_starts and len(buffer) >= warmup:
-            # Only the environment steps past learning_starts earn updates.
-            for _ in range((step - max(previous, config.learning_starts)) * config.updates_per_step):
-                metrics = agent.update(buffer.sample(config.batch_size))
-            run.record(metrics)
-        run.after_step(step)
+    train_replay(
+        agent, run, envs, buffer, uniform_then_policy(agent, envs, config.learning_starts), learn, config.learning_starts
+    )

@@ -1,8 +1,11 @@
-"""From a composed config to a Plan: every value checked and typed before anything is built."""
+"""From a composed config to a Plan: every value checked and typed, the device resolved and
+the resume decision made, before anything is built or written."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -10,9 +13,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlrun.config import ConfigError, RunConfig, from_mapping
-from rlrun.envs import check_env_id, env_spaces, space_name
+from rlrun.core.registry import ALGORITHMS, get_algorithm
+from rlrun.core.resume import Resume, decide_resume
+from rlrun.envs.envpool import check_envpool
+from rlrun.envs.ids import check_env_id, space_name
+from rlrun.envs.make import env_spaces
+from rlrun.envs.video import check_video_support
 from rlrun.protocols import Algorithm
-from rlrun.registry import ALGORITHMS, get_algorithm
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,16 @@ class Plan:
     config: dict  # the composed config, resolved, for checkpoints and hyperparameter logs
     obs_space: gym.Space  # as the agent sees them (after any Atari preprocessing)
     action_space: gym.Space
+    device: torch.device  # `device` resolved: auto is CUDA when there is one
     warnings: tuple[str, ...] = ()  # settings that are valid but almost surely not meant
+    resume: Resume | None = None  # the checkpoint this run continues from (see in_folder)
+
+    def in_folder(self, run_dir: Path) -> Plan:
+        """This plan for the run folder `run_dir`: a checkpoint already there (resume=, a
+        rerun sweep, a requeued Slurm job) is checked and becomes the point the run continues
+        from; ConfigError if this run cannot continue it."""
+        resume = decide_resume(run_dir, self.algo_name, self.run_config.env, self.run_config.total_steps)
+        return dataclasses.replace(self, resume=resume)
 
 
 def validate(cfg: DictConfig) -> Plan:
@@ -40,26 +56,19 @@ def validate(cfg: DictConfig) -> Plan:
     run_config = from_mapping(RunConfig, config)
     if run_config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but CUDA is not available here; use device=cpu or device=auto")
-    if (
-        run_config.precision == "bfloat16"
-        and resolve_device(run_config.device).type == "cuda"
-        and not torch.cuda.is_bf16_supported()
-    ):
+    device = resolve_device(run_config.device)
+    if run_config.precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision=bfloat16 but this GPU has no bfloat16 support; use precision=float32")
     check_env_id(run_config.env.id)
     obs_space, action_space = env_spaces(run_config.env)
     _check_action_space(algo_name, algo_class, run_config.env.id, action_space)
     algo_class.check_spaces(algo_config, obs_space, action_space)
     if run_config.env.backend == "envpool":
-        from rlrun.envpool_backend import check_envpool
-
         check_envpool(run_config.env, algo_name, algo_config, obs_space, action_space)
     if run_config.video.every is not None:
-        from rlrun.video import check_video_support
-
         check_video_support(run_config.env)
     warnings = tuple(_never_learns(algo_config, run_config.total_steps))
-    return Plan(run_config, algo_name, algo_class, algo_config, resolved, obs_space, action_space, warnings)
+    return Plan(run_config, algo_name, algo_class, algo_config, resolved, obs_space, action_space, device, warnings)
 
 
 def _never_learns(algo_config: Any, total_steps: int) -> list[str]:

@@ -3,7 +3,7 @@ it, and stops early (status "pruned") when the study's pruner says so.
 
 rlrun's Optuna sweeper (hydra_plugins/rlrun_optuna_sweeper, `hydra/sweeper=rlrun_optuna`)
 starts such runs with the override `trial={storage: ..., study_name: ..., number: N}`; the Run
-(rlrun/run.py) builds a TrialReporter from them and calls `report` after every evaluation. The pruner's
+(rlrun/core/run.py) builds a TrialReporter from them and calls `report` after every evaluation. The pruner's
 settings travel in the study itself (a user attribute), so every job prunes alike.
 
 Optuna is an optional extra; nothing here imports it until a trial or a study is opened.

@@ -15,10 +15,11 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from rlrun.commands.report import sweep_report
+from rlrun.core.folders import NAME_MAX
+
 # configs/config.yaml: hydra.sweep.subdir: ${rlrun_job_dirname:${hydra.job.num},${hydra.job.override_dirname}}
 JOB_DIRNAME_RESOLVER = "rlrun_job_dirname"
-# Most file systems (ext4, XFS, Btrfs, tmpfs, APFS, NTFS) allow 255 bytes per file name.
-MAX_NAME_BYTES = 255
 READABLE_PREFIX_BYTES = 100
 
 
@@ -28,7 +29,7 @@ def job_dirname(num: int, override_dirname: str) -> str:
     with a hash of all the overrides. A pure function of the job, so a rerun of the sweep finds
     its folders; the full overrides are in the folder's .hydra/overrides.yaml."""
     name = f"{num}-{override_dirname}"
-    if len(name.encode()) <= MAX_NAME_BYTES:
+    if len(name.encode()) <= NAME_MAX:
         return name
     digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:8]
     readable = override_dirname.encode()[:READABLE_PREFIX_BYTES].decode("utf-8", errors="ignore")  # whole characters
@@ -90,8 +91,6 @@ class SweepSummary(Callback):
         write_csv(rows, sweep_dir / "sweep.csv")
         print(format_table(rows))
         print(f"sweep summary: {sweep_dir / 'sweep.csv'}")
-        from rlrun.report.command import sweep_report
-
         sweep_report(sweep_dir)  # statistics across seeds, in <sweep>/report/; never fails the sweep
         # A pruned Optuna trial ended as its study asked: not a failure.
         failed = [row for row in rows if row["status"] not in ("completed", "pruned")]

@@ -7,11 +7,16 @@ import base64
 import html
 import importlib.util
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from rlrun.config import ConfigError
+from rlrun.core.folders import check_writable
+from rlrun.core.saved_run import parse_options
+from rlrun.report.references import load_reference
+from rlrun.report.runs import load_runs
 
 REPORT_INSTALL = "python -m pip install -c constraints.txt -e '.[report]'"
 DEFAULT_REFERENCE = "rl-zoo"
@@ -44,9 +49,7 @@ def split_folders(values: list[str]) -> list[str]:
 
 
 def parse(args: list[str]) -> tuple[dict[str, Any], Any]:
-    from rlrun.report.analysis import Options
-    from rlrun.report.references import load_reference
-    from rlrun.saved_run import parse_options
+    from rlrun.report.analysis import Options  # needs the report extra (scipy), checked first
 
     given = parse_options("report", args, REPORT_OPTIONS)
     group_by = given.get("report.group_by")
@@ -69,7 +72,7 @@ def parse(args: list[str]) -> tuple[dict[str, Any], Any]:
     return given, options
 
 
-def report_command(folder_values: list[str], args: list[str]) -> None:
+def main(folder_values: list[str], args: list[str]) -> None:
     check_extra()
     folders = split_folders(folder_values)
     given, options = parse(args)
@@ -86,18 +89,16 @@ def report_command(folder_values: list[str], args: list[str]) -> None:
 def make_report(folders: list[str], options, out: Path, report_format: str = "md") -> str:
     """Read, analyse, check the output folder, then write; nothing is written when a check
     fails. Returns report.md's text."""
-    from rlrun.cli import _check_writable
-    from rlrun.report.analysis import analyse
-    from rlrun.report.runs import load_runs
+    from rlrun.report.analysis import analyse  # needs the report extra (scipy), checked first
 
     runs, skipped = load_runs(folders)
     report = analyse(runs, options, skipped)
-    _check_writable("report.out", out)
+    check_writable("report.out", out)
     return write(report, out, folders, report_format)
 
 
 def write(report, out: Path, folders: list[str], report_format: str = "md") -> str:
-    from rlrun.report.plots import curves_figure, profile_figure
+    from rlrun.report.plots import curves_figure, profile_figure  # needs the report extra (matplotlib)
 
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("curves-*.png"), *(out / name for name in WRITTEN)]:
@@ -110,7 +111,7 @@ def write(report, out: Path, folders: list[str], report_format: str = "md") -> s
     if report.profiles:
         profile_figure(report).savefig(out / "profile.png", dpi=110)
     table(report).to_csv(out / "report.csv", index=False, float_format="%.8g")
-    from rlrun.report.studies import study_sections
+    from rlrun.report.studies import study_sections  # imports optuna when a study is there
 
     text = markdown(report, folders, images, study_sections(report.runs + report.skipped))
     (out / "report.md").write_text(text, encoding="utf-8")
@@ -167,7 +168,7 @@ def table(report):
 
 
 def _setting(cell, key: str):
-    from rlrun.report.analysis import setting
+    from rlrun.report.analysis import setting  # needs the report extra (scipy)
 
     return setting(cell.runs[0], key)
 
@@ -318,10 +319,8 @@ def to_html(text: str, folder: Path) -> str:
 
 
 def sweep_report(sweep_dir: Path) -> None:
-    """The report printed after a multirun (rlrun/sweep.py), written to <sweep>/report/. Never
+    """The report printed after a multirun (rlrun/commands/sweep.py), written to <sweep>/report/. Never
     raises: a report problem is one line, and the sweep's own outcome stands."""
-    import sys
-
     try:
         check_extra()
         _, options = parse([])

@@ -1,43 +1,23 @@
-"""Gymnasium environments: id checks, construction and seeding."""
+"""Gymnasium environments: construction (Atari preprocessing, DMC through Shimmy, action repeat,
+wrappers), seeding, and saving the training env's state mid-episode."""
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import importlib
 import logging
 import math
-import sys
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from rlrun.config import ConfigError, EnvConfig, RunError
+from rlrun.envs.envpool import EnvPoolVectorEnv
+from rlrun.envs.ids import EnvironmentFailure, choose_mujoco_backend, is_atari_game, is_dmc_id, registered_id
 
 log = logging.getLogger("rlrun")
 
-ATARI_INSTALL = "pip install -c constraints.txt -e '.[atari]'"
-DMC_INSTALL = "pip install -c constraints.txt -e '.[dmc]'"
 # DrQ-v2's pixel observations of the DeepMind Control Suite (Yarats et al. 2021): 84×84 RGB.
 PIXELS_SIZE = 84
-
-
-class EnvironmentFailure(RunError):
-    """The environment raised, or returned a NaN or infinite observation or reward; the
-    message names the environment and what happened."""
-
-
-def check_env_id(env_id: str) -> None:
-    """Fail with one line if Gymnasium does not know `env_id`, suggesting close ids.
-
-    An `ALE/<Game>-v5` id needs the optional Atari extra; without it the line names the install.
-    """
-    if _registered_id(env_id) in gym.registry:
-        return
-    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"env.id={env_id!r} is not a registered Gymnasium environment{hint}")
 
 
 def make_env(env: EnvConfig, seed: int, *, training: bool, render_mode: str | None = None) -> gym.Env:
@@ -69,11 +49,9 @@ def make_vector_env(
     Episode statistics arrive in `info["episode"]` with the mask `info["_episode"]`
     (NEXT_STEP), or in `info["final_info"]` with the final observations in `info["final_obs"]`
     (SAME_STEP); `training` as for make_env. With env.backend=envpool, EnvPool steps them
-    instead (rlrun.envpool_backend), in its own threads whatever `asynchronous` says.
+    instead (rlrun.envs.envpool), in its own threads whatever `asynchronous` says.
     """
     if env.backend == "envpool":
-        from rlrun.envpool_backend import EnvPoolVectorEnv
-
         return EnvPoolVectorEnv(env, seed, num_envs, training=training)
     make = [lambda: _make_recorded(env, training) for _ in range(num_envs)]
     if asynchronous:
@@ -88,7 +66,7 @@ def make_vector_env(
 
 def _make_recorded(env: EnvConfig, training: bool, render_mode: str | None = None) -> gym.Env:
     wrapped: gym.Env = gym.wrappers.RecordEpisodeStatistics(_make(env, training, render_mode))
-    if training and _is_atari(env.id) and env.atari.clip_rewards:
+    if training and is_atari_game(env.id) and env.atari.clip_rewards:
         # Outside RecordEpisodeStatistics, so only the agent sees the clipped reward.
         wrapped = gym.wrappers.TransformReward(wrapped, np.sign)
     return EpisodeReplay(wrapped)
@@ -236,19 +214,19 @@ def env_spaces(env: EnvConfig) -> tuple[gym.Space, gym.Space]:
 
 
 def _make(env: EnvConfig, training: bool, render_mode: str | None = None) -> gym.Env:
-    env_id = _registered_id(env.id)  # again here: a vector env's subprocess starts without it
-    if _is_dmc_id(env_id) or "mujoco" in str(gym.spec(env_id).entry_point):
+    env_id = registered_id(env.id)  # again here: a vector env's subprocess starts without it
+    if is_dmc_id(env_id) or "mujoco" in str(gym.spec(env_id).entry_point):
         _route_mujoco_warnings()
-    if env.action_repeat > 1 and _is_atari(env_id):
+    if env.action_repeat > 1 and is_atari_game(env_id):
         raise ConfigError(
             f"env.action_repeat={env.action_repeat} does not apply to Atari games; set env.atari.frame_skip instead"
         )
-    if env.pixels and not _is_dmc_id(env_id):
+    if env.pixels and not is_dmc_id(env_id):
         raise ConfigError(f"env.pixels=true needs a DeepMind Control Suite id (env=dmc), not env.id={env.id!r}")
     try:
-        if _is_atari(env_id):
+        if is_atari_game(env_id):
             made = _make_atari(env, env_id, training, render_mode)
-        elif _is_dmc_id(env_id):
+        elif is_dmc_id(env_id):
             made = _make_dmc(env, env_id, render_mode)
         else:
             made = gym.make(env_id, render_mode=render_mode, **_make_kwargs(env))
@@ -289,30 +267,6 @@ def _wrap(made: gym.Env, wrapper: dict, index: int) -> gym.Env:
     if not isinstance(wrapped, gym.Env):
         raise ConfigError(f"env.wrappers[{index}]: {wrapper['_target_']} returned a {type(wrapped).__name__}, not an environment")
     return wrapped
-
-
-def _registered_id(env_id: str) -> str:
-    """`env_id` as Gymnasium's registry knows it, once what registers it is imported: ale-py
-    for ALE/ ids, and `module` for Gymnasium's "module:EnvId" form (a user's own environments)."""
-    if _is_ale_id(env_id):
-        _register_ale(env_id)
-    elif _is_dmc_id(env_id) and env_id not in gym.registry:
-        _register_dmc(env_id)
-    module, separator, bare_id = env_id.rpartition(":")
-    if not separator:
-        return env_id
-    if not module or module.startswith("."):
-        raise ConfigError(
-            f"env.id={env_id!r}: {module!r} is not an importable module name; write env.id=<package.module>:<EnvId>"
-        )
-    try:
-        importlib.import_module(module)
-    except ImportError as error:
-        hint = "" if module.split(".")[0] in sys.modules else "; if it is yours, put its folder on PYTHONPATH"
-        raise ConfigError(f"env.id={env_id!r}: cannot import {module!r} to register it ({error}){hint}") from None
-    except Exception as error:  # the module itself raised while being imported
-        raise ConfigError(f"env.id={env_id!r}: importing {module!r} raised {type(error).__name__}: {error}") from None
-    return bare_id
 
 
 def _make_atari(env: EnvConfig, env_id: str, training: bool, render_mode: str | None = None) -> gym.Env:
@@ -366,8 +320,6 @@ def _make_dmc(env: EnvConfig, env_id: str, render_mode: str | None) -> gym.Env:
     (C, H, W) layout if env.pixels. The suite ends each episode itself after 1000 steps
     (truncated), or when env.max_episode_steps is reached first."""
     if env.pixels:
-        from rlrun.video import choose_mujoco_backend
-
         choose_mujoco_backend()  # one line naming what to install when neither EGL nor OSMesa is here
         # DrQ-v2 films the quadruped from camera 2, every other domain from camera 0.
         camera = 2 if env_id.startswith("dm_control/quadruped-") else 0
@@ -386,71 +338,6 @@ def _make_dmc(env: EnvConfig, env_id: str, render_mode: str | None) -> gym.Env:
 
 def _channels_first(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame.transpose(2, 0, 1))
-
-
-def _is_dmc_id(env_id: str) -> bool:
-    return env_id.startswith("dm_control/")
-
-
-def _register_dmc(env_id: str) -> None:
-    """Import Shimmy (which registers the dm_control/ ids) only when such an id is asked for;
-    without the dmc extra, fail with the command that installs it."""
-    # dm_control picks its OpenGL backend when imported; a headless one (EGL or OSMesa) keeps
-    # it from looking for a display. Without either, only pixels need one, and fail there.
-    from rlrun.video import choose_mujoco_backend
-
-    with contextlib.suppress(ConfigError):
-        choose_mujoco_backend()
-    # dm_control logs its choice of backend when imported, and a deprecation warning on every
-    # model load, through absl, which would reach the console through Hydra's root logger.
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)  # "No OpenGL_accelerate module"
-    try:
-        import dm_control.suite  # noqa: F401
-        import shimmy
-    except ImportError as error:
-        raise ConfigError(
-            f"env.id={env_id!r} needs the DeepMind Control Suite extra ({error.name} is missing): {DMC_INSTALL}"
-        ) from None
-    gym.register_envs(shimmy)
-
-
-def _is_ale_id(env_id: str) -> bool:
-    return env_id.startswith("ALE/")
-
-
-def _is_atari(env_id: str) -> bool:
-    """An Arcade Learning Environment game (ALE/<Game>-v5, or ale-py's older ids)."""
-    return _is_ale_id(env_id) or (env_id in gym.registry and "ale_py" in str(gym.spec(env_id).entry_point))
-
-
-def _register_ale(env_id: str) -> None:
-    """Import ale-py (which registers the ALE/ ids) only when an ALE id is asked for, so that
-    start-up stays fast; without the Atari extra, fail with the command that installs it."""
-    try:
-        import ale_py
-        import cv2  # noqa: F401  AtariPreprocessing resizes frames with OpenCV
-    except ImportError as error:
-        raise ConfigError(f"env.id={env_id!r} needs the Atari extra ({error.name} is missing): {ATARI_INSTALL}") from None
-    gym.register_envs(ale_py)
-
-
-def is_atari(env_id: str) -> bool:
-    return _is_atari(_registered_id(env_id))
-
-
-def is_mujoco(env_id: str) -> bool:
-    """Simulated by MuJoCo: Gymnasium's MuJoCo tasks and the DeepMind Control Suite."""
-    registered = _registered_id(env_id)
-    return _is_dmc_id(registered) or "mujoco" in str(gym.spec(registered).entry_point)
-
-
-def space_name(space: gym.Space) -> str:
-    if isinstance(space, gym.spaces.Box):
-        return f"continuous (Box, shape {space.shape})"
-    if isinstance(space, gym.spaces.Discrete):
-        return f"discrete (Discrete({space.n}))"
-    return type(space).__name__
 
 
 def _route_mujoco_warnings() -> None:

@@ -8,6 +8,7 @@ algorithm owns its loop (see rlrun/protocols.py for the handshake).
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,16 +19,15 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlrun.buffers import ReplayBuffer
-from rlrun.checkpoint import BEST, Checkpoint, Checkpointer, RunState, latest, load, restore_rng_state, rng_state
+from rlrun.blocks.buffers import ReplayBuffer
 from rlrun.config import RunError
-from rlrun.envs import env_state, make_env, make_vector_env, restore_env
-from rlrun.evaluate import evaluate
-from rlrun.logger import RunLogger, log
-from rlrun.plan import Plan, resolve_device
+from rlrun.core.checkpoint import BEST, Checkpoint, Checkpointer, RunState, load, restore_rng_state, rng_state
+from rlrun.core.logger import RunLogger, log
+from rlrun.core.plan import Plan
+from rlrun.envs.episodes import EVAL_SEED_OFFSET, evaluate
+from rlrun.envs.make import env_state, make_env, make_vector_env, restore_env
+from rlrun.envs.video import read_frames, record_episodes
 from rlrun.protocols import Algorithm, Stateful
-
-EVAL_SEED_OFFSET = 10_000  # the evaluation env's seed is seed + this, apart from training's
 
 
 class StopRun(Exception):
@@ -98,16 +98,19 @@ class Run:
         self.run_dir = run_dir
         self.seed = settings.seed
         self.total_steps = settings.total_steps
-        self.device = resolve_device(settings.device)
+        self.device = plan.device
         self.resumed = resumed
         self.step = resumed["step"] if resumed else 0
         self.eval_env = make_env(settings.env, self.seed + EVAL_SEED_OFFSET, training=False)
+        hyperparameters = flatten_config(plan.config)
         mirror = None
         if settings.log.wandb.project is not None:
-            from rlrun.tracking import WandbMirror
+            from rlrun.core.tracking import WandbMirror  # imports wandb, an optional extra
 
-            mirror = WandbMirror(settings.log.wandb, run_dir, flatten_config(plan.config))
+            mirror = WandbMirror(settings.log.wandb, run_dir, hyperparameters)
         self.logger = RunLogger(run_dir, settings.total_steps, settings.progress, start_step=self.step, mirror=mirror)
+        if not self.logger.reused_folder:
+            self.logger.hyperparameters(hyperparameters, ["eval/return_mean"])
         self.checkpointer = Checkpointer(run_dir, plan.algo_name, settings.env.id, plan.config, settings.checkpoint.keep)
         self.log_due, self.eval_due = Every(settings.log.every), Every(settings.eval.every)
         self.checkpoint_due = Every(settings.checkpoint.every)
@@ -116,19 +119,19 @@ class Run:
         self.clock = Clock(self.step, clock["elapsed"], clock["paused"])
         last_eval = resumed["run"]["last_eval"] if resumed else None
         self.last_eval: np.ndarray | None = None if last_eval is None else last_eval.numpy()
-        self.last_checkpoint: Path | None = latest(run_dir)
+        self.last_checkpoint: Path | None = plan.resume.checkpoint if plan.resume else None
         self.best_eval: tuple[float, int] | None = self._best_so_far()  # (mean return, step) of best.pt
         self._checkpointed_step = self.step if resumed else None
         self.metrics: dict[str, Any] = {}  # the latest training metrics (run.record)
-        self.stop_signal: str | None = None  # set by a signal handler (rlrun.train)
-        self.checkpoint_signal: str | None = None  # likewise: checkpoint after this step, go on
+        self.stop_signal: str | None = None  # a signal asked to stop after this step (stopping_on_signals)
+        self.checkpoint_signal: str | None = None  # a signal asked for a checkpoint after this step
         self.requeue: Callable[[int, Any], None] | None = None  # submitit's SIGUSR2 handler, if any
         self.training_env: gym.Env | gym.vector.VectorEnv | None = None
         self._agent: Algorithm | None = None
         self._loop: dict[str, Stateful] = {}
         self.trial = None
-        if settings.trial is not None:  # only Optuna sweeps need optuna
-            from rlrun.tuning import TrialReporter
+        if settings.trial is not None:
+            from rlrun.core.tuning import TrialReporter  # imports optuna, an optional extra
 
             self.trial = TrialReporter(settings.trial)
 
@@ -219,6 +222,48 @@ class Run:
                 self.checkpoint(step)
             raise StopRun("interrupted", f"stopped by {self.stop_signal} at step {step}")
 
+    @contextmanager
+    def stopping_on_signals(self) -> Iterator[None]:
+        """SIGINT, SIGTERM and SIGHUP (a closed terminal or a dropped SSH session) ask the run to
+        stop after the current step with a checkpoint (see Run.after_step); a second one stops it
+        at once. SIGUSR1, and SIGUSR2 outside a scheduler, write a checkpoint after the current
+        step and training goes on. Under submitit (hydra/launcher=slurm), whose handler for SIGUSR2
+        (Slurm's time-limit and preemption warning) requeues the job, SIGUSR2 stops the run like
+        SIGTERM, and requeue_if_asked calls that handler once the checkpoint and summary are
+        written."""
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt
+            self.stop_signal = signal.Signals(signum).name
+            log.warning("%s: stopping after this step with a checkpoint (Ctrl-C again stops at once)", self.stop_signal)
+
+        def request_checkpoint(signum: int, frame: Any) -> None:
+            self.checkpoint_signal = signal.Signals(signum).name
+
+        # A signal ignored by whoever started us (nohup, a shell's background job) stays ignored.
+        stopping = [sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
+        checkpointing = [sig for sig in (signal.SIGUSR1, signal.SIGUSR2) if signal.getsignal(sig) is signal.SIG_DFL]
+        if callable(requeue := signal.getsignal(signal.SIGUSR2)):
+            stopping.append(signal.SIGUSR2)
+            self.requeue = requeue
+        try:
+            previous = {sig: signal.signal(sig, request_stop) for sig in stopping}
+            previous.update({sig: signal.signal(sig, request_checkpoint) for sig in checkpointing})
+        except ValueError:  # not the main thread (some launchers): keep the default handlers
+            previous = {}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def requeue_if_asked(self) -> None:
+        """Under submitit, after a SIGUSR2 stop: have submitit requeue the job, which resumes
+        from the checkpoint just written."""
+        if self.stop_signal == "SIGUSR2" and self.requeue is not None:
+            self.requeue(signal.SIGUSR2, None)
+
     # ----- the run's own work ---------------------------------------------------------------
     def evaluate(self, step: int) -> None:
         """eval.episodes deterministic episodes on the evaluation env, logged; an Optuna
@@ -249,8 +294,6 @@ class Run:
         """One deterministic evaluation episode on an environment of its own, written to
         videos/step-<step>/episode-0.mp4 and to TensorBoard. Deterministic acting draws no
         random numbers, so training goes on exactly as without the video."""
-        from rlrun.video import read_frames, record_episodes
-
         with self.clock.pause():
             folder = self.run_dir / "videos" / f"step-{step}"
             files, result = record_episodes(

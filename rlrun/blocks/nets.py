@@ -124,7 +124,7 @@ class EnsembleLinear(nn.Module):
 
 class QEnsemble(nn.Module):
     """`n` state-action value functions Q_i(s, a), evaluated together; returns shape (n, B), or
-    (n, B, outputs) when each Q has `outputs` > 1 outputs (HL-Gauss logits, rlrun/hl_gauss.py)."""
+    (n, B, outputs) when each Q has `outputs` > 1 outputs (HL-Gauss logits, rlrun/blocks/hl_gauss.py)."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], n: int, outputs: int = 1) -> None:
         super().__init__()

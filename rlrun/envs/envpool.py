@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlrun.config import ConfigError, EnvConfig
-from rlrun.envs import EnvironmentFailure, is_atari, is_mujoco
+from rlrun.envs.ids import EnvironmentFailure, is_atari, is_mujoco
 
 ENVPOOL_INSTALL = "pip install -c constraints.txt -e '.[envpool]'"
 # The algorithms whose loops take EnvPool's next-step autoreset. The replay-buffer loops store

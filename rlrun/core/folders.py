@@ -1,0 +1,144 @@
+"""Run folders kept safe: one writer per run folder, no sweep worker that outlives its sweep,
+and folders checked writable (names within the file system's limit) before anything is written.
+
+A run folder is locked (an exclusive flock on `<run>/.rlrun.lock`, holding the pid) for as
+long as a process trains in it: a second `rlrun` on the same folder (the same
+`hydra.run.dir`, a `resume=` of a running run, a rerun sweep racing a survivor) stops with one
+line naming that pid. The OS releases the lock when the process ends, however it ends, so a
+killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import resource
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from rlrun.config import ConfigError
+
+LOCK_FILE = ".rlrun.lock"
+NAME_MAX = 255  # bytes in a file or folder name on most file systems
+
+_held: dict[Path, int] = {}  # run folder → the open lock file descriptor
+
+
+class FolderInUse(ConfigError):
+    """Another live process holds the run folder's lock."""
+
+
+def lock_run_folder(run_dir: Path) -> None:
+    """Take the run folder's lock for this process (creating the folder), or raise FolderInUse."""
+    run_dir = run_dir.absolute()
+    if run_dir in _held:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise FolderInUse(
+            f"{run_dir} is in use by another rlrun process (pid {holder}); wait for it to end, stop it, "
+            "or choose another folder (hydra.run.dir=<folder>)"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    _held[run_dir] = descriptor
+
+
+def release_run_folder(run_dir: Path) -> None:
+    """Give the lock back (a sweep worker that goes on to its next job)."""
+    descriptor = _held.pop(run_dir.absolute(), None)
+    if descriptor is not None:
+        os.close(descriptor)  # closing the descriptor releases the flock
+
+
+class ParentWatch:
+    """In a sweep worker process: send this process SIGTERM when the process that started it
+    dies (the worker is then reparented), so that the job stops with a checkpoint as on a
+    scheduler's SIGTERM instead of training on unseen. The worker itself must then exit
+    (`exit_if_orphaned`): its pool would wait forever for work from the dead sweep."""
+
+    def __init__(self, poll_seconds: float = 1.0) -> None:
+        self.parent = os.getppid()
+        self.orphaned = False
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, args=(poll_seconds,), name="rlrun-parent-watch", daemon=True).start()
+
+    def _watch(self, poll_seconds: float) -> None:
+        while not self._done.wait(poll_seconds):
+            if os.getppid() != self.parent:
+                self.orphaned = True
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def exit_if_orphaned(self) -> None:
+        if self.orphaned:
+            logging.shutdown()  # the job's log file gets its last lines
+            os._exit(128 + signal.SIGTERM)
+
+
+def check_writable(key: str, folder: Path) -> None:
+    """`folder` (named by the config key `key`) can be created and written; ConfigError if not."""
+    check_name_lengths(key, folder)
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={folder} cannot be created: {existing} is a file; choose another folder with {key}=<folder>")
+    try:  # a real probe: os.access says yes to root even on read-only file systems
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise ConfigError(
+            f"{key}={folder} is not writable ({error.strerror} when creating a file in {existing}); "
+            f"choose another folder with {key}=<folder>"
+        ) from None
+
+
+def check_name_lengths(key: str, folder: Path) -> None:
+    """Every folder name in `folder` must be one the file system takes (names built from
+    overrides, as hydra.run.dir=outputs/${hydra.job.override_dirname} builds them, can exceed it)."""
+    limit = NAME_MAX  # where the nearest existing folder does not say
+    for existing in [folder.absolute(), *folder.absolute().parents]:
+        try:
+            limit = os.pathconf(existing, "PC_NAME_MAX")
+            break
+        except OSError:  # not there yet, or its own name is too long
+            continue
+    for part in folder.parts:
+        size = len(part.encode())
+        if size > limit:
+            raise ConfigError(
+                f"{key} has a folder name of {size} bytes ('{part[:40]}...'), more than the {limit} this file system "
+                f"allows; choose a shorter {key}=<folder>"
+            )
+
+
+def describe_write_error(error: BaseException, path: Path | None = None) -> str:
+    """A short reason for a failed write of `path`: the OS's words (No space left on device,
+    File too large, Read-only file system). torch.save wraps them in a RuntimeError whose
+    text often has no errno ("unexpected pos ..."), so the likely causes are checked."""
+    if isinstance(error, OSError):
+        return error.strerror or errno.errorcode.get(error.errno or 0, str(error))
+    text = str(error)
+    for code in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO):
+        if os.strerror(code) in text:
+            return os.strerror(code)
+    if path is not None:
+        size_limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        written = path.stat().st_size if path.exists() else 0
+        if size_limit != resource.RLIM_INFINITY and written >= size_limit - (1 << 16):
+            return f"{os.strerror(errno.EFBIG)} (the file-size limit, ulimit -f, is {size_limit} bytes)"
+        if shutil.disk_usage(path.parent).free < (1 << 20):
+            return os.strerror(errno.ENOSPC)
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"the write failed ({first_line})"
