@@ -143,7 +143,7 @@ class CheckpointConfig:
     keep: int = 3
     """Newest checkpoints/step_N.pt files kept in the run folder; older ones are deleted."""
     replay_buffer: bool = True
-    """Save the off-policy replay buffer (SAC, TD3, DDPG, DQN), so a resumed run continues
+    """Save the replay buffer (SAC, TD3, DDPG, CrossQ, DSAC-T, MR.Q, DQN), so a resumed run continues
     exactly. It is most of a checkpoint's size; with false, a resumed run refills its buffer
     with learning_starts new transitions before it updates again."""
 

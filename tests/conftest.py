@@ -7,9 +7,55 @@ import tempfile
 import time
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
+import torch
+
+from rlrun.blocks.buffers import Batch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# The spaces the algorithm unit tests use: 3-dimensional observations, one action in [-2, 2].
+OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+ACTION_SPACE = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+
+
+def build_agent(agent_class: type, config: object, obs_space: gym.Space = OBS_SPACE, action_space: gym.Space = ACTION_SPACE):
+    """An agent on the CPU with seed 0, its networks initialised from torch seed 0."""
+    torch.manual_seed(0)
+    return agent_class(config, obs_space, action_space, torch.device("cpu"), seed=0)
+
+
+def random_batch(terminated: list[float]) -> Batch:
+    """A batch for the 3-dimensional observations and one action above, rewards 1.5, with the
+    given termination flags; the same numbers every call (torch seed 1)."""
+    n = len(terminated)
+    torch.manual_seed(1)
+    return Batch(torch.randn(n, 3), torch.rand(n, 1) * 2 - 1, torch.full((n,), 1.5), torch.randn(n, 3), torch.tensor(terminated))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks run fastest on one thread, and the CPU is shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def checkpoint_file(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:09d}.pt"
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait until `path` exists, failing if `process` ends first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
 
 
 def _env() -> dict:

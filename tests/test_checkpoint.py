@@ -1,8 +1,12 @@
 """Checkpoint files: atomic, pruned to the newest few, and loaded safely with clear errors."""
 
+import numpy as np
 import pytest
 import torch
+from conftest import build_agent
 
+from rlrun.algos.sac import SAC, SACConfig
+from rlrun.blocks.state import Checkpointed
 from rlrun.config import ConfigError
 from rlrun.core import checkpoint
 
@@ -60,3 +64,52 @@ def test_a_checkpoint_with_code_in_it_is_not_executed(tmp_path):
     torch.save({"format": 1, "agent": Payload()}, path)
     with pytest.raises(ConfigError, match="cannot read checkpoint"):
         checkpoint.load(path)
+
+
+def test_an_agent_state_without_a_declared_part_gets_one_line():
+    agent = build_agent(SAC, SACConfig(hidden_sizes=(16, 16)))
+    state = agent.state_dict()
+    assert list(state) == list(SAC.checkpointed)
+    del state["log_alpha"], state["alpha_optimizer"]
+    with pytest.raises(
+        ConfigError, match=r"^the checkpoint's SAC state lacks log_alpha, alpha_optimizer: .*start a new run folder$"
+    ):
+        agent.load_state_dict(state)
+
+
+def test_declared_state_restores_every_kind_of_part():
+    """Networks and optimisers through their state_dict, a learnt tensor in place (its
+    optimiser holds it), plain tensors, NumPy arrays, random generators, numbers and nested paths."""
+
+    class Agent(Checkpointed):
+        checkpointed = {
+            "net": "net",
+            "log_alpha": "log_alpha",
+            "scale": "scale",
+            "rng": "rng",
+            "count": "count",
+            "returns": "stats.returns",
+        }
+
+        def __init__(self, seed):
+            torch.manual_seed(seed)
+            self.device = torch.device("cpu")
+            self.net = torch.nn.Linear(2, 2)
+            self.log_alpha = torch.zeros((), requires_grad=True)
+            self.scale, self.rng, self.count = torch.ones(()), np.random.default_rng(seed), 0
+            self.stats = type("Stats", (), {})()
+            self.stats.returns = np.zeros(3)
+
+    saved = Agent(1)
+    with torch.no_grad():
+        saved.log_alpha += 0.5
+    saved.scale, saved.count, saved.stats.returns = torch.tensor(3.0), 7, np.array([1.0, 2.0, 3.0])
+    saved.rng.random()
+    restored = Agent(2)
+    held = restored.log_alpha
+    restored.load_state_dict(saved.state_dict())
+    torch.testing.assert_close(restored.net.state_dict(), saved.net.state_dict())
+    assert restored.log_alpha is held and held.item() == 0.5
+    assert restored.scale.item() == 3.0 and restored.count == 7
+    assert restored.stats.returns.tolist() == [1.0, 2.0, 3.0] and restored.stats.returns.dtype == np.float64
+    assert restored.rng.random() == saved.rng.random()

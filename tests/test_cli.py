@@ -4,6 +4,7 @@ import json
 
 import gymnasium as gym
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlrun.algos.sac import SAC, SACConfig
@@ -29,7 +30,12 @@ def test_smoke_run_writes_the_run_folder(rlrun, tmp_path):
     result = rlrun("experiment=smoke", "algo=sac", "env=Pendulum", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
 
-    assert (run_dir / ".hydra" / "config.yaml").exists()
+    # What Hydra's own run writes (commands/train.py runs a single job through Hydra's run_job).
+    assert {p.name for p in (run_dir / ".hydra").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    assert overrides == ["experiment=smoke", "algo=sac", "env=Pendulum"]  # hydra.* overrides go to hydra.yaml
+    assert yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["mode"] == "RUN"
+    assert "sac on Pendulum-v1, seed 0, 600 steps" in (run_dir / "rlrun.log").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["total_steps"] == 600
     assert summary["algo"] == "sac" and summary["env_id"] == "Pendulum-v1"

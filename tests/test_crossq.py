@@ -4,13 +4,12 @@ networks' modes, the policy delay, and a run through the command line."""
 import copy
 import json
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import build_agent, random_batch
 
 from rlrun.algos.crossq import RENORM_EPS, BatchRenorm, CrossQ, CrossQConfig
-from rlrun.blocks.buffers import Batch
 
 # ----- batch renormalisation ------------------------------------------------------------------
 
@@ -99,17 +98,8 @@ def test_ensemble_members_have_their_own_statistics():
 
 
 def make_agent(**overrides) -> CrossQ:
-    torch.manual_seed(0)
-    obs_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-    action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
     settings = dict(actor_hidden_sizes=(16, 16), critic_hidden_sizes=(32, 32), batch_size=4) | overrides
-    return CrossQ(CrossQConfig(**settings), obs_space, action_space, torch.device("cpu"), seed=0)
-
-
-def batch(terminated: list[float]) -> Batch:
-    n = len(terminated)
-    torch.manual_seed(1)
-    return Batch(torch.randn(n, 3), torch.rand(n, 1) * 2 - 1, torch.full((n,), 1.5), torch.randn(n, 3), torch.tensor(terminated))
+    return build_agent(CrossQ, CrossQConfig(**settings))
 
 
 def renorm_layers(network):
@@ -118,7 +108,7 @@ def renorm_layers(network):
 
 def test_the_critics_see_current_and_next_state_actions_in_one_pass():
     agent = make_agent(gamma=0.9)
-    data = batch([1.0, 0.0, 0.0, 0.0])
+    data = random_batch([1.0, 0.0, 0.0, 0.0])
     critic = copy.deepcopy(agent.critic).train()
     torch.manual_seed(2)
     loss, q = agent.critic_loss(data, torch.tensor(0.5))
@@ -146,7 +136,7 @@ def test_the_critics_see_current_and_next_state_actions_in_one_pass():
 
 def test_acting_and_evaluating_use_running_statistics_and_change_none():
     agent = make_agent()
-    agent.update(batch([0.0] * 4))
+    agent.update(random_batch([0.0] * 4))
     stats = copy.deepcopy(agent.state_dict())
     obs = torch.tensor([0.1, -0.4, 0.7])
     agent.explore(obs)
@@ -160,7 +150,7 @@ def test_acting_and_evaluating_use_running_statistics_and_change_none():
 
 def test_the_actor_and_temperature_learn_every_policy_delay_critic_updates():
     agent = make_agent(policy_delay=3)
-    data = batch([0.0] * 4)
+    data = random_batch([0.0] * 4)
     actor_before = [p.clone() for p in agent.actor.parameters()]
     critic_before = [p.clone() for p in agent.critic.parameters()]
     alpha_before = agent.log_alpha.item()
@@ -193,7 +183,7 @@ def test_there_are_no_target_networks_and_adam_uses_the_papers_beta1_for_the_net
 
 
 def test_a_loaded_state_continues_identically():
-    data = batch([0.0, 1.0, 0.0, 0.0])
+    data = random_batch([0.0, 1.0, 0.0, 0.0])
     agent = make_agent(renorm_warmup_steps=2, policy_delay=2)
     for _ in range(3):
         agent.update(data)

@@ -20,12 +20,8 @@ SCALARS = {"losses/td", "train/q_mean", "train/epsilon", "eval/return_mean", "ev
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks run fastest on one thread, and the CPU is shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test here on one torch thread (conftest.one_torch_thread)."""
 
 
 class FixedQ(nn.Module):

@@ -2,13 +2,12 @@
 
 import json
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import build_agent, random_batch
 
 from rlrun.algos.dsac_t import DSACT, DSACTConfig, critic_loss
-from rlrun.blocks.buffers import Batch
 from rlrun.core import checkpoint
 
 
@@ -86,24 +85,14 @@ def test_the_std_gradient_vanishes_where_sigma_squared_is_half_the_clipped_squar
 
 
 def make_agent(**overrides) -> DSACT:
-    torch.manual_seed(0)
-    obs_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-    action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
-    config = DSACTConfig(hidden_sizes=(16, 16), batch_size=4, **overrides)
-    return DSACT(config, obs_space, action_space, torch.device("cpu"), seed=0)
-
-
-def batch(terminated: list[float]) -> Batch:
-    n = len(terminated)
-    torch.manual_seed(1)
-    return Batch(torch.randn(n, 3), torch.rand(n, 1) * 2 - 1, torch.full((n,), 1.5), torch.randn(n, 3), torch.tensor(terminated))
+    return build_agent(DSACT, DSACTConfig(hidden_sizes=(16, 16), batch_size=4, **overrides))
 
 
 def test_targets_come_from_the_distribution_with_the_smaller_mean():
     agent = make_agent(gamma=0.9)
     with torch.no_grad():
         agent.target_critic.layers[-1].bias[1, 0, 0] += 100.0  # the second mean: optimistic
-    data = batch([0.0, 0.0, 1.0])
+    data = random_batch([0.0, 0.0, 1.0])
     alpha = torch.tensor(0.3)
     torch.manual_seed(2)
     target_mean, target_sample = agent.critic_targets(data, alpha)
@@ -123,7 +112,7 @@ def test_targets_come_from_the_distribution_with_the_smaller_mean():
 
 def test_the_std_average_starts_at_the_first_batch_and_then_moves_by_tau_b():
     agent = make_agent(tau_b=0.25)
-    data = batch([0.0] * 4)
+    data = random_batch([0.0] * 4)
     with torch.no_grad():
         first_std = agent.critic(data.obs, data.actions)[1].mean(dim=1)
     agent.update(data)
@@ -136,7 +125,7 @@ def test_the_std_average_starts_at_the_first_batch_and_then_moves_by_tau_b():
 
 def test_actor_temperature_and_targets_move_every_policy_delay_critic_updates():
     agent = make_agent(policy_delay=2, tau=0.5)
-    data = batch([0.0] * 4)
+    data = random_batch([0.0] * 4)
 
     def snapshot():
         return [
@@ -155,7 +144,7 @@ def test_actor_temperature_and_targets_move_every_policy_delay_critic_updates():
 
 def test_a_state_dict_round_trip_restores_the_running_statistics():
     agent = make_agent()
-    data = batch([0.0] * 4)
+    data = random_batch([0.0] * 4)
     for _ in range(3):
         agent.update(data)
     restored = make_agent()

@@ -6,9 +6,8 @@ import signal
 
 import pytest
 import torch
-from conftest import run_rlrun, start_rlrun
+from conftest import checkpoint_file, run_rlrun, start_rlrun, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_resume import checkpoint_file, wait_for
 
 from rlrun.core.run import Run
 

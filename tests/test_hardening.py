@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, _env, run_rlrun, start_rlrun
-from test_resume import checkpoint_file, wait_for
+from conftest import REPO, _env, checkpoint_file, run_rlrun, start_rlrun, wait_for
 
 SAC_PENDULUM = ["experiment=smoke", "algo=sac", "env=Pendulum", "threads=1"]
 

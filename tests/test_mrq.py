@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import build_agent
 
 from rlrun.algos.mrq import MRQ, MRQConfig, TwoHot, lap_priority, multi_step_return, symexp, symlog
 from rlrun.blocks.buffers import SequenceReplayBuffer
@@ -139,12 +140,8 @@ def test_the_buffer_state_round_trips():
 
 
 def make_agent(**overrides) -> MRQ:
-    torch.manual_seed(0)
-    obs_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-    action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
     dims = dict(zs_dim=8, za_dim=4, zsa_dim=8, encoder_hidden_dim=16, value_hidden_dim=16, policy_hidden_dim=16)
-    config = MRQConfig(**(dims | dict(batch_size=4, buffer_size=100) | overrides))
-    return MRQ(config, obs_space, action_space, torch.device("cpu"), seed=0)
+    return build_agent(MRQ, MRQConfig(**(dims | dict(batch_size=4, buffer_size=100) | overrides)))
 
 
 def filled_buffer(length=39):  # rewards 0, -1, -2, thirteen times each

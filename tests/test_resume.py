@@ -2,11 +2,10 @@
 with no duplicated or missing log rows."""
 
 import json
-import time
 
 import pytest
 import torch
-from conftest import run_rlrun, start_rlrun
+from conftest import checkpoint_file, run_rlrun, start_rlrun, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlrun.core.registry import ALGORITHMS
@@ -50,18 +49,6 @@ RUNS_AS = {"ddpg": "td3"}
 
 def test_every_registered_algorithm_is_resumed_bit_identically():
     assert {RUNS_AS.get(name, name) for name in ALGORITHMS} <= set(RUNS)
-
-
-def checkpoint_file(run_dir, step):
-    return run_dir / "checkpoints" / f"step_{step:09d}.pt"
-
-
-def wait_for(path, process, timeout=240):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
 
 
 def assert_identical(a, b, where=""):

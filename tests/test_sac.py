@@ -2,13 +2,12 @@
 
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import build_agent, random_batch
 
 from rlrun.algos.sac import SAC, SACConfig, tanh_gaussian_log_prob
-from rlrun.blocks.buffers import Batch
 
 
 def test_tanh_gaussian_log_prob_matches_numerical_density():
@@ -36,17 +35,7 @@ def test_log_prob_sums_over_action_dimensions():
 
 
 def make_agent(**overrides) -> SAC:
-    torch.manual_seed(0)
-    obs_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-    action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
-    config = SACConfig(hidden_sizes=(16, 16), batch_size=4, **overrides)
-    return SAC(config, obs_space, action_space, torch.device("cpu"), seed=0)
-
-
-def batch(terminated: list[float]) -> Batch:
-    n = len(terminated)
-    torch.manual_seed(1)
-    return Batch(torch.randn(n, 3), torch.rand(n, 1) * 2 - 1, torch.full((n,), 1.5), torch.randn(n, 3), torch.tensor(terminated))
+    return build_agent(SAC, SACConfig(hidden_sizes=(16, 16), batch_size=4, **overrides))
 
 
 def test_exploration_draws_the_action_that_sample_draws():
@@ -63,7 +52,7 @@ def test_exploration_draws_the_action_that_sample_draws():
 
 def test_critic_target_bootstraps_on_truncation_but_not_on_termination():
     agent = make_agent(gamma=0.9)
-    data = batch([1.0, 0.0])
+    data = random_batch([1.0, 0.0])
     torch.manual_seed(2)
     target = agent.critic_target(data)
     # Recompute the soft value of s' with the same noise.
@@ -80,7 +69,7 @@ def test_critic_target_takes_the_minimum_over_critics():
     agent = make_agent(gamma=1.0, init_temperature=1e-8)
     with torch.no_grad():
         agent.target_critic.layers[-1].bias[1] += 100.0  # make the second critic optimistic
-    data = batch([0.0, 0.0])
+    data = random_batch([0.0, 0.0])
     torch.manual_seed(3)
     target = agent.critic_target(data)
     torch.manual_seed(3)
@@ -90,7 +79,7 @@ def test_critic_target_takes_the_minimum_over_critics():
 
 
 def test_temperature_moves_toward_target_entropy():
-    data = batch([0.0] * 4)
+    data = random_batch([0.0] * 4)
     # 1-D actions: entropy target -1. A target far above what the policy has makes α grow...
     agent = make_agent(target_entropy=50.0)
     before = agent.log_alpha.item()
@@ -117,7 +106,7 @@ def test_update_changes_all_networks_and_keeps_targets_lagging():
     agent = make_agent(tau=0.5)
     actor_before = [p.clone() for p in agent.actor.parameters()]
     target_before = [p.clone() for p in agent.target_critic.parameters()]
-    agent.update(batch([0.0, 1.0, 0.0, 0.0]))
+    agent.update(random_batch([0.0, 1.0, 0.0, 0.0]))
     assert all(not torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters()))
     for old_target, target, critic in zip(target_before, agent.target_critic.parameters(), agent.critic.parameters()):
         torch.testing.assert_close(target, 0.5 * old_target + 0.5 * critic)

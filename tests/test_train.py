@@ -4,7 +4,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from test_sac import batch, make_agent
+from conftest import random_batch as batch
+from test_sac import make_agent
 from torch import nn
 
 from rlrun.algos.ppo import PPO, PPOConfig

@@ -259,7 +259,7 @@ class CrossQ(TanhGaussianActing, Checkpointed):
         actor_loss = (alpha * log_prob - q_new).mean()
         gradient_step(self.actor_optimizer, actor_loss)
 
-        # Temperature: J(α) = E[−α (log π(ã|s) + H̄)], descended in log α (as SAC's).
+        # Temperature, learnt as log α (as SAC's): J(log α) = E[−log α · (log π(ã|s) + H̄)].
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         gradient_step(self.alpha_optimizer, alpha_loss)
         return {

@@ -47,8 +47,12 @@ from rlrun.protocols import RunContext
 class DSACTConfig(OffPolicyConfig):
     """The shared off-policy settings (lr, gamma, tau, batch_size, buffer_size,
     learning_starts, hidden_sizes, updates_per_step) plus DSAC-T's own. Defaults are the
-    authors' MuJoCo settings (DSAC-v2, example_train/dsacv2_mlp_mujoco_offserial.py), which
-    the paper uses on every task without tuning."""
+    authors' MuJoCo network and optimiser settings (DSAC-v2,
+    example_train/dsacv2_mlp_mujoco_offserial.py), which the paper uses on every task without
+    tuning, with one difference in the schedule: the authors collect 20 environment steps per
+    update (sample_batch_size 20; 1.5M updates are about 30M environment steps), where rlrun
+    updates once per environment step (updates_per_step 1). At a budget of tens of thousands
+    of steps, lr 1e-4 has barely started; lr 3e-4 learns much sooner (docs/benchmarks.md)."""
 
     lr: float = 1e-4
     """Adam step size of the actor and the critics (the authors' 1e-4 for both)."""
@@ -245,7 +249,7 @@ class DSACT(TanhGaussianActing, Checkpointed):
             actor_loss = (alpha * log_prob - q_new).mean()
             gradient_step(self.actor_optimizer, actor_loss)
 
-            # Temperature: J(α) = E[−α (log π(ã|s) + H̄)], descended in log α (as SAC).
+            # Temperature, learnt as log α (as SAC's): J(log α) = E[−log α · (log π(ã|s) + H̄)].
             alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
             gradient_step(self.alpha_optimizer, alpha_loss)
 

@@ -217,8 +217,9 @@ class SAC(TanhGaussianActing, Checkpointed):
         actor_loss = (alpha * log_prob - q_new).mean()
         gradient_step(self.actor_optimizer, actor_loss)
 
-        # Temperature: J(α) = E[−α (log π(ã|s) + H̄)], descended in log α; α rises while the
-        # policy's entropy is below the target H̄ and falls while it is above.
+        # Temperature, learnt as log α (SB3's form): J(log α) = E[−log α · (log π(ã|s) + H̄)].
+        # Its gradient has the sign of CleanRL's J(α) = E[−α (log π(ã|s) + H̄)]: α rises while
+        # the policy's entropy is below the target H̄ and falls while it is above.
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         gradient_step(self.alpha_optimizer, alpha_loss)
 

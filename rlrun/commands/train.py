@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 import rlrun.commands.sweep  # noqa: F401  registers the resolver that names sweep job folders (configs/config.yaml)
@@ -34,6 +34,7 @@ from rlrun.core.checkpoint import latest
 from rlrun.core.folders import FolderInUse, ParentWatch, check_writable, lock_run_folder, release_run_folder
 from rlrun.core.plan import Plan, validate
 from rlrun.core.training import execute, record_failure
+from rlrun.envs.make import check_stored_wrappers
 
 CONFIG_MODULE = "rlrun.configs"
 SLURM_INSTALL = "python -m pip install -c constraints.txt -e '.[slurm]'"
@@ -80,7 +81,7 @@ def _run_one(overrides: list[str]) -> None:
     Hydra's public API cannot do this: `hydra.main` and `compose` either compose again or
     skip the run folder, its .hydra/ files, logging and callbacks. So this calls what
     `hydra.main` calls (run_job with Callbacks, private to Hydra 1.3);
-    tests/test_cli.py::test_single_run_writes_what_hydra_writes pins the result.
+    tests/test_cli.py::test_smoke_run_writes_the_run_folder pins what it writes.
     """
     from hydra._internal.callbacks import Callbacks  # private: see the docstring
     from hydra._internal.utils import run_and_report
@@ -272,7 +273,27 @@ def expand_resume(args: list[str]) -> list[str]:
             f"resume={folder_text}: {saved_file} is damaged (not a list of overrides); it lists the run's overrides"
         )
     saved = [o for o in saved_overrides if override_key(o) not in given_keys | {"hydra.run.dir"}]
+    for override in saved:
+        _check_stored_override(override, f"resume={folder_text}: {saved_file}")
     return [*saved, *given, f"hydra.run.dir={folder}", "hydra.output_subdir=null"]
+
+
+def _check_stored_override(override: str, source: str) -> None:
+    """A run folder's stored override may set values, but not make rlrun call code: env.wrappers
+    only as check_stored_wrappers allows, no other _target_, no Hydra callbacks. Giving the
+    same key on the command line replaces the stored one."""
+    key = override_key(override)
+    if key.startswith(("hydra.callbacks", "hydra/callbacks")):
+        raise ConfigError(f"{source} sets {key}, which would run code; refused (give it on the command line if you trust it)")
+    if "_target_" not in override:
+        return
+    if key != "env.wrappers":
+        raise ConfigError(f"{source}: {override[:80]} names a _target_; a stored override may not make rlrun call code")
+    try:
+        value = OverridesParser.create().parse_overrides([override])[0].value()
+    except OverrideParseException:
+        raise ConfigError(f"{source}: cannot parse {override[:80]}; the file is damaged") from None
+    check_stored_wrappers(OmegaConf.to_container(OmegaConf.create({"w": value}))["w"], source)
 
 
 def override_key(override: str) -> str:

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from rlrun.config import ConfigError
 from rlrun.core.checkpoint import BEST, Checkpoint, load
 from rlrun.core.plan import Plan, validate
+from rlrun.envs.make import check_stored_wrappers
 from rlrun.protocols import Algorithm
 
 
@@ -97,6 +98,10 @@ def load_agent(path: Path, overrides: dict[str, Any], device: str) -> SavedAgent
     (`overrides` set dotted keys of its config, e.g. {"eval.episodes": 5})."""
     state = load(path)  # weights_only=True: no code from the file runs
     config = copy.deepcopy(state["config"])
+    env = config.get("env") if isinstance(config, dict) else None
+    if not isinstance(env, dict):
+        raise ConfigError(f"checkpoint {path} is damaged: its config has no env settings")
+    check_stored_wrappers(env.get("wrappers", []), f"checkpoint {path}")
     config["device"] = device
     config.setdefault("video", {})["every"] = None  # the run's own video schedule is not this command's
     for key, value in overrides.items():

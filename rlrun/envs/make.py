@@ -3,6 +3,7 @@ wrappers), seeding, and saving the training env's state mid-episode."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 
@@ -249,6 +250,52 @@ def _make_kwargs(env: EnvConfig) -> dict:
     if env.max_episode_steps is not None:
         kwargs["max_episode_steps"] = env.max_episode_steps
     return kwargs
+
+
+def check_stored_wrappers(wrappers: object, source: str) -> None:
+    """Refuse, in one line, env.wrappers read from a file (a checkpoint's config, a run
+    folder's overrides) that would make rlrun call anything but a Gymnasium wrapper class with
+    plain values: such files are shared, and running one must not run code it names. Each
+    entry's `_target_` must resolve to a gym.Wrapper subclass; no other `_..._` key
+    (`_args_`, `_partial_`, `_recursive_`, `_convert_`) and no `_target_` inside its arguments."""
+    if not isinstance(wrappers, (list, tuple)):
+        raise ConfigError(f"{source}: env.wrappers is not a list; the file is damaged or not rlrun's")
+    for index, wrapper in enumerate(wrappers):
+        where = f"{source}: env.wrappers[{index}]"
+        if not isinstance(wrapper, dict) or not isinstance(wrapper.get("_target_"), str):
+            raise ConfigError(f"{where} is not a {{_target_: <wrapper class>, ...}} entry; refused")
+        special = sorted(key for key in wrapper if str(key).startswith("_") and key != "_target_")
+        if special:
+            raise ConfigError(
+                f"{where} sets {', '.join(special)}; a stored config may only name a wrapper class and plain arguments"
+            )
+        nested = _nested_target(wrapper, "")
+        if nested is not None:
+            raise ConfigError(
+                f"{where} has a _target_ inside its arguments ({nested}); a stored config may not make rlrun call code. "
+                "If you trust the file, give the wrapper on the command line instead"
+            )
+        target = wrapper["_target_"]
+        module_name, _, name = target.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module_name), name) if module_name else None
+        except (ImportError, AttributeError, ValueError):
+            found = None
+        if not (isinstance(found, type) and issubclass(found, gym.Wrapper)):
+            raise ConfigError(f"{where}: {target} is not a Gymnasium wrapper class; a stored config may only name one")
+
+
+def _nested_target(node: object, path: str) -> str | None:
+    """The dotted path of the first `_target_` key below `node`'s top level, if any."""
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, (list, tuple)) else ()
+    for key, child in children:
+        child_path = f"{path}.{key}" if path else str(key)
+        if isinstance(child, dict) and "_target_" in child:
+            return f"{child_path}._target_"
+        found = _nested_target(child, child_path)
+        if found is not None:
+            return found
+    return None
 
 
 def _wrap(made: gym.Env, wrapper: dict, index: int) -> gym.Env:
