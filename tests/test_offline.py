@@ -1,0 +1,153 @@
+"""Offline RL on Minari datasets (dataset=): reading a dataset, the bad inputs, each offline
+algorithm's smoke run and one hand-checked loss each."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("minari", reason="the offline extra: python -m pip install -c constraints.txt -e '.[offline]'")
+
+from conftest import run_rlrun  # noqa: E402
+
+from rlrun.config import ConfigError  # noqa: E402
+from rlrun.envs.datasets import Episode, load_transitions, open_dataset, write_dataset  # noqa: E402
+
+OFFLINE = ["td3_bc"]
+
+
+def episodes(env_id="Pendulum-v1", count=4, seed=0, noise=0.5):
+    """`count` episodes of a noisy scripted policy (Pendulum: a damping controller, −θ̇ plus
+    Gaussian noise; other environments: uniform random actions)."""
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
+    found = []
+    for e in range(count):
+        obs, _ = env.reset(seed=seed + e)
+        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+        done = False
+        while not done:
+            if isinstance(env.action_space, gym.spaces.Box):
+                action = np.clip(-obs[2:3] + noise * rng.standard_normal(1), -2.0, 2.0).astype(np.float32)
+            else:
+                action = env.action_space.sample()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs), actions.append(action), rewards.append(reward)
+            terminations.append(terminated), truncations.append(truncated)
+            done = terminated or truncated
+        found.append(Episode(*map(np.array, (observations, actions, rewards, terminations, truncations)), seed=seed + e))
+    return found
+
+
+@pytest.fixture(scope="module")
+def pendulum(tmp_path_factory):
+    """A small Pendulum dataset on disk, with reference scores."""
+    folder = tmp_path_factory.mktemp("datasets") / "pendulum-scripted-v0"
+    write_dataset(str(folder), episodes(), "Pendulum-v1", ref_min_score=-1200.0, ref_max_score=-150.0)
+    return folder
+
+
+# ----- reading datasets ---------------------------------------------------------------------
+def test_a_dataset_is_read_by_path_with_its_environment_and_references(pendulum):
+    info = open_dataset(str(pendulum))
+    assert info.env["id"] == "Pendulum-v1" and info.episodes == 4 and info.steps == 800
+    assert (info.ref_min_score, info.ref_max_score) == (-1200.0, -150.0)
+    assert info.normalized_score(-675.0) == pytest.approx(50.0)
+    data = load_transitions(info)
+    assert data.obs.shape == (800, 3) and data.actions.shape == (800, 1) and data.next_obs.shape == (800, 3)
+    # transition t is (o_t, a_t, r_t, o_{t+1}): within an episode next_obs is the following obs
+    assert np.array_equal(data.next_obs[:199], data.obs[1:200])
+    assert data.terminated.sum() == 0  # Pendulum's episodes are truncated, never terminated
+
+
+def test_a_dataset_is_read_by_id_under_the_minari_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    write_dataset("rlrun-test/pendulum-v1", episodes(count=2), "Pendulum-v1")
+    info = open_dataset("rlrun-test/pendulum-v1")
+    assert info.data_path == tmp_path / "rlrun-test" / "pendulum-v1" / "data"
+    assert info.steps == 400 and info.ref_min_score is None and info.normalized_score(0.0) is None
+
+
+def test_a_missing_dataset_says_where_it_looked_and_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="minari download mujoco/hopper/medium-v0") as error:
+        open_dataset("mujoco/hopper/medium-v0")
+    assert str(tmp_path / "mujoco/hopper/medium-v0") in str(error.value) and "rlrun collect=" in str(error.value)
+
+
+def test_a_nan_in_a_dataset_names_the_episode(tmp_path):
+    found = episodes(count=3)
+    found[1].rewards[17] = np.nan
+    folder = tmp_path / "broken-v0"
+    write_dataset(str(folder), found, "Pendulum-v1")
+    with pytest.raises(ConfigError, match="episode 1 has a NaN or infinite value in its rewards"):
+        load_transitions(open_dataset(str(folder)))
+
+
+def test_an_empty_dataset_is_one_line(tmp_path):
+    folder = tmp_path / "empty-v0"
+    write_dataset(str(folder), [], "Pendulum-v1")
+    with pytest.raises(ConfigError, match="is empty"):
+        open_dataset(str(folder))
+
+
+# ----- the command line ---------------------------------------------------------------------
+def test_an_online_algorithm_with_a_dataset_is_refused_before_anything_is_written(pendulum, tmp_path):
+    result = run_rlrun("algo=sac", f"dataset={pendulum}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert "algo=sac learns online" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("algo", OFFLINE)
+def test_an_offline_algorithm_without_a_dataset_is_refused(algo, tmp_path):
+    result = run_rlrun(f"algo={algo}", "env=Pendulum", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and f"algo={algo} learns offline from a dataset: give dataset=" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_discrete_action_dataset_is_refused_for_td3_bc(tmp_path):
+    folder = tmp_path / "cartpole-random-v0"
+    write_dataset(str(folder), episodes("CartPole-v1", count=2), "CartPole-v1")
+    result = run_rlrun("algo=td3_bc", f"dataset={folder}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stderr
+    assert "algo=td3_bc needs a Box action space" in result.stderr and "Discrete" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_dataset_on_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
+    result = run_rlrun("algo=td3_bc", "dataset=nowhere/pendulum-v0", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "minari download nowhere/pendulum-v0" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("algo", OFFLINE)
+def test_an_offline_smoke_run_logs_the_normalized_score(algo, pendulum, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_rlrun(f"algo={algo}", f"dataset={pendulum}", "experiment=smoke", "threads=1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [row for row in rows if "eval/normalized_score" in row]
+    assert [row["step"] for row in evals] == [300, 600]
+    for row in evals:
+        assert row["eval/normalized_score"] == pytest.approx(100 * (row["eval/return_mean"] + 1200) / 1050)
+    assert any("losses/critic" in row for row in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["env_id"] == "Pendulum-v1" and summary["total_steps"] == 600
+    checkpoint = torch.load(run_dir / "checkpoints" / "step_000000600.pt", weights_only=True)
+    assert checkpoint["config"]["env"]["id"] == "Pendulum-v1"
+    assert set(checkpoint["loop"]) == {"sampling"}  # the sampling RNG only: the dataset is read again on resume
+
+
+# ----- the losses, by hand ------------------------------------------------------------------
+def test_td3_bc_lambda_is_alpha_over_the_mean_absolute_q():
+    from rlrun.algos.td3_bc import bc_weight
+
+    q = torch.tensor([-2.0, 4.0, 1.0, -1.0], requires_grad=True)
+    lmbda = bc_weight(2.5, q)
+    assert lmbda.item() == pytest.approx(2.5 / 2.0)  # mean |Q| = (2 + 4 + 1 + 1) / 4 = 2
+    assert not lmbda.requires_grad  # λ is a constant in the actor's gradient
