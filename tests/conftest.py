@@ -7,7 +7,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
+
+from rlrun.envs.datasets import Episode, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,6 +77,38 @@ def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:
         cwd=REPO,
         preexec_fn=_default_interrupt_signals,
     )
+
+
+# ----- offline datasets (Minari, the offline extra) -----------------------------------------
+def episodes(env_id="Pendulum-v1", count=4, seed=0, noise=0.5):
+    """`count` episodes of a noisy scripted policy (Pendulum: a damping controller, −θ̇ plus
+    Gaussian noise; other environments: uniform random actions)."""
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
+    found = []
+    for e in range(count):
+        obs, _ = env.reset(seed=seed + e)
+        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+        done = False
+        while not done:
+            if isinstance(env.action_space, gym.spaces.Box):
+                action = np.clip(-obs[2:3] + noise * rng.standard_normal(1), -2.0, 2.0).astype(np.float32)
+            else:
+                action = env.action_space.sample()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs), actions.append(action), rewards.append(reward)
+            terminations.append(terminated), truncations.append(truncated)
+            done = terminated or truncated
+        found.append(Episode(*map(np.array, (observations, actions, rewards, terminations, truncations)), seed=seed + e))
+    return found
+
+
+def pendulum_dataset(folder: Path) -> Path:
+    """A small Minari dataset of Pendulum-v1 at `folder` (a name like pendulum-scripted-v0),
+    with reference scores; written the way `rlrun collect=` writes one."""
+    write_dataset(str(folder), episodes(), "Pendulum-v1", ref_min_score=-1200.0, ref_max_score=-150.0)
+    return folder
 
 
 @pytest.fixture

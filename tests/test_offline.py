@@ -3,51 +3,24 @@ algorithm's smoke run and one hand-checked loss each."""
 
 import json
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("minari", reason="the offline extra: python -m pip install -c constraints.txt -e '.[offline]'")
 
-from conftest import run_rlrun  # noqa: E402
+from conftest import episodes, pendulum_dataset, run_rlrun  # noqa: E402
 
 from rlrun.config import ConfigError  # noqa: E402
-from rlrun.envs.datasets import Episode, load_transitions, open_dataset, write_dataset  # noqa: E402
+from rlrun.envs.datasets import load_transitions, open_dataset, write_dataset  # noqa: E402
 
 OFFLINE = ["td3_bc"]
-
-
-def episodes(env_id="Pendulum-v1", count=4, seed=0, noise=0.5):
-    """`count` episodes of a noisy scripted policy (Pendulum: a damping controller, −θ̇ plus
-    Gaussian noise; other environments: uniform random actions)."""
-    env = gym.make(env_id)
-    env.action_space.seed(seed)
-    rng = np.random.default_rng(seed)
-    found = []
-    for e in range(count):
-        obs, _ = env.reset(seed=seed + e)
-        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-        done = False
-        while not done:
-            if isinstance(env.action_space, gym.spaces.Box):
-                action = np.clip(-obs[2:3] + noise * rng.standard_normal(1), -2.0, 2.0).astype(np.float32)
-            else:
-                action = env.action_space.sample()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            observations.append(obs), actions.append(action), rewards.append(reward)
-            terminations.append(terminated), truncations.append(truncated)
-            done = terminated or truncated
-        found.append(Episode(*map(np.array, (observations, actions, rewards, terminations, truncations)), seed=seed + e))
-    return found
 
 
 @pytest.fixture(scope="module")
 def pendulum(tmp_path_factory):
     """A small Pendulum dataset on disk, with reference scores."""
-    folder = tmp_path_factory.mktemp("datasets") / "pendulum-scripted-v0"
-    write_dataset(str(folder), episodes(), "Pendulum-v1", ref_min_score=-1200.0, ref_max_score=-150.0)
-    return folder
+    return pendulum_dataset(tmp_path_factory.mktemp("datasets") / "pendulum-scripted-v0")
 
 
 # ----- reading datasets ---------------------------------------------------------------------

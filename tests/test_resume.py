@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import run_rlrun, start_rlrun
+from conftest import pendulum_dataset, run_rlrun, start_rlrun
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlrun.core.registry import ALGORITHMS
@@ -41,6 +41,9 @@ RUNS = {
         ["algo=dqn", "env=CartPole", "algo.num_envs=4", "total_steps=4000", "checkpoint.every=1000", "eval.every=2000"],
         2000,
     ),
+    # Offline: gradient steps on a dataset ({dataset} is a small Pendulum one); the checkpoint
+    # holds the sampling RNG, and the resumed run reads the dataset again.
+    "td3_bc": (["algo=td3_bc", "dataset={dataset}", "total_steps=3000", "checkpoint.every=400", "eval.every=1000"], 800),
 }
 
 # Registered algorithms whose state and update are another's: DDPG is TD3's code with its three
@@ -97,6 +100,9 @@ def tensorboard_scalars(run_dir):
 @pytest.mark.parametrize("algo", RUNS)
 def test_a_killed_and_resumed_run_ends_bit_identical(tmp_path, algo):
     overrides, kill_after = RUNS[algo]
+    if any("{dataset}" in a for a in overrides):
+        dataset = pendulum_dataset(tmp_path / "pendulum-scripted-v0")
+        overrides = [a.format(dataset=dataset) for a in overrides]
     args = ["experiment=smoke", *overrides, "log.every=100"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     uninterrupted = start_rlrun(*args, f"hydra.run.dir={whole}")
