@@ -14,7 +14,7 @@ from conftest import episodes, pendulum_dataset, run_rlrun  # noqa: E402
 from rlrun.config import ConfigError  # noqa: E402
 from rlrun.envs.datasets import load_transitions, open_dataset, write_dataset  # noqa: E402
 
-OFFLINE = ["td3_bc"]
+OFFLINE = ["td3_bc", "iql"]
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,16 @@ def test_td3_bc_lambda_is_alpha_over_the_mean_absolute_q():
     lmbda = bc_weight(2.5, q)
     assert lmbda.item() == pytest.approx(2.5 / 2.0)  # mean |Q| = (2 + 4 + 1 + 1) / 4 = 2
     assert not lmbda.requires_grad  # λ is a constant in the actor's gradient
+
+
+def test_iql_expectile_loss_by_hand():
+    from rlrun.algos.iql import awr_weights, expectile_loss
+
+    # u = Q − V = [2, −1], τ = 0.7: weights [0.7, 0.3], so ½ (0.7·4 + 0.3·1) = 1.55
+    assert expectile_loss(torch.tensor([2.0, -1.0]), 0.7).item() == pytest.approx(1.55)
+    # τ = 0.5 is half the mean squared error
+    u = torch.tensor([1.0, -3.0, 0.5])
+    assert expectile_loss(u, 0.5).item() == pytest.approx(0.5 * (u**2).mean().item())
+    # exp(β A), clipped at max_weight: exp(3·0) = 1, exp(3·1) ≈ 20.09, exp(3·2) ≈ 403 → 100
+    weights = awr_weights(torch.tensor([0.0, 1.0, 2.0]), 3.0, 100.0)
+    assert weights.tolist() == pytest.approx([1.0, np.exp(3.0), 100.0])

@@ -17,9 +17,10 @@ ALGORITHMS: dict[str, str] = {
     "crossq": "rlrun.algos.crossq:CrossQ",
     "mrq": "rlrun.algos.mrq:MRQ",
     "td3_bc": "rlrun.algos.td3_bc:TD3BC",
+    "iql": "rlrun.algos.iql:IQL",
 }
 # The algorithms that learn from a dataset (dataset=) instead of an environment.
-OFFLINE_ALGORITHMS = ("td3_bc",)
+OFFLINE_ALGORITHMS = ("td3_bc", "iql")
 
 
 def get_algorithm(name: str) -> type:
