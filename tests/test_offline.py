@@ -3,6 +3,7 @@ algorithm's smoke run and one hand-checked loss each."""
 
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,7 @@ from conftest import episodes, pendulum_dataset, run_rlrun  # noqa: E402
 from rlrun.config import ConfigError  # noqa: E402
 from rlrun.envs.datasets import load_transitions, open_dataset, write_dataset  # noqa: E402
 
-OFFLINE = ["td3_bc", "iql"]
+OFFLINE = ["td3_bc", "iql", "cql"]
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +138,38 @@ def test_iql_expectile_loss_by_hand():
     # exp(β A), clipped at max_weight: exp(3·0) = 1, exp(3·1) ≈ 20.09, exp(3·2) ≈ 403 → 100
     weights = awr_weights(torch.tensor([0.0, 1.0, 2.0]), 3.0, 100.0)
     assert weights.tolist() == pytest.approx([1.0, np.exp(3.0), 100.0])
+
+
+def test_cql_penalty_is_a_log_sum_exp_minus_the_data_q_by_hand():
+    from rlrun.algos.cql import cql_penalty
+
+    # One critic, two states. State 0: sampled Q = [0, ln 3], so log(e⁰ + 3) = ln 4, data Q = 0.
+    # State 1: sampled Q = [1, 1], log(2e) = 1 + ln 2, data Q = 2. Mean: (ln 4 + ln 2 − 1) / 2.
+    q_sampled = torch.tensor([[[0.0, np.log(3.0)], [1.0, 1.0]]])
+    q_data = torch.tensor([[0.0, 2.0]])
+    expected = (np.log(4.0) + np.log(2.0) - 1.0) / 2
+    assert cql_penalty(q_sampled, q_data, 1.0).tolist() == pytest.approx([expected])
+    # T = 2: 2 log Σ exp(Q / 2); state 0: 2 log(1 + √3)
+    at_two = (2 * np.log(1 + np.sqrt(3.0)) + 2 * np.log(2 * np.exp(0.5)) - 2.0) / 2
+    assert cql_penalty(q_sampled, q_data, 2.0).tolist() == pytest.approx([at_two])
+
+
+def test_cql_samples_line_up_with_their_states_and_densities():
+    """sampled_q's (n, B, 3M) layout: every action of row b was drawn for state b, and the
+    uniform proposal's log-density is −|A| log 2."""
+    from rlrun.algos.cql import CQL, CQLConfig
+
+    obs_space = gym.spaces.Box(-1.0, 1.0, (3,))
+    agent = CQL(CQLConfig(n_actions=4, hidden_sizes=(8,)), obs_space, gym.spaces.Box(-2.0, 2.0, (2,)), torch.device("cpu"), 0)
+    obs = torch.randn(5, 3)
+    q, log_density = agent.sampled_q(obs, obs)
+    assert q.shape == (2, 5, 12) and log_density.shape == (5, 12)
+    assert torch.allclose(log_density[:, :4], torch.full((5, 4), -2 * np.log(2.0)))
+    # Row b's Q values depend on state b only: changing state 4 leaves rows 0–3 alone.
+    torch.manual_seed(1)
+    q1, _ = agent.sampled_q(obs, obs)
+    changed = obs.clone()
+    changed[4] += 1.0
+    torch.manual_seed(1)
+    q2, _ = agent.sampled_q(changed, changed)
+    assert torch.equal(q1[:, :4], q2[:, :4]) and not torch.equal(q1[:, 4], q2[:, 4])
