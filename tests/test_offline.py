@@ -99,6 +99,15 @@ def test_a_missing_dataset_on_the_command_line(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+def test_without_the_offline_extra_dataset_names_the_install(pendulum, tmp_path):
+    hidden = "import sys\nsys.modules['minari'] = None  # as if Minari were not installed"
+    result = run_rlrun("algo=td3_bc", f"dataset={pendulum}", f"hydra.run.dir={tmp_path / 'run'}", patch=hidden)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "rlrun: error: dataset= needs Minari, the offline extra: python -m pip install -c constraints.txt -e '.[offline]'"
+    )
+
+
 @pytest.mark.parametrize("algo", OFFLINE)
 def test_an_offline_smoke_run_logs_the_normalized_score(algo, pendulum, tmp_path):
     run_dir = tmp_path / "run"
@@ -173,3 +182,63 @@ def test_cql_samples_line_up_with_their_states_and_densities():
     torch.manual_seed(1)
     q2, _ = agent.sampled_q(changed, changed)
     assert torch.equal(q1[:, :4], q2[:, :4]) and not torch.equal(q1[:, 4], q2[:, 4])
+
+
+# ----- collect= -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def td3_run(tmp_path_factory):
+    """A smoke-sized TD3 run on Pendulum, to collect from."""
+    folder = tmp_path_factory.mktemp("runs") / "td3"
+    trained = run_rlrun("algo=td3", "env=Pendulum", "experiment=smoke", "threads=1", f"hydra.run.dir={folder}")
+    assert trained.returncode == 0, trained.stderr
+    return folder
+
+
+def test_collect_writes_a_dataset_of_a_saved_run_that_an_offline_run_learns_from(td3_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    collected = run_rlrun(
+        f"collect={td3_run}", "episodes=3", "noise=0.2", "reference_episodes=2", "out=rlrun-test/pendulum-td3-v0"
+    )
+    assert collected.returncode == 0, collected.stderr
+    info = open_dataset("rlrun-test/pendulum-td3-v0")
+    assert info.episodes == 3 and info.steps == 600 and info.env["id"] == "Pendulum-v1"
+    data = load_transitions(info)
+    returns = data.rewards.reshape(3, 200).sum(axis=1)
+    assert info.ref_max_score == pytest.approx(returns.mean(), rel=1e-5)  # the collecting policy's mean return
+    assert info.ref_min_score < 0  # a random policy's mean return on Pendulum
+    assert "ref_max_score" in collected.stdout and "dataset=rlrun-test/pendulum-td3-v0" in collected.stdout
+
+    run_dir = tmp_path / "offline"
+    offline = run_rlrun(
+        "algo=td3_bc", "dataset=rlrun-test/pendulum-td3-v0", "experiment=smoke", "threads=1", f"hydra.run.dir={run_dir}"
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert "eval/normalized_score" in (run_dir / "metrics.jsonl").read_text()
+
+
+def test_collect_names_its_dataset_after_the_run_by_default(td3_run):
+    for version in (0, 1):
+        result = run_rlrun(f"collect={td3_run}", "episodes=1", "reference_episodes=1")
+        assert result.returncode == 0, result.stderr
+        assert (td3_run / "datasets" / f"pendulum-v1-td3-v{version}" / "data" / "metadata.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "collect= needs episodes=<how many>"),
+        (["episodes=0"], "episodes=0 must be a whole number, at least 1"),
+        (["episodes=2", "noise=-1"], "noise=-1 must be a number, zero or positive"),
+        (["episodes=1", "reference_episodes=1", "out=./no-version"], "ending in -v<version>"),
+        (["episodes=2", "colour=red"], "collect= does not take 'colour=red'"),
+        (["episodes=2", "which=best7"], "which='best7' is not valid"),
+    ],
+)
+def test_collect_bad_options_are_one_line(td3_run, args, message):
+    result = run_rlrun(f"collect={td3_run}", *args)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_collect_from_a_folder_that_is_no_run(tmp_path):
+    result = run_rlrun(f"collect={tmp_path}", "episodes=1")
+    assert result.returncode == 2 and "not a run folder" in result.stderr

@@ -9,6 +9,7 @@ truncations; transition t is (o_t, a_t, r_t, o_{t+1}, terminated_t). Minari is t
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,10 @@ def write_dataset(
 
     folder = Path(out).expanduser() if is_path(out) else minari_root() / out
     dataset_id = folder.name if is_path(out) else out
+    if not re.fullmatch(r"([-\w]+/)*[-\w]+-v\d+", dataset_id):
+        raise ConfigError(
+            f"out={out}: a dataset's name is letters, digits, - and _, ending in -v<version>, e.g. pendulum-expert-v0"
+        )
     if folder.exists():
         raise ConfigError(f"out={out}: {folder} already exists; choose another name, or delete it first")
     buffers = [

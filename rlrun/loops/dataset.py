@@ -22,6 +22,33 @@ from rlrun.config import ConfigError, in_range, layer_sizes, positive
 from rlrun.protocols import RunContext
 
 
+@dataclass(frozen=True)
+class OfflineConfig:
+    """The settings every offline actor-critic here has (TD3+BC, IQL, CQL); defaults are the
+    ones their papers share for the D4RL MuJoCo tasks unless a subclass says otherwise."""
+
+    lr: float = 3e-4
+    """Adam step size for every network."""
+    gamma: float = 0.99
+    """Discount factor of future rewards."""
+    tau: float = 0.005
+    """Polyak factor of the target networks: θ̄ ← τθ + (1 − τ)θ̄ at each target update."""
+    batch_size: int = 256
+    """Transitions sampled uniformly from the dataset per gradient step."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the actor's and of each critic's MLP."""
+    normalize_obs: bool = True
+    """Standardise observations with the dataset's per-dimension mean and standard deviation
+    (saved in checkpoints, applied when acting and in the exported policy)."""
+
+    def __post_init__(self) -> None:
+        positive("algo.lr", self.lr)
+        in_range("algo.gamma", self.gamma, 0.0, 1.0)
+        in_range("algo.tau", self.tau, 0.0, 1.0)
+        positive("algo.batch_size", self.batch_size)
+        layer_sizes("algo.hidden_sizes", self.hidden_sizes)
+
+
 class DatasetNormalizer(nn.Module):
     """(s − μ) / σ with μ and σ the dataset's per-dimension observation mean and standard
     deviation (+ ε, as TD3+BC's code: states.std(0) + 1e-3); the identity until `fit`, and when
@@ -92,30 +119,3 @@ def train_offline(agent: OfflineAgent, run: RunContext, batch_size: int) -> None
         step += 1
         run.record(agent.update(buffer.sample(batch_size)))
         run.after_step(step)
-
-
-@dataclass(frozen=True)
-class OfflineConfig:
-    """The settings every offline actor-critic here has (TD3+BC, IQL, CQL); defaults are the
-    ones their papers share for the D4RL MuJoCo tasks unless a subclass says otherwise."""
-
-    lr: float = 3e-4
-    """Adam step size for every network."""
-    gamma: float = 0.99
-    """Discount factor of future rewards."""
-    tau: float = 0.005
-    """Polyak factor of the target networks: θ̄ ← τθ + (1 − τ)θ̄ at each target update."""
-    batch_size: int = 256
-    """Transitions sampled uniformly from the dataset per gradient step."""
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of the actor's and of each critic's MLP."""
-    normalize_obs: bool = True
-    """Standardise observations with the dataset's per-dimension mean and standard deviation
-    (saved in checkpoints, applied when acting and in the exported policy)."""
-
-    def __post_init__(self) -> None:
-        positive("algo.lr", self.lr)
-        in_range("algo.gamma", self.gamma, 0.0, 1.0)
-        in_range("algo.tau", self.tau, 0.0, 1.0)
-        positive("algo.batch_size", self.batch_size)
-        layer_sizes("algo.hidden_sizes", self.hidden_sizes)
