@@ -126,6 +126,25 @@ def test_an_offline_smoke_run_logs_the_normalized_score(algo, pendulum, tmp_path
     assert set(checkpoint["loop"]) == {"sampling"}  # the sampling RNG only: the dataset is read again on resume
 
 
+@pytest.mark.parametrize("algo", OFFLINE)
+def test_the_exported_policy_normalises_and_acts_as_the_agent(algo, pendulum, tmp_path):
+    from rlrun.core.saved_run import load_agent
+
+    run_dir = tmp_path / "run"
+    trained = run_rlrun(
+        f"algo={algo}", f"dataset={pendulum}", "experiment=smoke", "total_steps=300", "threads=1", f"hydra.run.dir={run_dir}"
+    )
+    assert trained.returncode == 0, trained.stderr
+    exported = run_rlrun(f"export={run_dir}", "format=torchscript")
+    assert exported.returncode == 0, exported.stderr
+    policy = torch.jit.load(next((run_dir / "export").glob("policy-*.ts.pt")))
+    saved = load_agent(run_dir / "checkpoints" / "step_000000300.pt", {}, "cpu")
+    assert saved.agent.normalizer.std.ne(1.0).all()  # the dataset's statistics, restored from the checkpoint
+    obs = np.random.default_rng(0).uniform([-1, -1, -8], [1, 1, 8], (5, 3)).astype(np.float32)
+    expected = np.stack([saved.agent.act(o) for o in obs])
+    assert np.allclose(policy(torch.from_numpy(obs)).detach().numpy(), expected, atol=1e-5)
+
+
 # ----- the losses, by hand ------------------------------------------------------------------
 def test_td3_bc_lambda_is_alpha_over_the_mean_absolute_q():
     from rlrun.algos.td3_bc import bc_weight
