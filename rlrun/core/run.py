@@ -161,7 +161,9 @@ class Run:
         """The transitions of the run's dataset (dataset=), as host arrays, for an offline loop."""
         if self.dataset_info is None:
             raise RuntimeError("this run has no dataset: an offline algorithm's run needs dataset=")
-        return load_transitions(self.dataset_info)
+        info = self.dataset_info
+        log.info("dataset %s: %d episodes, %d transitions (%s)", info.dataset_id, info.episodes, info.steps, info.data_path)
+        return load_transitions(info)
 
     def start(self, agent: Algorithm, loop: Mapping[str, Stateful]) -> tuple[np.ndarray | None, int]:
         """Begin training, or continue it from the checkpoint this run resumes.
