@@ -121,6 +121,7 @@ def test_an_offline_smoke_run_logs_the_normalized_score(algo, pendulum, tmp_path
     assert any("losses/critic" in row for row in rows)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["env_id"] == "Pendulum-v1" and summary["total_steps"] == 600
+    assert summary["dataset"] == str(pendulum) and summary["eval_normalized_score"] == evals[-1]["eval/normalized_score"]
     checkpoint = torch.load(run_dir / "checkpoints" / "step_000000600.pt", weights_only=True)
     assert checkpoint["config"]["env"]["id"] == "Pendulum-v1"
     assert set(checkpoint["loop"]) == {"sampling"}  # the sampling RNG only: the dataset is read again on resume

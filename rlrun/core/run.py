@@ -366,6 +366,10 @@ class Run:
 
     def summary(self, status: str) -> dict[str, Any]:
         evaluated = self.last_eval is not None
+        offline = {}
+        if self.dataset_info is not None:
+            score = self.dataset_info.normalized_score(float(self.last_eval.mean())) if evaluated else None
+            offline = {"dataset": self.dataset_info.source, "eval_normalized_score": score}
         return {
             "status": status,
             "total_steps": self.step,
@@ -378,6 +382,7 @@ class Run:
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "best_eval_return_mean": self.best_eval[0] if self.best_eval else None,
             "best_step": self.best_eval[1] if self.best_eval else None,
+            **offline,
         }
 
     def close(self) -> None:
