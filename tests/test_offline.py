@@ -145,6 +145,13 @@ def test_the_exported_policy_normalises_and_acts_as_the_agent(algo, pendulum, tm
     expected = np.stack([saved.agent.act(o) for o in obs])
     assert np.allclose(policy(torch.from_numpy(obs)).detach().numpy(), expected, atol=1e-5)
 
+    evaluated = run_rlrun(f"evaluate={run_dir}", "eval.episodes=2")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(next((run_dir / "evaluations").glob("*.json")).read_text())
+    assert result["env_id"] == "Pendulum-v1" and result["normalized_score"] == pytest.approx(
+        100 * (result["return_mean"] + 1200) / 1050
+    )
+
 
 # ----- the losses, by hand ------------------------------------------------------------------
 def test_td3_bc_lambda_is_alpha_over_the_mean_absolute_q():
