@@ -153,7 +153,8 @@ class IQL(Checkpointed):
         value_loss = expectile_loss(advantage, self.config.expectile)
         gradient_step(self.value_optimizer, value_loss)
 
-        # Critics: J_Q = Σ_i E[(r + γ (1 − terminated) V(s') − Q_i(s, a))²]
+        # Critics: J_Q = Σ_i E[(r + γ (1 − terminated) V(s') − Q_i(s, a))²], with V just updated
+        # (the paper's code); the actor below weights by the advantage from before it (CORL's).
         with torch.no_grad():
             y = batch.rewards + self.config.gamma * (1.0 - batch.terminated) * self.value(next_obs).squeeze(-1)
         q = self.critic(obs, batch.actions)
