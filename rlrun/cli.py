@@ -4,6 +4,7 @@
     rlrun evaluate=<run or sweep> [options]          rlrun/commands/evaluate.py
     rlrun export=<run> [options]                     rlrun/commands/export.py
     rlrun report=<folder> [report=<folder> ...]      rlrun/commands/report.py
+    rlrun collect=<run> episodes=N [options]         rlrun/commands/collect.py (a Minari dataset)
 
 A bad command line gets one line and exit code 2 before anything is written; a failure
 while a command runs gets one line and exit code 1, with what was written kept.
@@ -16,11 +17,11 @@ import os
 import signal
 import sys
 
-from rlrun.commands import evaluate, export, report, train
+from rlrun.commands import collect, evaluate, export, report, train
 from rlrun.config import ConfigError, RunError
 
 # Commands that read run folders instead of training, by their key.
-FOLDER_COMMANDS = {"evaluate": evaluate.main, "export": export.main, "report": report.main}
+FOLDER_COMMANDS = {"evaluate": evaluate.main, "export": export.main, "report": report.main, "collect": collect.main}
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
 
 
 def _folder_command(args: list[str]) -> None:
-    """`rlrun evaluate=<run> [options]`, `export=<run>` or `report=<folder> ...`: which one,
+    """`rlrun evaluate=<run> [options]`, `export=<run>`, `collect=<run>` or `report=<folder> ...`: which one,
     and its folder(s), checked before the command's module takes its options."""
     commands = [a for a in args if train.override_key(a) in FOLDER_COMMANDS]
     rest = [a for a in args if a not in commands]

@@ -311,6 +311,11 @@ class RunConfig:
     """When to write training metrics."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """When to checkpoint, how many checkpoints to keep and what they hold."""
+    dataset: str | None = None
+    """A Minari dataset to learn from offline (algo=td3_bc, iql or cql): its id under the Minari
+    root ($MINARI_DATASETS_PATH, else ~/.minari/datasets) or its folder on disk. The run's
+    environment becomes the dataset's (evaluation only), and total_steps, eval.every, log.every
+    and checkpoint.every count gradient steps. null: learn online from env."""
     trial: TrialConfig | None = None
     """Set by rlrun's Optuna sweeper (hydra/sweeper=rlrun_optuna) for the trial this job
     reports to; None for every other run."""

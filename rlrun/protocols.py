@@ -89,8 +89,14 @@ class RunContext(Protocol):
         each finished episode's last observation from info["final_obs"])."""
         ...
 
-    def start(self, agent: Algorithm, loop: Mapping[str, Stateful]) -> tuple[np.ndarray, int]:
-        """Begin, or continue from the checkpoint this run resumes: returns (observation, step)."""
+    def dataset(self) -> Any:
+        """An offline run's dataset (dataset=) as host arrays: rlrun.envs.datasets.Transitions
+        (obs, actions in the environment's units, rewards, next_obs, terminated)."""
+        ...
+
+    def start(self, agent: Algorithm, loop: Mapping[str, Stateful]) -> tuple[np.ndarray | None, int]:
+        """Begin, or continue from the checkpoint this run resumes: returns (observation, step);
+        an offline run's observation is None (it has no training environment)."""
         ...
 
     def record(self, metrics: Mapping[str, Any]) -> None:

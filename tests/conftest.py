@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rlrun.blocks.buffers import Batch
+from rlrun.envs.datasets import Episode, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,6 +120,60 @@ def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:
         cwd=REPO,
         preexec_fn=_default_interrupt_signals,
     )
+
+
+# ----- offline datasets (Minari, the offline extra) -----------------------------------------
+def swing_up(obs: np.ndarray) -> float:
+    """A scripted Pendulum-v1 controller (mean return about −130 over seeds 0–9): pump energy
+    at full torque until near the top, then a PD controller holds it upright. With the pole's
+    dynamics θ̈ = 15 sin θ + 3u, E = ½θ̇² + 15 (cos θ − 1) is 0 upright at rest, and dE/dt = 3uθ̇."""
+    cos, sin, velocity = obs
+    if cos > 0.85:
+        return -(12.0 * np.arctan2(sin, cos) + 3.0 * velocity)
+    energy = 0.5 * velocity**2 + 15.0 * (cos - 1.0)
+    direction = np.sign(velocity) if velocity != 0 else 1.0
+    return 2.0 * direction if energy < 0 else -direction
+
+
+def episodes(env_id="Pendulum-v1", count=4, seed=0, noise=0.5, expert=False):
+    """`count` episodes of a noisy scripted policy (Pendulum: a damping controller, −θ̇, or
+    with `expert` swing_up, plus Gaussian noise of σ = noise; other environments: uniform
+    random actions)."""
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
+    found = []
+    for e in range(count):
+        obs, _ = env.reset(seed=seed + e)
+        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+        done = False
+        while not done:
+            if isinstance(env.action_space, gym.spaces.Box):
+                scripted = swing_up(obs) if expert else -obs[2]
+                action = np.clip([scripted + noise * rng.standard_normal()], -2.0, 2.0).astype(np.float32)
+            else:
+                action = env.action_space.sample()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs), actions.append(action), rewards.append(reward)
+            terminations.append(terminated), truncations.append(truncated)
+            done = terminated or truncated
+        found.append(Episode(*map(np.array, (observations, actions, rewards, terminations, truncations)), seed=seed + e))
+    return found
+
+
+def pendulum_dataset(folder: Path) -> Path:
+    """A small Minari dataset of Pendulum-v1 at `folder` (a name like pendulum-scripted-v0),
+    with reference scores; written the way `rlrun collect=` writes one."""
+    write_dataset(str(folder), episodes(), "Pendulum-v1", ref_min_score=-1200.0, ref_max_score=-150.0)
+    return folder
+
+
+def pendulum_expert_dataset(folder: Path) -> Path:
+    """20 episodes of swing_up with action noise σ = 0.3 (mean return about −200), the
+    offline learning tests' dataset; references: random −1200, swing_up −130."""
+    found = episodes(count=20, seed=100, noise=0.3, expert=True)
+    write_dataset(str(folder), found, "Pendulum-v1", ref_min_score=-1200.0, ref_max_score=-130.0)
+    return folder
 
 
 @pytest.fixture

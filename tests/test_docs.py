@@ -13,7 +13,8 @@ cheap and safe:
   the grid's first job), so nothing is submitted;
 - every folder a command writes or reads goes under pytest's tmp_path, and a folder it needs
   (the run of `resume=<run>`, `evaluate=<run>` or `export=<run>`, the runs of `report=<folders>`,
-  the Optuna sweep of `+optuna=best`) is made by a smoke run or sweep first.
+  the Optuna sweep of `+optuna=best`, the run of `collect=<run>`) is made by a smoke run or
+  sweep first, and a `dataset=./<folder>` by conftest.pendulum_dataset.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_rlrun
+from conftest import REPO, pendulum_dataset, run_rlrun
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -44,8 +45,10 @@ KNOWN_FAILURES: dict[str, str] = {}
 # experiment's checkpoint.every).
 STOPPED_AT = 300
 OK_STATUSES = {"completed", "pruned"}  # a pruned Optuna trial ended as its study asked
-READS_A_RUN = ("resume", "evaluate", "export", "report")  # keys whose value is a run folder to read
-FOLDER_COMMANDS = ("evaluate", "export", "report")  # commands that read runs and train nothing
+READS_A_RUN = ("resume", "evaluate", "export", "report", "collect")  # keys whose value is a run folder to read
+FOLDER_COMMANDS = ("evaluate", "export", "report", "collect")  # commands that read runs and train nothing
+# Keys whose value may be a folder the docs write as ./<path>: a dataset to read or to write.
+DATASET_FOLDERS = ("dataset", "out")
 
 _parser = OverridesParser.create()
 
@@ -123,6 +126,8 @@ def _relocate(override: str, tmp_path: Path) -> str:
         return f"{key}={','.join(str(_under(tmp_path, folder)) for folder in value.split(','))}"
     if _key(override) in ("hydra.run.dir", "hydra.sweep.dir", "report.out", *READS_A_RUN):
         return f"{key}={_under(tmp_path, value)}"
+    if _key(override) in DATASET_FOLDERS and value.startswith(("./", "../")):
+        return f"{key}={_under(tmp_path, value)}"
     if _key(override) == "hydra.searchpath":
         return re.sub(r"file://([^,\]]+)", lambda m: f"file://{_under(tmp_path, m.group(1))}", override)
     return override
@@ -187,7 +192,9 @@ def _check_folders(args: list[str]) -> None:
     for arg in args:
         if _key(arg) == "resume" and not Path(arg.split("=", 1)[1]).exists():
             _stopped_run(Path(arg.split("=", 1)[1]))
-        if _key(arg) in ("evaluate", "export") and not Path(arg.split("=", 1)[1]).exists():
+        if _key(arg) == "dataset" and Path(arg.split("=", 1)[1]).is_absolute() and not Path(arg.split("=", 1)[1]).exists():
+            pendulum_dataset(Path(arg.split("=", 1)[1]))
+        if _key(arg) in ("evaluate", "export", "collect") and not Path(arg.split("=", 1)[1]).exists():
             _finished(Path(arg.split("=", 1)[1]))
         if _key(arg) == "report":
             for folder in arg.split("=", 1)[1].split(","):
@@ -214,6 +221,10 @@ def _check_outputs(args: list[str], output: str) -> None:
     if reports:
         out = next((Path(a.split("=", 1)[1]) for a in args if _key(a) == "report.out"), Path(reports[0][0]) / "report")
         assert (out / "report.md").is_file() and list(out.glob("curves-*.png")), output
+        return
+    if any(_key(a) == "collect" for a in args):
+        out = next(Path(a.split("=", 1)[1]) for a in args if _key(a) == "out")
+        assert (out / "data" / "metadata.json").is_file(), output
         return
     for key, written in (("evaluate", "evaluations/*.json"), ("export", "export/policy-*.json")):
         folders = [Path(a.split("=", 1)[1]) for a in args if _key(a) == key]
@@ -273,6 +284,7 @@ def _missing_extra(command: str) -> str | None:
         "export": ("onnxscript", "export=" in command and "format=torchscript" not in command),
         "report": ("matplotlib", "report=" in command),
         "wandb": ("wandb", "log.wandb.project=" in command),
+        "offline": ("minari", "dataset=" in command or "collect=" in command),
     }
     for extra, (module, needed) in needs.items():
         if needed and importlib.util.find_spec(module) is None:
@@ -328,6 +340,8 @@ def test_the_docs_show_commands_of_every_kind():
         "report=",
         "report.reference=",
         "log.wandb.project=",
+        "dataset=",
+        "collect=",
     ):
         assert any(needed in command for command in commands), needed
     assert set(KNOWN_FAILURES) | set(NOT_RUNNABLE) <= set(commands)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import checkpoint_file, run_rlrun, start_rlrun, wait_for
+from conftest import checkpoint_file, pendulum_dataset, run_rlrun, start_rlrun, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlrun.core.registry import ALGORITHMS
@@ -39,6 +39,15 @@ RUNS = {
     "dqn-vector": (
         ["algo=dqn", "env=CartPole", "algo.num_envs=4", "total_steps=4000", "checkpoint.every=1000", "eval.every=2000"],
         2000,
+    ),
+    # Offline: gradient steps on a dataset ({dataset} is a small Pendulum one); the checkpoint
+    # holds the sampling RNG, and the resumed run reads the dataset again.
+    "td3_bc": (["algo=td3_bc", "dataset={dataset}", "total_steps=3000", "checkpoint.every=400", "eval.every=1000"], 800),
+    "iql": (["algo=iql", "dataset={dataset}", "total_steps=3000", "checkpoint.every=400", "eval.every=1000"], 800),
+    # CQL with its Lagrange multiplier, so that its state is checked too.
+    "cql": (
+        ["algo=cql", "dataset={dataset}", "algo.lagrange=true", "total_steps=3000", "checkpoint.every=400", "eval.every=1000"],
+        800,
     ),
 }
 
@@ -84,6 +93,9 @@ def tensorboard_scalars(run_dir):
 @pytest.mark.parametrize("algo", RUNS)
 def test_a_killed_and_resumed_run_ends_bit_identical(tmp_path, algo):
     overrides, kill_after = RUNS[algo]
+    if any("{dataset}" in a for a in overrides):
+        dataset = pendulum_dataset(tmp_path / "pendulum-scripted-v0")
+        overrides = [a.format(dataset=dataset) for a in overrides]
     args = ["experiment=smoke", *overrides, "log.every=100"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     uninterrupted = start_rlrun(*args, f"hydra.run.dir={whole}")

@@ -88,6 +88,8 @@ def _evaluate_checkpoint(run_dir, checkpoint, options: dict) -> dict:
         "lengths": result.lengths.tolist(),
         "videos": videos,
     }
+    if saved.plan.dataset is not None:  # an offline run: its dataset's reference scores, if it has them
+        summary["normalized_score"] = saved.plan.dataset.normalized_score(summary["return_mean"])
     path = new_file(run_dir / "evaluations", checkpoint.stem, ".json")
     path.write_text(json.dumps(summary, indent=2) + "\n")
     summary["written"] = str(path)

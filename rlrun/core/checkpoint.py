@@ -27,7 +27,7 @@ class ClockState(TypedDict):
 class RunState(TypedDict):
     """What the run itself (rlrun/core/run.py) needs to continue exactly."""
 
-    env: dict[str, Any]  # the training env's episode in progress (rlrun.envs.make.env_state)
+    env: dict[str, Any] | None  # the training env's episode in progress (rlrun.envs.make.env_state); None offline
     rng: dict[str, Any]  # Python's, NumPy's and torch's global RNG states (rng_state below)
     metrics: dict[str, Any] | None  # the latest training metrics, logged again after a resume
     last_eval: torch.Tensor | None  # the latest evaluation's episode returns

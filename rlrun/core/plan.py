@@ -12,9 +12,10 @@ import gymnasium as gym
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlrun.config import ConfigError, RunConfig, from_mapping
-from rlrun.core.registry import ALGORITHMS, get_algorithm
+from rlrun.config import ConfigError, EnvConfig, RunConfig, from_mapping
+from rlrun.core.registry import ALGORITHMS, OFFLINE_ALGORITHMS, get_algorithm
 from rlrun.core.resume import Resume, decide_resume
+from rlrun.envs.datasets import DatasetInfo, open_dataset
 from rlrun.envs.envpool import check_envpool
 from rlrun.envs.ids import check_env_id, space_name
 from rlrun.envs.make import env_spaces
@@ -36,6 +37,7 @@ class Plan:
     device: torch.device  # `device` resolved: auto is CUDA when there is one
     warnings: tuple[str, ...] = ()  # settings that are valid but almost surely not meant
     resume: Resume | None = None  # the checkpoint this run continues from (see in_folder)
+    dataset: DatasetInfo | None = None  # dataset=: what an offline run learns from (its data is read by the run)
 
     def in_folder(self, run_dir: Path) -> Plan:
         """This plan for the run folder `run_dir`: a checkpoint already there (resume=, a
@@ -54,21 +56,68 @@ def validate(cfg: DictConfig) -> Plan:
     algo_class = get_algorithm(algo_name)
     algo_config = from_mapping(algo_class.Config, algo_values, prefix="algo.")
     run_config = from_mapping(RunConfig, config)
+    dataset = _check_offline(algo_name, run_config.dataset)
+    if dataset is not None:
+        # The dataset's environment, to evaluate on; saved as the run's env, so that
+        # evaluate= and export= rebuild it too.
+        env = {**dataset.env, "total_steps": run_config.env.total_steps}
+        resolved["env"] = config["env"] = env
+        run_config = dataclasses.replace(run_config, env=from_mapping(EnvConfig, env, prefix="env."))
     if run_config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but CUDA is not available here; use device=cpu or device=auto")
     device = resolve_device(run_config.device)
     if run_config.precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision=bfloat16 but this GPU has no bfloat16 support; use precision=float32")
-    check_env_id(run_config.env.id)
-    obs_space, action_space = env_spaces(run_config.env)
-    _check_action_space(algo_name, algo_class, run_config.env.id, action_space)
+    if dataset is not None:
+        obs_space, action_space = _dataset_spaces(dataset, run_config.env)
+    else:
+        check_env_id(run_config.env.id)
+        obs_space, action_space = env_spaces(run_config.env)
+    source = run_config.env.id if dataset is None else f"dataset={dataset.source}"
+    _check_action_space(algo_name, algo_class, source, action_space)
     algo_class.check_spaces(algo_config, obs_space, action_space)
     if run_config.env.backend == "envpool":
         check_envpool(run_config.env, algo_name, algo_config, obs_space, action_space)
     if run_config.video.every is not None:
         check_video_support(run_config.env)
     warnings = tuple(_never_learns(algo_config, run_config.total_steps))
-    return Plan(run_config, algo_name, algo_class, algo_config, resolved, obs_space, action_space, device, warnings)
+    return Plan(
+        run_config, algo_name, algo_class, algo_config, resolved, obs_space, action_space, device, warnings, dataset=dataset
+    )
+
+
+def _check_offline(algo_name: str, dataset: str | None) -> DatasetInfo | None:
+    """The dataset's metadata for an offline algorithm; ConfigError for an offline algorithm
+    without dataset= or an online one with it."""
+    offline = ", ".join(OFFLINE_ALGORITHMS)
+    if algo_name in OFFLINE_ALGORITHMS and dataset is None:
+        raise ConfigError(f"algo={algo_name} learns offline from a dataset: give dataset=<Minari id or folder>")
+    if algo_name not in OFFLINE_ALGORITHMS and dataset is not None:
+        raise ConfigError(
+            f"dataset={dataset} is for the offline algorithms ({offline}); algo={algo_name} learns online: "
+            "choose one of them, or leave dataset= out"
+        )
+    return None if dataset is None else open_dataset(dataset)
+
+
+def _dataset_spaces(dataset: DatasetInfo, env: EnvConfig) -> tuple[gym.Space, gym.Space]:
+    """The spaces of the dataset's environment `env` (which evaluation acts in), checked
+    against the dataset's own."""
+    try:
+        check_env_id(env.id)
+    except ConfigError as error:
+        raise ConfigError(f"dataset={dataset.source} was collected on {env.id}, unknown here: {error}") from None
+    obs_space, action_space = env_spaces(env)
+    for what, ours, theirs in (
+        ("observation", obs_space, dataset.observation_space),
+        ("action", action_space, dataset.action_space),
+    ):
+        if type(ours) is not type(theirs) or ours.shape != theirs.shape:
+            raise ConfigError(
+                f"dataset={dataset.source} has {theirs} {what}s, but its environment {env.id} has {ours}; "
+                "the dataset does not fit the environment it names"
+            )
+    return obs_space, action_space
 
 
 def _never_learns(algo_config: Any, total_steps: int) -> list[str]:
@@ -91,7 +140,9 @@ def _never_learns(algo_config: Any, total_steps: int) -> list[str]:
 def _check_action_space(algo_name: str, algo_class: type[Algorithm], env_id: str, space: gym.Space) -> None:
     if isinstance(space, algo_class.action_spaces):
         return
-    fitting = [name for name in ALGORITHMS if isinstance(space, get_algorithm(name).action_spaces)]
+    # An offline algorithm's alternatives are offline ones, an online one's online ones.
+    kind = [name for name in ALGORITHMS if (name in OFFLINE_ALGORITHMS) == (algo_name in OFFLINE_ALGORITHMS)]
+    fitting = [name for name in kind if isinstance(space, get_algorithm(name).action_spaces)]
     wanted = " or ".join(t.__name__ for t in algo_class.action_spaces)
     fits = f"; algorithms that fit: {', '.join(fitting)}" if fitting else "; no registered algorithm fits it"
     raise ConfigError(f"algo={algo_name} needs a {wanted} action space, but {env_id} has a {space_name(space)} one{fits}")

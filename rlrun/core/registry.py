@@ -16,7 +16,12 @@ ALGORITHMS: dict[str, str] = {
     "dsac_t": "rlrun.algos.dsac_t:DSACT",
     "crossq": "rlrun.algos.crossq:CrossQ",
     "mrq": "rlrun.algos.mrq:MRQ",
+    "td3_bc": "rlrun.algos.td3_bc:TD3BC",
+    "iql": "rlrun.algos.iql:IQL",
+    "cql": "rlrun.algos.cql:CQL",
 }
+# The algorithms that learn from a dataset (dataset=) instead of an environment.
+OFFLINE_ALGORITHMS = ("td3_bc", "iql", "cql")
 
 
 def get_algorithm(name: str) -> type:

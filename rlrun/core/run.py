@@ -24,6 +24,7 @@ from rlrun.config import RunError
 from rlrun.core.checkpoint import BEST, Checkpoint, Checkpointer, RunState, load, restore_rng_state, rng_state
 from rlrun.core.logger import RunLogger, log
 from rlrun.core.plan import Plan
+from rlrun.envs.datasets import Transitions, load_transitions
 from rlrun.envs.episodes import EVAL_SEED_OFFSET, evaluate
 from rlrun.envs.make import env_state, make_env, make_vector_env, restore_env
 from rlrun.envs.video import read_frames, record_episodes
@@ -129,6 +130,7 @@ class Run:
         self.training_env: gym.Env | gym.vector.VectorEnv | None = None
         self._agent: Algorithm | None = None
         self._loop: dict[str, Stateful] = {}
+        self.dataset_info = plan.dataset  # dataset=: an offline run, with no training environment
         self.trial = None
         if settings.trial is not None:
             from rlrun.core.tuning import TrialReporter  # imports optuna, an optional extra
@@ -155,22 +157,33 @@ class Run:
         )
         return self.training_env
 
-    def start(self, agent: Algorithm, loop: Mapping[str, Stateful]) -> tuple[np.ndarray, int]:
+    def dataset(self) -> Transitions:
+        """The transitions of the run's dataset (dataset=), as host arrays, for an offline loop."""
+        if self.dataset_info is None:
+            raise RuntimeError("this run has no dataset: an offline algorithm's run needs dataset=")
+        info = self.dataset_info
+        log.info("dataset %s: %d episodes, %d transitions (%s)", info.dataset_id, info.episodes, info.steps, info.data_path)
+        return load_transitions(info)
+
+    def start(self, agent: Algorithm, loop: Mapping[str, Stateful]) -> tuple[np.ndarray | None, int]:
         """Begin training, or continue it from the checkpoint this run resumes.
 
         `loop` holds the training loop's own stateful parts (a replay buffer, a rollout), by
         name; checkpoints save them with the agent. Returns (observation, step): for a new run
         the training env's first, seeded observation and step 0; for a resumed one the
         observation and step at the checkpoint, with agent, loop parts, env, every RNG and
-        the latest metrics restored.
+        the latest metrics restored. An offline run (dataset=) has no training env: its
+        observation is None.
         """
-        if self.training_env is None:
+        if self.training_env is None and self.dataset_info is None:
             raise RuntimeError("make the training env with run.make_env() or run.make_vector_env() before run.start()")
         self._agent = agent
         # checkpoint.replay_buffer=false leaves replay buffers out (then a resumed run refills its own).
         keep_buffers = self.settings.checkpoint.replay_buffer
         self._loop = {name: part for name, part in loop.items() if keep_buffers or not isinstance(part, ReplayBuffer)}
         if self.resumed is None:
+            if self.training_env is None:
+                return None, 0
             obs, _ = self.training_env.reset(seed=self.seed)
             return obs, 0
         state = self.resumed
@@ -178,7 +191,7 @@ class Run:
         for name, part in self._loop.items():
             if name in state["loop"]:
                 part.load_state_dict(state["loop"][name])
-        obs = restore_env(self.training_env, state["run"]["env"])
+        obs = None if self.training_env is None else restore_env(self.training_env, state["run"]["env"])
         restore_rng_state(state["run"]["rng"])
         self.metrics = dict(state["run"]["metrics"] or {})
         self.resumed = None  # free the checkpoint's memory (a replay buffer can be large)
@@ -283,9 +296,10 @@ class Run:
                 self.checkpointer.save_best(step, self._agent.state_dict(), self._run_state())
                 self.best_eval = (mean, step)
         # perf/train_seconds: training time so far, evaluation and checkpoints left out (time to a return).
-        self.logger.scalars(
-            step, {"eval/return_mean": returns.mean(), "eval/return_std": returns.std(), "perf/train_seconds": training_seconds}
-        )
+        scalars = {"eval/return_mean": returns.mean(), "eval/return_std": returns.std(), "perf/train_seconds": training_seconds}
+        if self.dataset_info is not None and (score := self.dataset_info.normalized_score(float(returns.mean()))) is not None:
+            scalars["eval/normalized_score"] = score
+        self.logger.scalars(step, scalars)
         log.info("step %d: eval return %.1f ± %.1f", step, returns.mean(), returns.std())
         if self.trial is not None and (pruned := self.trial.report(step, float(returns.mean()))) is not None:
             raise StopRun("pruned", pruned)
@@ -316,7 +330,7 @@ class Run:
 
     def _run_state(self) -> RunState:
         return RunState(
-            env=env_state(self.training_env),
+            env=None if self.training_env is None else env_state(self.training_env),
             rng=rng_state(),
             metrics=dict(self.metrics) or None,
             last_eval=None if self.last_eval is None else torch.from_numpy(self.last_eval),
@@ -352,6 +366,10 @@ class Run:
 
     def summary(self, status: str) -> dict[str, Any]:
         evaluated = self.last_eval is not None
+        offline = {}
+        if self.dataset_info is not None:
+            score = self.dataset_info.normalized_score(float(self.last_eval.mean())) if evaluated else None
+            offline = {"dataset": self.dataset_info.source, "eval_normalized_score": score}
         return {
             "status": status,
             "total_steps": self.step,
@@ -364,6 +382,7 @@ class Run:
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "best_eval_return_mean": self.best_eval[0] if self.best_eval else None,
             "best_step": self.best_eval[1] if self.best_eval else None,
+            **offline,
         }
 
     def close(self) -> None:

@@ -1,0 +1,271 @@
+"""Offline RL on Minari datasets (dataset=): reading a dataset, the bad inputs, each offline
+algorithm's smoke run and one hand-checked loss each."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("minari", reason="the offline extra: python -m pip install -c constraints.txt -e '.[offline]'")
+
+from conftest import episodes, pendulum_dataset, run_rlrun  # noqa: E402
+
+from rlrun.config import ConfigError  # noqa: E402
+from rlrun.envs.datasets import load_transitions, open_dataset, write_dataset  # noqa: E402
+
+OFFLINE = ["td3_bc", "iql", "cql"]
+
+
+@pytest.fixture(scope="module")
+def pendulum(tmp_path_factory):
+    """A small Pendulum dataset on disk, with reference scores."""
+    return pendulum_dataset(tmp_path_factory.mktemp("datasets") / "pendulum-scripted-v0")
+
+
+# ----- reading datasets ---------------------------------------------------------------------
+def test_a_dataset_is_read_by_path_with_its_environment_and_references(pendulum):
+    info = open_dataset(str(pendulum))
+    assert info.env["id"] == "Pendulum-v1" and info.episodes == 4 and info.steps == 800
+    assert (info.ref_min_score, info.ref_max_score) == (-1200.0, -150.0)
+    assert info.normalized_score(-675.0) == pytest.approx(50.0)
+    data = load_transitions(info)
+    assert data.obs.shape == (800, 3) and data.actions.shape == (800, 1) and data.next_obs.shape == (800, 3)
+    # transition t is (o_t, a_t, r_t, o_{t+1}): within an episode next_obs is the following obs
+    assert np.array_equal(data.next_obs[:199], data.obs[1:200])
+    assert data.terminated.sum() == 0  # Pendulum's episodes are truncated, never terminated
+
+
+def test_a_dataset_is_read_by_id_under_the_minari_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    write_dataset("rlrun-test/pendulum-v1", episodes(count=2), "Pendulum-v1")
+    info = open_dataset("rlrun-test/pendulum-v1")
+    assert info.data_path == tmp_path / "rlrun-test" / "pendulum-v1" / "data"
+    assert info.steps == 400 and info.ref_min_score is None and info.normalized_score(0.0) is None
+
+
+def test_a_missing_dataset_says_where_it_looked_and_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="minari download mujoco/hopper/medium-v0") as error:
+        open_dataset("mujoco/hopper/medium-v0")
+    assert str(tmp_path / "mujoco/hopper/medium-v0") in str(error.value) and "rlrun collect=" in str(error.value)
+
+
+def test_a_nan_in_a_dataset_names_the_episode(tmp_path):
+    found = episodes(count=3)
+    found[1].rewards[17] = np.nan
+    folder = tmp_path / "broken-v0"
+    write_dataset(str(folder), found, "Pendulum-v1")
+    with pytest.raises(ConfigError, match="episode 1 has a NaN or infinite value in its rewards"):
+        load_transitions(open_dataset(str(folder)))
+
+
+def test_an_empty_dataset_is_one_line(tmp_path):
+    folder = tmp_path / "empty-v0"
+    write_dataset(str(folder), [], "Pendulum-v1")
+    with pytest.raises(ConfigError, match="is empty"):
+        open_dataset(str(folder))
+
+
+# ----- the command line ---------------------------------------------------------------------
+def test_an_online_algorithm_with_a_dataset_is_refused_before_anything_is_written(pendulum, tmp_path):
+    result = run_rlrun("algo=sac", f"dataset={pendulum}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert "algo=sac learns online" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("algo", OFFLINE)
+def test_an_offline_algorithm_without_a_dataset_is_refused(algo, tmp_path):
+    result = run_rlrun(f"algo={algo}", "env=Pendulum", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and f"algo={algo} learns offline from a dataset: give dataset=" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_discrete_action_dataset_is_refused_for_td3_bc(tmp_path):
+    folder = tmp_path / "cartpole-random-v0"
+    write_dataset(str(folder), episodes("CartPole-v1", count=2), "CartPole-v1")
+    result = run_rlrun("algo=td3_bc", f"dataset={folder}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stderr
+    assert "algo=td3_bc needs a Box action space" in result.stderr and "Discrete" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_dataset_on_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
+    result = run_rlrun("algo=td3_bc", "dataset=nowhere/pendulum-v0", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "minari download nowhere/pendulum-v0" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_the_offline_extra_dataset_names_the_install(pendulum, tmp_path):
+    hidden = "import sys\nsys.modules['minari'] = None  # as if Minari were not installed"
+    result = run_rlrun("algo=td3_bc", f"dataset={pendulum}", f"hydra.run.dir={tmp_path / 'run'}", patch=hidden)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "rlrun: error: dataset= needs Minari, the offline extra: python -m pip install -c constraints.txt -e '.[offline]'"
+    )
+
+
+@pytest.mark.parametrize("algo", OFFLINE)
+def test_an_offline_smoke_run_logs_the_normalized_score(algo, pendulum, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_rlrun(f"algo={algo}", f"dataset={pendulum}", "experiment=smoke", "threads=1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [row for row in rows if "eval/normalized_score" in row]
+    assert [row["step"] for row in evals] == [300, 600]
+    for row in evals:
+        assert row["eval/normalized_score"] == pytest.approx(100 * (row["eval/return_mean"] + 1200) / 1050)
+    assert any("losses/critic" in row for row in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["env_id"] == "Pendulum-v1" and summary["total_steps"] == 600
+    assert summary["dataset"] == str(pendulum) and summary["eval_normalized_score"] == evals[-1]["eval/normalized_score"]
+    checkpoint = torch.load(run_dir / "checkpoints" / "step_000000600.pt", weights_only=True)
+    assert checkpoint["config"]["env"]["id"] == "Pendulum-v1"
+    assert set(checkpoint["loop"]) == {"sampling"}  # the sampling RNG only: the dataset is read again on resume
+
+
+@pytest.mark.parametrize("algo", OFFLINE)
+def test_the_exported_policy_normalises_and_acts_as_the_agent(algo, pendulum, tmp_path):
+    from rlrun.core.saved_run import load_agent
+
+    run_dir = tmp_path / "run"
+    trained = run_rlrun(
+        f"algo={algo}", f"dataset={pendulum}", "experiment=smoke", "total_steps=300", "threads=1", f"hydra.run.dir={run_dir}"
+    )
+    assert trained.returncode == 0, trained.stderr
+    exported = run_rlrun(f"export={run_dir}", "format=torchscript")
+    assert exported.returncode == 0, exported.stderr
+    policy = torch.jit.load(next((run_dir / "export").glob("policy-*.ts.pt")))
+    saved = load_agent(run_dir / "checkpoints" / "step_000000300.pt", {}, "cpu")
+    assert saved.agent.normalizer.std.ne(1.0).all()  # the dataset's statistics, restored from the checkpoint
+    obs = np.random.default_rng(0).uniform([-1, -1, -8], [1, 1, 8], (5, 3)).astype(np.float32)
+    expected = np.stack([saved.agent.act(o) for o in obs])
+    assert np.allclose(policy(torch.from_numpy(obs)).detach().numpy(), expected, atol=1e-5)
+
+    evaluated = run_rlrun(f"evaluate={run_dir}", "eval.episodes=2")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(next((run_dir / "evaluations").glob("*.json")).read_text())
+    assert result["env_id"] == "Pendulum-v1" and result["normalized_score"] == pytest.approx(
+        100 * (result["return_mean"] + 1200) / 1050
+    )
+
+
+# ----- the losses, by hand ------------------------------------------------------------------
+def test_td3_bc_lambda_is_alpha_over_the_mean_absolute_q():
+    from rlrun.algos.td3_bc import bc_weight
+
+    q = torch.tensor([-2.0, 4.0, 1.0, -1.0], requires_grad=True)
+    lmbda = bc_weight(2.5, q)
+    assert lmbda.item() == pytest.approx(2.5 / 2.0)  # mean |Q| = (2 + 4 + 1 + 1) / 4 = 2
+    assert not lmbda.requires_grad  # λ is a constant in the actor's gradient
+
+
+def test_iql_expectile_loss_by_hand():
+    from rlrun.algos.iql import awr_weights, expectile_loss
+
+    # u = Q − V = [2, −1], τ = 0.7: weights [0.7, 0.3], so ½ (0.7·4 + 0.3·1) = 1.55
+    assert expectile_loss(torch.tensor([2.0, -1.0]), 0.7).item() == pytest.approx(1.55)
+    # τ = 0.5 is half the mean squared error
+    u = torch.tensor([1.0, -3.0, 0.5])
+    assert expectile_loss(u, 0.5).item() == pytest.approx(0.5 * (u**2).mean().item())
+    # exp(β A), clipped at max_weight: exp(3·0) = 1, exp(3·1) ≈ 20.09, exp(3·2) ≈ 403 → 100
+    weights = awr_weights(torch.tensor([0.0, 1.0, 2.0]), 3.0, 100.0)
+    assert weights.tolist() == pytest.approx([1.0, np.exp(3.0), 100.0])
+
+
+def test_cql_penalty_is_a_log_sum_exp_minus_the_data_q_by_hand():
+    from rlrun.algos.cql import cql_penalty
+
+    # One critic, two states. State 0: sampled Q = [0, ln 3], so log(e⁰ + 3) = ln 4, data Q = 0.
+    # State 1: sampled Q = [1, 1], log(2e) = 1 + ln 2, data Q = 2. Mean: (ln 4 + ln 2 − 1) / 2.
+    q_sampled = torch.tensor([[[0.0, np.log(3.0)], [1.0, 1.0]]])
+    q_data = torch.tensor([[0.0, 2.0]])
+    expected = (np.log(4.0) + np.log(2.0) - 1.0) / 2
+    assert cql_penalty(q_sampled, q_data, 1.0).tolist() == pytest.approx([expected])
+    # T = 2: 2 log Σ exp(Q / 2); state 0: 2 log(1 + √3)
+    at_two = (2 * np.log(1 + np.sqrt(3.0)) + 2 * np.log(2 * np.exp(0.5)) - 2.0) / 2
+    assert cql_penalty(q_sampled, q_data, 2.0).tolist() == pytest.approx([at_two])
+
+
+def test_cql_samples_line_up_with_their_states_and_densities():
+    """sampled_q's (n, B, 3M) layout: every action of row b was drawn for state b, and the
+    uniform proposal's log-density is −|A| log 2."""
+    from rlrun.algos.cql import CQL, CQLConfig
+
+    obs_space = gym.spaces.Box(-1.0, 1.0, (3,))
+    agent = CQL(CQLConfig(n_actions=4, hidden_sizes=(8,)), obs_space, gym.spaces.Box(-2.0, 2.0, (2,)), torch.device("cpu"), 0)
+    obs = torch.randn(5, 3)
+    q, log_density = agent.sampled_q(obs, obs)
+    assert q.shape == (2, 5, 12) and log_density.shape == (5, 12)
+    assert torch.allclose(log_density[:, :4], torch.full((5, 4), -2 * np.log(2.0)))
+    # Row b's Q values depend on state b only: changing state 4 leaves rows 0–3 alone.
+    torch.manual_seed(1)
+    q1, _ = agent.sampled_q(obs, obs)
+    changed = obs.clone()
+    changed[4] += 1.0
+    torch.manual_seed(1)
+    q2, _ = agent.sampled_q(changed, changed)
+    assert torch.equal(q1[:, :4], q2[:, :4]) and not torch.equal(q1[:, 4], q2[:, 4])
+
+
+# ----- collect= -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def td3_run(tmp_path_factory):
+    """A smoke-sized TD3 run on Pendulum, to collect from."""
+    folder = tmp_path_factory.mktemp("runs") / "td3"
+    trained = run_rlrun("algo=td3", "env=Pendulum", "experiment=smoke", "threads=1", f"hydra.run.dir={folder}")
+    assert trained.returncode == 0, trained.stderr
+    return folder
+
+
+def test_collect_writes_a_dataset_of_a_saved_run_that_an_offline_run_learns_from(td3_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    collected = run_rlrun(
+        f"collect={td3_run}", "episodes=3", "noise=0.2", "reference_episodes=2", "out=rlrun-test/pendulum-td3-v0"
+    )
+    assert collected.returncode == 0, collected.stderr
+    info = open_dataset("rlrun-test/pendulum-td3-v0")
+    assert info.episodes == 3 and info.steps == 600 and info.env["id"] == "Pendulum-v1"
+    data = load_transitions(info)
+    returns = data.rewards.reshape(3, 200).sum(axis=1)
+    assert info.ref_max_score == pytest.approx(returns.mean(), rel=1e-5)  # the collecting policy's mean return
+    assert info.ref_min_score < 0  # a random policy's mean return on Pendulum
+    assert "ref_max_score" in collected.stdout and "dataset=rlrun-test/pendulum-td3-v0" in collected.stdout
+
+    run_dir = tmp_path / "offline"
+    offline = run_rlrun(
+        "algo=td3_bc", "dataset=rlrun-test/pendulum-td3-v0", "experiment=smoke", "threads=1", f"hydra.run.dir={run_dir}"
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert "eval/normalized_score" in (run_dir / "metrics.jsonl").read_text()
+
+
+def test_collect_names_its_dataset_after_the_run_by_default(td3_run):
+    for version in (0, 1):
+        result = run_rlrun(f"collect={td3_run}", "episodes=1", "reference_episodes=1")
+        assert result.returncode == 0, result.stderr
+        assert (td3_run / "datasets" / f"pendulum-v1-td3-v{version}" / "data" / "metadata.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "collect= needs episodes=<how many>"),
+        (["episodes=0"], "episodes=0 must be a whole number, at least 1"),
+        (["episodes=2", "noise=-1"], "noise=-1 must be a number, zero or positive"),
+        (["episodes=1", "reference_episodes=1", "out=./no-version"], "ending in -v<version>"),
+        (["episodes=2", "colour=red"], "collect= does not take 'colour=red'"),
+        (["episodes=2", "which=best7"], "which='best7' is not valid"),
+    ],
+)
+def test_collect_bad_options_are_one_line(td3_run, args, message):
+    result = run_rlrun(f"collect={td3_run}", *args)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_collect_from_a_folder_that_is_no_run(tmp_path):
+    result = run_rlrun(f"collect={tmp_path}", "episodes=1")
+    assert result.returncode == 2 and "not a run folder" in result.stderr
