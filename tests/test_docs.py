@@ -24,6 +24,8 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +153,20 @@ def _set(args: list[str], override: str) -> list[str]:
     return [a for a in args if _key(a) != _key(override)] + [override]
 
 
+# Folders that documented commands read (a finished run, a stopped one, a sweep), each made once
+# per test process and copied into every test that needs one: the commands read copies of
+# the same kind of folder that a user's would be, without each test training its own.
+_MADE = Path(tempfile.mkdtemp(prefix="rlrun-docs-"))
+
+
+def _copy_of(make, name: str, folder: Path) -> None:
+    """`folder` as a copy of the folder `make(<cache>/<name>)` made once."""
+    original = _MADE / name
+    if not original.exists():
+        make(original)
+    shutil.copytree(original, folder)
+
+
 def _stopped_run(folder: Path) -> None:
     """A run folder as a run stopped after its step-300 checkpoint leaves it: a smoke run to
     400 steps with its later checkpoint and summary removed."""
@@ -186,24 +202,28 @@ def _finished(folder: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def _finished_copy(folder: Path) -> None:
+    _copy_of(_finished, "multirun" if "multirun" in folder.parts else "run", folder)
+
+
 def _check_folders(args: list[str]) -> None:
     """Make the folders a command reads (resume=, evaluate=, export=, report=, an Optuna best
     config) if it names any."""
     for arg in args:
         if _key(arg) == "resume" and not Path(arg.split("=", 1)[1]).exists():
-            _stopped_run(Path(arg.split("=", 1)[1]))
+            _copy_of(_stopped_run, "stopped", Path(arg.split("=", 1)[1]))
         if _key(arg) == "dataset" and Path(arg.split("=", 1)[1]).is_absolute() and not Path(arg.split("=", 1)[1]).exists():
             pendulum_dataset(Path(arg.split("=", 1)[1]))
         if _key(arg) in ("evaluate", "export", "collect") and not Path(arg.split("=", 1)[1]).exists():
-            _finished(Path(arg.split("=", 1)[1]))
+            _finished_copy(Path(arg.split("=", 1)[1]))
         if _key(arg) == "report":
             for folder in arg.split("=", 1)[1].split(","):
                 if not Path(folder).exists():
-                    _finished(Path(folder))
+                    _finished_copy(Path(folder))
         if _key(arg) == "hydra.searchpath" and any(_key(a) == "optuna" for a in args):
             for folder in re.findall(r"file://([^,\]]+)", arg):
                 if not (Path(folder) / "optuna" / "best.yaml").exists():
-                    _optuna_sweep(Path(folder))
+                    _copy_of(_optuna_sweep, "optuna-sweep", Path(folder))
 
 
 def _check_cluster_config(args: list[str], output: str) -> None:

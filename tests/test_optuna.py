@@ -247,14 +247,15 @@ def default_space_trials(tmp_path_factory):
 def test_one_trial_of_each_default_search_space_runs(default_space_trials, algo):
     import yaml
 
-    from rlrun.commands.sweep import MAX_NAME_BYTES, job_dirname
+    from rlrun.commands.sweep import job_dirname
+    from rlrun.core.folders import NAME_MAX
 
     result, sweep_dir = default_space_trials[algo]
     assert result.returncode == 0, result.stderr
     assert "1 trials, 1 completed, 0 pruned, 0 failed" in result.stdout
     (folder,) = trial_folders(sweep_dir).values()
     override_dirname = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.job.override_dirname
-    assert folder.name == job_dirname(0, override_dirname) and len(folder.name.encode()) <= MAX_NAME_BYTES
+    assert folder.name == job_dirname(0, override_dirname) and len(folder.name.encode()) <= NAME_MAX
     searched = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "search" / f"{algo}.yaml")
     overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
     assert {o.split("=", 1)[0] for o in overrides} >= set(searched)  # every searched value, kept in the folder

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from rlrun.commands.sweep import _job_number, job_dirname
-from rlrun.core.folders import NAME_MAX as MAX_NAME_BYTES
+from rlrun.core.folders import NAME_MAX
 
 
 def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):
@@ -143,8 +143,8 @@ def test_joblib_runs_jobs_in_separate_processes_with_a_share_of_the_cores(rlrun,
 def test_a_job_folder_is_named_after_its_overrides_while_they_fit_a_file_name():
     assert job_dirname(3, "algo=sac,seed=1") == "3-algo=sac,seed=1"
     assert job_dirname(0, "") == "0-"  # a job without overrides, as Hydra names it
-    fits = "k=" + "v" * (MAX_NAME_BYTES - len("12-k="))
-    assert job_dirname(12, fits) == f"12-{fits}" and len(job_dirname(12, fits).encode()) == MAX_NAME_BYTES
+    fits = "k=" + "v" * (NAME_MAX - len("12-k="))
+    assert job_dirname(12, fits) == f"12-{fits}" and len(job_dirname(12, fits).encode()) == NAME_MAX
     assert re.fullmatch(r"12-k=v{98}-[0-9a-f]{8}", job_dirname(12, fits + "v"))  # one byte more
 
 
@@ -199,7 +199,7 @@ def test_a_grid_with_long_overrides_runs_in_bounded_folders_that_a_rerun_finds(r
     for number, job in enumerate(job_dirs):
         # named by the resolver in the joblib worker process, from the job's own override_dirname
         override_dirname = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.override_dirname
-        assert len(f"{number}-{override_dirname}".encode()) > MAX_NAME_BYTES
+        assert len(f"{number}-{override_dirname}".encode()) > NAME_MAX
         assert job.name == job_dirname(number, override_dirname) and len(job.name.encode()) <= 120
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         assert set(LONG_OVERRIDES) <= set(overrides) and f"seed={number}" in overrides  # all of them, in the folder
