@@ -205,3 +205,33 @@ def test_bad_settings_get_one_line(rlrun, tmp_path, override, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"rlrun: error: {message}"), result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_atari100k_composes_der_settings_for_rainbow():
+    pytest.importorskip("ale_py")
+    from hydra import compose, initialize_config_module
+
+    from rlrun.commands.train import CONFIG_MODULE
+    from rlrun.core.plan import validate
+
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        plan = validate(compose("config", overrides=["experiment=atari100k", "algo=rainbow", "env=Pong"]))
+        dqn = validate(compose("config", overrides=["experiment=atari100k", "algo=dqn", "env=Pong"]))
+    algo = plan.algo_config
+    assert (algo.train_every, algo.n_step, algo.target_update_every, algo.learning_starts) == (1, 20, 2000, 1600)
+    assert (algo.lr, algo.adam_eps) == (1e-4, 1.5e-4)
+    assert plan.run_config.total_steps == 100_000 and plan.run_config.env.atari.repeat_action_probability == 0.0
+    assert plan.run_config.eval.every == 100_000  # one final evaluation
+    # The run settings apply to every algorithm; DER's settings only to Rainbow.
+    assert dqn.run_config.total_steps == 100_000 and dqn.algo_config.train_every != 1  # tuned/dqn-Pong.yaml's
+
+
+def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    # 300 steps: 100 of them learning (25 updates of the CNN), one greedy evaluation game.
+    run_dir = tmp_path / "run"
+    result = rlrun("experiment=smoke", "algo=rainbow", "env=Pong", "total_steps=300", "threads=1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and -21 <= summary["eval_return_mean"] <= 21
