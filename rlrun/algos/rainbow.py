@@ -215,6 +215,8 @@ class RainbowNetwork(nn.Module):
         self.dueling = config.dueling
         self.value = linear(self.atoms) if config.dueling else None
         self.advantage = linear(num_actions * self.atoms)
+        # A plain tuple, not registered again as submodules (deepcopy maps it to the copy's layers).
+        self.noisy_layers = tuple(m for m in (self.value, self.advantage) if isinstance(m, NoisyLinear))
 
     def logits(self, obs: torch.Tensor) -> torch.Tensor:
         features = self.torso(obs)
@@ -225,9 +227,8 @@ class RainbowNetwork(nn.Module):
         return self.value(features).unsqueeze(-2) + advantage - advantage.mean(dim=-2, keepdim=True)
 
     def sample_noise(self, generator: torch.Generator) -> None:
-        for module in self.modules():
-            if isinstance(module, NoisyLinear):
-                module.sample_noise(generator)
+        for layer in self.noisy_layers:
+            layer.sample_noise(generator)
 
 
 class QValues(nn.Module):
