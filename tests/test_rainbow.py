@@ -191,8 +191,9 @@ def test_smoke_run_on_cartpole(rlrun, tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("algo.v_min=10", "algo.v_min=10 must be below algo.v_max=10"),
-        ("algo.n_step=64 algo.buffer_size=40", "algo.n_step=64 is larger than algo.buffer_size=40"),
+        # CartPole's tuned support is [0, 100].
+        ("algo.v_min=200", "algo.v_min=200 must be below algo.v_max=100"),
+        ("algo.n_step=64 algo.buffer_size=40 algo.batch_size=32", "algo.n_step=64 is larger than algo.buffer_size=40"),
         ("algo.end_epsilon=0.1", "algo.end_epsilon=0.1 with algo.noisy=true: noisy nets explore instead of ε-greedy"),
         ("algo.priority_exponent=1.5", "algo.priority_exponent=1.5 must lie in [0.0, 1.0]"),
         ("env=Pendulum", "algo=rainbow needs a Discrete action space, but Pendulum-v1 has a continuous"),
