@@ -302,7 +302,7 @@ def test_a_dmc_task_gets_its_id_from_domain_and_task_and_the_suites_sac_settings
     [
         (
             ["algo=sac", "env=CartPole"],
-            "algo=sac needs a Box action space, but CartPole-v1 has a discrete (Discrete(2)) one; algorithms that fit: ppo, dqn",
+            "algo=sac needs a Box action space, but CartPole-v1 has a discrete (Discrete(2)) one; algorithms that fit: ppo, dqn, rainbow",
         ),
         (["algo=td3", "env=CartPole"], "algo=td3 needs a Box action space, but CartPole-v1 has a discrete"),
         (["algo=dqn", "env=HalfCheetah"], "algo=dqn needs a Discrete action space, but HalfCheetah-v5 has a continuous"),
@@ -329,7 +329,7 @@ def test_an_algorithm_that_does_not_fit_the_action_space_is_refused(composer, ov
         (["env.id=HalfCheetah-v9"], "env.id='HalfCheetah-v9' is not a registered Gymnasium environment; did you mean"),
         (
             ["algo.name=sacc"],
-            "algo.name='sacc' is not a registered algorithm; choose one of: sac, ppo, dqn, td3, ddpg, dsac_t, crossq, mrq, td3_bc, iql, cql",
+            "algo.name='sacc' is not a registered algorithm; choose one of: sac, ppo, dqn, rainbow, td3, ddpg, dsac_t, crossq, mrq, td3_bc, iql, cql",
         ),
     ],
 )
@@ -353,7 +353,10 @@ def test_cuda_without_a_gpu_is_refused(composer):
     [
         (["algo.lrr=0.1"], "unknown config key 'algo.lrr'; did you mean 'algo.lr'?"),
         (["eval.evry=5"], "unknown config key 'eval.evry'; did you mean 'eval.every'?"),
-        (["algo=sacc"], "unknown algo 'sacc'; choose one of: cql, crossq, ddpg, dqn, dsac_t, iql, mrq, ppo, sac, td3, td3_bc"),
+        (
+            ["algo=sacc"],
+            "unknown algo 'sacc'; choose one of: cql, crossq, ddpg, dqn, dsac_t, iql, mrq, ppo, rainbow, sac, td3, td3_bc",
+        ),
         (["env=HalfCheeta"], "unknown env 'HalfCheeta'; choose one of: Acrobot, "),
     ],
 )

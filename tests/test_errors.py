@@ -20,7 +20,7 @@ CASES = [
     (["eval.episodes=0"], ["eval.episodes=0 must be positive"]),
     (["algo.gamma=1.5"], ["algo.gamma=1.5", "[0.0, 1.0]"]),
     (["device=tpu"], ["device='tpu'", "auto, cpu, cuda"]),
-    (["env=CartPole"], ["algo=sac needs a Box action space", "CartPole-v1", "discrete", "fit: ppo, dqn"]),
+    (["env=CartPole"], ["algo=sac needs a Box action space", "CartPole-v1", "discrete", "fit: ppo, dqn, rainbow"]),
     (["algo=dqn", "env=HalfCheetah"], ["algo=dqn needs a Discrete action space", "HalfCheetah-v5", "sac, ppo, td3, ddpg"]),
     (["algo=td3", "env=CartPole"], ["algo=td3 needs a Box action space", "CartPole-v1"]),
     (["algo.hidden_sizes=[]"], ["algo.hidden_sizes=[]"]),

@@ -124,6 +124,14 @@ CASES = {
         bar=80,
         scored_evaluations=10,
     ),
+    # Full Rainbow (every component on) with the tuned CartPole settings, 64-unit layers and
+    # 8,000 steps: it has learnt by its first evaluation, so that is not checked.
+    "rainbow-CartPole": LearningTest(
+        ("algo=rainbow", "env=CartPole", "total_steps=8000", "algo.hidden_sizes=[64,64]", "eval.every=4000"),
+        evaluations=2,
+        untrained_below=None,
+        bar=100,
+    ),
     # DeepMind Control Suite cartpole-balance from states, each action held for 8 of the suite's
     # 1000 steps per episode (125 agent steps); a larger learning rate and smaller networks and
     # batches than tuned/sac-dmc.yaml, which are for 1M steps.

@@ -268,7 +268,7 @@ def test_a_resume_without_the_replay_buffer_refills_it_before_updating(rlrun, tm
         ),
         (
             "env=CartPole",
-            "algo=mrq needs a Box action space, but CartPole-v1 has a discrete (Discrete(2)) one; algorithms that fit: ppo, dqn",
+            "algo=mrq needs a Box action space, but CartPole-v1 has a discrete (Discrete(2)) one; algorithms that fit: ppo, dqn, rainbow",
         ),
     ],
 )

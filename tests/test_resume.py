@@ -40,6 +40,17 @@ RUNS = {
         ["algo=dqn", "env=CartPole", "algo.num_envs=4", "total_steps=4000", "checkpoint.every=1000", "eval.every=2000"],
         2000,
     ),
+    # Rainbow: the prioritised n-step buffer (priorities, the accumulator's pending steps) and
+    # the noisy layers' generator; two sub-environments, each with its own pending steps.
+    "rainbow": (
+        ["algo=rainbow", "env=CartPole", "algo.num_envs=2", "total_steps=3000", "checkpoint.every=1000", "eval.every=1500"],
+        2000,
+    ),
+    # Without noisy nets: ε-greedy's coin flips.
+    "rainbow-epsilon": (
+        ["algo=rainbow", "env=CartPole", "algo.noisy=false", "total_steps=3000", "checkpoint.every=1000", "eval.every=1500"],
+        2000,
+    ),
     # Offline: gradient steps on a dataset ({dataset} is a small Pendulum one); the checkpoint
     # holds the sampling RNG, and the resumed run reads the dataset again.
     "td3_bc": (["algo=td3_bc", "dataset={dataset}", "total_steps=3000", "checkpoint.every=400", "eval.every=1000"], 800),

@@ -247,3 +247,148 @@ class SequenceReplayBuffer(ReplayBuffer):
         self.startable_count = int(self.startable_host.sum())
         self.max_priority.copy_(state["max_priority"])
         self.episode_length, self.any_terminated = state["episode_length"], state["any_terminated"]
+
+
+class PrioritizedBatch(NamedTuple):
+    """n-step transitions with their slots and importance-sampling weights."""
+
+    obs: torch.Tensor  # (B, *obs_shape): s_t
+    actions: torch.Tensor  # (B,) a_t
+    returns: torch.Tensor  # (B,) R_t = Σ_{k<m} γ^k r_{t+k}, m ≤ n the steps taken
+    next_obs: torch.Tensor  # (B, *obs_shape): s_{t+m}
+    discounts: torch.Tensor  # (B,) γ^m, or 0 where the episode terminated within the m steps
+    index: torch.Tensor  # (B,) the sampled slots, for update_priorities
+    weights: torch.Tensor  # (B,) importance-sampling weights, the largest of the batch 1
+
+
+class PrioritizedReplayBuffer(ReplayBuffer):
+    """Proportional prioritised replay (Schaul et al. 2016) of n-step transitions.
+
+    n-step returns are made at insertion: each sub-environment keeps its last n (s, a, r)
+    (`pending`); once it holds n, the oldest leaves as (s_t, a_t, Σ_k γ^k r_{t+k}, s_{t+n},
+    γ^n). When an episode ends, every pending step leaves with the shorter return up to the
+    end, discount 0 after a termination and γ^m after a time-limit truncation (which still
+    bootstraps from its last observation). The ring buffer thus never holds half-made
+    returns, and vector envs need no per-environment stride.
+
+    Sampling is exact: slot i is drawn with probability P(i) = p_i^α / Σ_j p_j^α by inverse
+    transform on the cumulative sum of the priority vector (O(capacity) per batch on the
+    device, no sum tree). A new transition gets the largest priority seen so far.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        device: torch.device,
+        seed: int,
+        num_envs: int,
+        n_step: int,
+        gamma: float,
+        priority_exponent: float,
+        obs_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if capacity < n_step:
+            raise ValueError(f"a buffer of {capacity} transitions cannot hold {n_step}-step returns")
+        super().__init__(capacity, obs_shape, (), device, seed, obs_dtype=obs_dtype, action_dtype=torch.int64)
+        self.n_step, self.gamma, self.priority_exponent = n_step, gamma, priority_exponent
+        self.discounts = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.priority = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.max_priority = torch.tensor(1.0, dtype=torch.float32, device=device)
+        # The n-step accumulator: each sub-environment's last steps, oldest first.
+        self.pending_obs = torch.zeros((num_envs, n_step, *obs_shape), dtype=obs_dtype, device=device)
+        self.pending_actions = torch.zeros((num_envs, n_step), dtype=torch.int64, device=device)
+        self.pending_rewards = np.zeros((num_envs, n_step), dtype=np.float64)
+        self.pending_count = np.zeros(num_envs, dtype=np.int64)
+
+    def add_batch(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:  # type: ignore[override]
+        """One vector step: each sub-environment's (s, a, r) joins its pending steps, and the
+        n-step transitions that are now complete are stored."""
+        obs, actions, next_obs = (to_device(x, self.device) for x in (obs, actions, next_obs))
+        for env in range(len(rewards)):
+            count = self.pending_count[env]
+            self.pending_obs[env, count], self.pending_actions[env, count] = obs[env], actions[env]
+            self.pending_rewards[env, count] = rewards[env]
+            count += 1
+            ended = bool(terminated[env]) or bool(truncated[env])
+            # Leaving: every pending step when the episode ended, else the oldest once n are held.
+            leaving = range(count) if ended else range(1) if count == self.n_step else range(0)
+            rows = []  # (env, pending index, return, discount, terminated)
+            for k in leaving:
+                steps = count - k  # m: the steps from s_{t+k} to the episode's end or to s_{t+n}
+                # R = Σ_{i<m} γ^i r_{t+k+i}
+                ret = float(np.sum(self.pending_rewards[env, k:count] * self.gamma ** np.arange(steps)))
+                discount = 0.0 if terminated[env] else self.gamma**steps
+                rows.append((env, k, ret, discount, int(bool(terminated[env]))))
+            self._store(rows, next_obs)
+            if ended:
+                count = 0
+            elif count == self.n_step:  # the oldest left: shift the rest down one
+                self.pending_obs[env, :-1] = self.pending_obs[env, 1:].clone()
+                self.pending_actions[env, :-1] = self.pending_actions[env, 1:].clone()
+                self.pending_rewards[env, :-1] = self.pending_rewards[env, 1:]
+                count -= 1
+            self.pending_count[env] = count
+
+    def _store(self, rows: list[tuple[int, int, float, float, int]], next_obs: torch.Tensor) -> None:
+        for env, k, ret, discount, done in rows:
+            slot = self.position
+            self.obs[slot], self.actions[slot] = self.pending_obs[env, k], self.pending_actions[env, k]
+            self.rewards[slot], self.discounts[slot], self.terminated[slot] = ret, discount, done
+            self.next_obs[slot] = next_obs[env]
+            self.priority[slot] = self.max_priority
+            self.position = (self.position + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+    def probabilities(self) -> torch.Tensor:
+        """P(i) = p_i^α / Σ_j p_j^α over the stored slots."""
+        scaled = self.priority[: self.size] ** self.priority_exponent
+        return scaled / scaled.sum()
+
+    def sample(self, batch_size: int, beta: float = 1.0) -> PrioritizedBatch:  # type: ignore[override]
+        """`batch_size` slots drawn with replacement in proportion to P(i), with weights
+        w_i = (N · P(i))^(−β) / max_j w_j (max over the batch; Schaul et al. 2016, Algorithm 1)."""
+        cumulative = (self.priority[: self.size] ** self.priority_exponent).cumsum(0)
+        draws = torch.rand(batch_size, device=self.device, generator=self.generator) * cumulative[-1]
+        # right=True: a draw lands in the first slot whose cumulative sum exceeds it, never in a
+        # slot of zero weight; the clamp only guards against rounding at the top end.
+        index = torch.searchsorted(cumulative, draws, right=True).clamp_(max=self.size - 1)
+        probability = (self.priority[index] ** self.priority_exponent) / cumulative[-1]
+        weights = (self.size * probability) ** -beta
+        return PrioritizedBatch(
+            self.obs[index],
+            self.actions[index],
+            self.rewards[index],
+            self.next_obs[index],
+            self.discounts[index],
+            index,
+            weights / weights.max(),
+        )
+
+    def update_priorities(self, index: torch.Tensor, priority: torch.Tensor) -> None:
+        """New priorities p_i for sampled slots; a slot sampled twice keeps the larger one (an
+        order-independent choice, so a GPU run does not depend on write order)."""
+        self.priority.scatter_reduce_(0, index, priority, reduce="amax", include_self=False)
+        torch.maximum(self.max_priority, priority.max(), out=self.max_priority)
+
+    def state_dict(self) -> dict:
+        n = self.size
+        return super().state_dict() | {
+            "discounts": self.discounts[:n],
+            "priority": self.priority[:n],
+            "max_priority": self.max_priority.clone(),
+            "pending_obs": self.pending_obs.clone(),
+            "pending_actions": self.pending_actions.clone(),
+            "pending_rewards": torch.from_numpy(self.pending_rewards.copy()),
+            "pending_count": torch.from_numpy(self.pending_count.copy()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        n = state["size"]
+        self.discounts[:n], self.priority[:n] = state["discounts"], state["priority"]
+        self.max_priority.copy_(state["max_priority"])
+        self.pending_obs.copy_(state["pending_obs"])
+        self.pending_actions.copy_(state["pending_actions"])
+        self.pending_rewards[:] = state["pending_rewards"].numpy()
+        self.pending_count[:] = state["pending_count"].numpy()

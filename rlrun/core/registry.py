@@ -11,6 +11,7 @@ ALGORITHMS: dict[str, str] = {
     "sac": "rlrun.algos.sac:SAC",
     "ppo": "rlrun.algos.ppo:PPO",
     "dqn": "rlrun.algos.dqn:DQN",
+    "rainbow": "rlrun.algos.rainbow:Rainbow",
     "td3": "rlrun.algos.td3:TD3",
     "ddpg": "rlrun.algos.ddpg:DDPG",
     "dsac_t": "rlrun.algos.dsac_t:DSACT",
