@@ -160,14 +160,15 @@ def returns_to_go(rewards: np.ndarray, first: np.ndarray) -> np.ndarray:
 class CausalSelfAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
-        self.num_heads, self.dropout = num_heads, dropout
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.out = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """x (B, T, E); allowed (B, 1, T, T): query i may attend to key j."""
         b, t, e = x.shape
-        q, k, v = (z.view(b, t, self.num_heads, e // self.num_heads).transpose(1, 2) for z in self.qkv(x).split(e, dim=-1))
+        heads = self.num_heads
+        q, k, v = (z.view(b, t, heads, e // heads).transpose(1, 2) for z in self.qkv(x).split(self.embed_dim, dim=-1))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, t, e))
 
