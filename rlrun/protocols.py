@@ -20,7 +20,7 @@ eval.deterministic=false) for one host observation, in the environment's units.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -64,6 +64,25 @@ class Algorithm(Stateful, Protocol):
     def policy_module(self) -> nn.Module:
         """The deterministic policy as one module, for `rlrun export=`: a batch of raw
         observations → environment actions, with normalisation and action rescaling inside."""
+        ...
+
+
+@runtime_checkable
+class EpisodeAware(Protocol):
+    """Optional, for an algorithm whose evaluation action depends on the episode so far
+    (Decision Transformer's context of returns-to-go, observations and actions). Evaluation
+    (rlrun.envs.episodes.evaluate: during training, `rlrun evaluate=`, videos) and `rlrun
+    collect=` call begin_episode before an episode's first `act` and observe_reward after
+    every environment step. An offline algorithm may also define
+    `check_dataset(config, info: rlrun.envs.datasets.DatasetInfo)`, a classmethod that raises
+    ConfigError (one line) when the dataset cannot be learnt from with these settings."""
+
+    def begin_episode(self) -> None:
+        """Forget the previous episode: the next `act` is an episode's first."""
+        ...
+
+    def observe_reward(self, reward: float) -> None:
+        """The reward of the step just taken with the last `act`."""
         ...
 
 

@@ -329,7 +329,7 @@ def test_an_algorithm_that_does_not_fit_the_action_space_is_refused(composer, ov
         (["env.id=HalfCheetah-v9"], "env.id='HalfCheetah-v9' is not a registered Gymnasium environment; did you mean"),
         (
             ["algo.name=sacc"],
-            "algo.name='sacc' is not a registered algorithm; choose one of: sac, ppo, dqn, rainbow, td3, ddpg, dsac_t, crossq, mrq, td3_bc, iql, cql",
+            "algo.name='sacc' is not a registered algorithm; choose one of: sac, ppo, dqn, rainbow, td3, ddpg, dsac_t, crossq, mrq, td3_bc, iql, cql, dt",
         ),
     ],
 )
@@ -355,7 +355,7 @@ def test_cuda_without_a_gpu_is_refused(composer):
         (["eval.evry=5"], "unknown config key 'eval.evry'; did you mean 'eval.every'?"),
         (
             ["algo=sacc"],
-            "unknown algo 'sacc'; choose one of: cql, crossq, ddpg, dqn, dsac_t, iql, mrq, ppo, rainbow, sac, td3, td3_bc",
+            "unknown algo 'sacc'; choose one of: cql, crossq, ddpg, dqn, dsac_t, dt, iql, mrq, ppo, rainbow, sac, td3, td3_bc",
         ),
         (["env=HalfCheeta"], "unknown env 'HalfCheeta'; choose one of: Acrobot, "),
     ],

@@ -19,6 +19,7 @@ from rlrun.config import ConfigError, EnvConfig
 from rlrun.core.saved_run import choose_checkpoint, is_run_folder, load_agent, parse_options
 from rlrun.envs.datasets import Episode, write_dataset
 from rlrun.envs.ids import registered_id
+from rlrun.protocols import EpisodeAware
 
 COLLECT_OPTIONS = {
     "episodes": "how many episodes to collect (required)",
@@ -63,7 +64,7 @@ def main(folder_text: str, args: list[str]) -> None:
             action = actions.to_env(np.clip(unit, -1.0, 1.0)).astype(env.action_space.dtype)
         return action
 
-    collected = [_episode(env, policy, seed + i) for i in range(episodes)]
+    collected = [_episode(env, policy, seed + i, saved.agent) for i in range(episodes)]
     env.action_space.seed(seed)
     random = [_episode(env, lambda obs: env.action_space.sample(), seed + episodes + i) for i in range(reference_episodes)]
     returns = np.array([episode.rewards.sum() for episode in collected])
@@ -118,13 +119,19 @@ def _plain_env(env: EnvConfig) -> gym.Env:
     return gym.make(registered_id(env.id), **kwargs)
 
 
-def _episode(env: gym.Env, policy, seed: int) -> Episode:
+def _episode(env: gym.Env, policy, seed: int, agent: object = None) -> Episode:
+    """One episode of `policy`; an EpisodeAware `agent` is told where it starts and its rewards."""
+    aware = agent if isinstance(agent, EpisodeAware) else None
     obs, _ = env.reset(seed=seed)
+    if aware is not None:
+        aware.begin_episode()
     observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
     done = False
     while not done:
         action = policy(obs)
         obs, reward, terminated, truncated, _ = env.step(action)
+        if aware is not None:
+            aware.observe_reward(float(reward))
         observations.append(obs), actions.append(action), rewards.append(reward)
         terminations.append(terminated), truncations.append(truncated)
         done = terminated or truncated

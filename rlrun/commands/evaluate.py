@@ -61,12 +61,12 @@ def _evaluate_checkpoint(run_dir, checkpoint, options: dict) -> dict:
     if options.get("video"):
         check_video_support(settings.env)
         folder = unused_path(run_dir / "videos", f"eval-{step}")
-        files, result = record_episodes(settings.env, act, folder, episodes, seed)
+        files, result = record_episodes(settings.env, act, folder, episodes, seed, agent=saved.agent)
         videos = [str(path) for path in files]
     else:
         env = make_env(settings.env, seed, training=False)
         try:
-            result = evaluate(act, env, episodes, seed)
+            result = evaluate(act, env, episodes, seed, agent=saved.agent)
         finally:
             env.close()
     wall = time.perf_counter() - start

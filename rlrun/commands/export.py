@@ -53,6 +53,8 @@ def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path
     example = torch.as_tensor(np.stack([obs_space.sample() for _ in range(2)]))
     if example.dtype == torch.float64:
         example = example.float()
+    # A policy that reads more than the observation (Decision Transformer's context) names its inputs.
+    inputs = saved.agent.export_example(2) if hasattr(saved.agent, "export_example") else {"obs": example}
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"policy-{saved.checkpoint.stem}"
     path = folder / f"{stem}{FORMATS[fmt]}"
@@ -63,18 +65,19 @@ def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                batch = torch.export.Dim("batch")
                 onnx_program = torch.onnx.export(
                     module,
-                    (example,),
-                    input_names=["obs"],
+                    tuple(inputs.values()),
+                    input_names=list(inputs),
                     output_names=["action"],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    dynamic_shapes=tuple({0: batch} for _ in inputs),
                     dynamo=True,
                     verbose=False,
                 )
             onnx_program.save(str(temporary))
         else:
-            torch.jit.save(torch.jit.trace(module, example), str(temporary))
+            torch.jit.save(torch.jit.trace(module, tuple(inputs.values())), str(temporary))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -86,7 +89,7 @@ def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path
         "env_id": saved.plan.run_config.env.id,
         "checkpoint": str(saved.checkpoint),
         "step": saved.state["step"],
-        "input": {"name": "obs", "shape": ["batch", *obs_space.shape], "dtype": str(example.dtype).removeprefix("torch.")},
+        **_describe_inputs(inputs),
         "output": {"name": "action", **_describe_actions(action_space)},
         "note": "deterministic policy: observation normalisation and action rescaling are inside the file",
     }
@@ -94,6 +97,15 @@ def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path
     temporary.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(temporary, description)
     return path, description
+
+
+def _describe_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """ "input": the observation batch; a policy with several inputs lists them under "inputs"."""
+    described = [
+        {"name": name, "shape": ["batch", *value.shape[1:]], "dtype": str(value.dtype).removeprefix("torch.")}
+        for name, value in inputs.items()
+    ]
+    return {"input": described[0]} if len(described) == 1 else {"inputs": described}
 
 
 def _describe_actions(space: gym.Space) -> dict[str, Any]:

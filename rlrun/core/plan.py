@@ -76,6 +76,8 @@ def validate(cfg: DictConfig) -> Plan:
     source = run_config.env.id if dataset is None else f"dataset={dataset.source}"
     _check_action_space(algo_name, algo_class, source, action_space)
     algo_class.check_spaces(algo_config, obs_space, action_space)
+    if dataset is not None and hasattr(algo_class, "check_dataset"):
+        algo_class.check_dataset(algo_config, dataset)
     if run_config.env.backend == "envpool":
         check_envpool(run_config.env, algo_name, algo_config, obs_space, action_space)
     if run_config.video.every is not None:

@@ -20,9 +20,10 @@ ALGORITHMS: dict[str, str] = {
     "td3_bc": "rlrun.algos.td3_bc:TD3BC",
     "iql": "rlrun.algos.iql:IQL",
     "cql": "rlrun.algos.cql:CQL",
+    "dt": "rlrun.algos.dt:DecisionTransformer",
 }
 # The algorithms that learn from a dataset (dataset=) instead of an environment.
-OFFLINE_ALGORITHMS = ("td3_bc", "iql", "cql")
+OFFLINE_ALGORITHMS = ("td3_bc", "iql", "cql", "dt")
 
 
 def get_algorithm(name: str) -> type:

@@ -289,6 +289,7 @@ class Run:
                 self.eval_env,
                 self.settings.eval.episodes,
                 self.seed + EVAL_SEED_OFFSET,
+                agent=self._agent,
             ).returns
             self.last_eval = returns
             mean = float(returns.mean())
@@ -311,7 +312,12 @@ class Run:
         with self.clock.pause():
             folder = self.run_dir / "videos" / f"step-{step}"
             files, result = record_episodes(
-                self.settings.env, lambda obs: self._agent.act(obs, deterministic=True), folder, 1, self.seed + EVAL_SEED_OFFSET
+                self.settings.env,
+                lambda obs: self._agent.act(obs, deterministic=True),
+                folder,
+                1,
+                self.seed + EVAL_SEED_OFFSET,
+                agent=self._agent,
             )
             fps = self.eval_env.metadata.get("render_fps") or 30
             self.logger.video(step, "eval/video", read_frames(files[0]), fps)

@@ -31,6 +31,7 @@ class Transitions(NamedTuple):
     rewards: np.ndarray  # (N,) float32
     next_obs: np.ndarray  # (N, obs_dim) float32
     terminated: np.ndarray  # (N,) float32: 1.0 where the episode truly ended; truncations stay 0.0
+    first: np.ndarray  # (N,) bool: True at each episode's first transition (sequence models need the episodes)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class DatasetInfo:
     ref_max_score: float | None  # mean return of an expert policy, if the dataset gives one
     episodes: int
     steps: int
+    longest_episode: int  # the most steps in one episode
 
     def normalized_score(self, episode_return: float) -> float | None:
         """100 · (R − R_min) / (R_max − R_min), D4RL's normalised score; None without references."""
@@ -117,6 +119,7 @@ def open_dataset(source: str) -> DatasetInfo:
         "kwargs": {key: value for key, value in (spec.kwargs or {}).items() if key != "render_mode"},
         "max_episode_steps": spec.max_episode_steps,
     }
+    lengths = [int(episode["total_steps"]) for episode in dataset.storage.get_episode_metadata(dataset.episode_indices)]
     return DatasetInfo(
         source=source,
         data_path=folder,
@@ -128,6 +131,7 @@ def open_dataset(source: str) -> DatasetInfo:
         ref_max_score=None if ref_max is None else float(ref_max),
         episodes=dataset.total_episodes,
         steps=dataset.total_steps,
+        longest_episode=max(lengths),
     )
 
 
@@ -158,6 +162,7 @@ def load_transitions(info: DatasetInfo) -> Transitions:
         parts["rewards"].append(rewards)
         parts["next_obs"].append(obs[1:])
         parts["terminated"].append(terminated)
+        parts["first"].append(np.arange(steps) == 0)
     if sum(len(rewards) for rewards in parts["rewards"]) == 0:
         raise ConfigError(f"dataset={info.source} is empty: it holds no transitions ({info.data_path})")
     return Transitions(**{name: np.concatenate(values) for name, values in parts.items()})

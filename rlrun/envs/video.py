@@ -46,11 +46,18 @@ def check_video_support(env: EnvConfig) -> None:
 
 
 def record_episodes(
-    env: EnvConfig, act: Callable[[np.ndarray], object], folder: Path, episodes: int, seed: int, fps: int | None = None
+    env: EnvConfig,
+    act: Callable[[np.ndarray], object],
+    folder: Path,
+    episodes: int,
+    seed: int,
+    fps: int | None = None,
+    agent: object = None,
 ) -> tuple[list[Path], Evaluation]:
     """Play `episodes` episodes of `act` on a fresh environment seeded `seed`, as `evaluate`
     does, and write each to `folder/episode-<i>.mp4`; returns the files and the evaluation.
-    Files already in `folder` (a resumed run recording the same step again) are replaced."""
+    Files already in `folder` (a resumed run recording the same step again) are replaced;
+    `agent`, if it is EpisodeAware, is told where episodes start and their rewards."""
     recorded = gym.wrappers.RecordVideo(
         make_env(env, seed, training=False, render_mode="rgb_array"),
         str(folder),
@@ -60,7 +67,7 @@ def record_episodes(
         disable_logger=True,
     )
     try:
-        result = evaluate(act, recorded, episodes, seed)
+        result = evaluate(act, recorded, episodes, seed, agent=agent)
     finally:
         recorded.close()
     files = []
