@@ -8,7 +8,10 @@ that line. Every other command runs through the real command line (conftest.run_
 cheap and safe:
 
 - a command that trains gets `experiment=smoke`, with any `total_steps=` capped at the smoke
-  budget; a grid keeps two jobs; an Optuna search runs two trials;
+  budget; a grid keeps its first job; an Optuna search runs one trial a parallel job;
+- commands that become the same run once made cheap (they differ only in their seed, budget
+  or output folder, as `rlrun -m algo=sac,td3 ...` and `... total_steps=50000` do) run once,
+  under the first one's name;
 - a command for a cluster launcher (Slurm, Ray) prints its config instead (`--cfg hydra`, for
   the grid's first job), so nothing is submitted;
 - every folder a command writes or reads goes under pytest's tmp_path, and a folder it needs
@@ -284,9 +287,10 @@ def runnable(doc: Documented, tmp_path: Path) -> list[str]:
         args.append("experiment=smoke")
     args = [f"total_steps={min(_value(a), SMOKE_STEPS)}" if _key(a) == "total_steps" else a for a in args]
     if multirun and any(_key(a) == "hydra/sweeper" for a in args):
-        args = _set(args, "hydra.sweeper.n_trials=2")
+        parallel = next((_value(a) for a in args if _key(a) == "hydra.sweeper.n_jobs"), 1)
+        args = _set(args, f"hydra.sweeper.n_trials={parallel}")
     elif multirun:
-        args = _shrink_grid(args, keep_first=2)
+        args = _shrink_grid(args, keep_first=1)
     output_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     if not any(_key(a) in (output_key, "resume") for a in args):
         args.append(f"{output_key}={tmp_path / ('multirun' if multirun else 'outputs')}")
@@ -323,7 +327,28 @@ def _param(doc: Documented):
     return pytest.param(doc, id=doc.command, marks=marks)
 
 
-@pytest.mark.parametrize("doc", [_param(doc) for doc in DOCUMENTED])
+# Keys whose value does not change what a command made cheap exercises (a resume keeps its
+# total_steps: it is the budget the resumed run extends to).
+SAME_RUN_KEYS = ("seed", "total_steps", "hydra.run.dir", "hydra.sweep.dir")
+
+
+def _cheap_form(doc: Documented) -> tuple[str, ...]:
+    """What running `doc` made cheap exercises: its runnable arguments without the values of
+    SAME_RUN_KEYS."""
+    args = runnable(doc, Path("/tmp_path"))
+    if doc.error or any(_key(a) == "resume" for a in args):
+        return (doc.command,)
+    return tuple(a for a in args if _key(a) not in SAME_RUN_KEYS)
+
+
+def _first_of_each_form(docs: list[Documented]) -> list[Documented]:
+    firsts: dict[tuple[str, ...], Documented] = {}
+    for doc in docs:
+        firsts.setdefault(_cheap_form(doc), doc)
+    return list(firsts.values())
+
+
+@pytest.mark.parametrize("doc", [_param(doc) for doc in _first_of_each_form(DOCUMENTED)])
 def test_documented_command_runs(doc, tmp_path):
     args = runnable(doc, tmp_path)
     _check_folders(args)
@@ -365,6 +390,15 @@ def test_the_docs_show_commands_of_every_kind():
     ):
         assert any(needed in command for command in commands), needed
     assert set(KNOWN_FAILURES) | set(NOT_RUNNABLE) <= set(commands)
+
+
+def test_commands_that_differ_in_seed_budget_or_folder_run_once():
+    grid = Documented("rlrun -m algo=sac,td3 env=HalfCheetah,Hopper seed=0,1,2", "a:1", None)
+    longer = Documented("rlrun -m algo=sac,td3 env=HalfCheetah,Hopper seed=0,1,2 total_steps=50000", "b:1", None)
+    other_env = Documented("rlrun -m algo=sac env=Hopper,HalfCheetah", "c:1", None)
+    resume = Documented("rlrun resume=outputs/run", "d:1", None)
+    extended = Documented("rlrun resume=outputs/run total_steps=2000000", "e:1", None)
+    assert _first_of_each_form([grid, longer, other_env, resume, extended]) == [grid, other_env, resume, extended]
 
 
 def test_comments_and_continuations_are_read_as_a_shell_would():

@@ -53,13 +53,13 @@ RUNS = {
     ),
     # Offline: gradient steps on a dataset ({dataset} is a small Pendulum one); the checkpoint
     # holds the sampling RNG, and the resumed run reads the dataset again.
-    "td3_bc": (["algo=td3_bc", "dataset={dataset}", "total_steps=3000", "checkpoint.every=400", "eval.every=1000"], 800),
-    "iql": (["algo=iql", "dataset={dataset}", "total_steps=3000", "checkpoint.every=400", "eval.every=1000"], 800),
+    "td3_bc": (["algo=td3_bc", "dataset={dataset}", "total_steps=1200", "checkpoint.every=400", "eval.every=600"], 800),
+    "iql": (["algo=iql", "dataset={dataset}", "total_steps=1200", "checkpoint.every=400", "eval.every=600"], 800),
     # Decision Transformer: its window sampler's RNG, and dropout's draws from torch's.
-    "dt": (["algo=dt", "dataset={dataset}", "total_steps=2000", "checkpoint.every=400", "eval.every=1000"], 800),
+    "dt": (["algo=dt", "dataset={dataset}", "total_steps=1200", "checkpoint.every=400", "eval.every=600"], 800),
     # CQL with its Lagrange multiplier, so that its state is checked too.
     "cql": (
-        ["algo=cql", "dataset={dataset}", "algo.lagrange=true", "total_steps=3000", "checkpoint.every=400", "eval.every=1000"],
+        ["algo=cql", "dataset={dataset}", "algo.lagrange=true", "total_steps=1200", "checkpoint.every=400", "eval.every=600"],
         800,
     ),
 }
