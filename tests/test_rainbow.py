@@ -236,3 +236,6 @@ def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and -21 <= summary["eval_return_mean"] <= 21
+    # The frame-once buffer: 300 steps of one episode are the first stack's 4 frames and 300 more.
+    buffer = checkpoint.load(run_dir / "checkpoints" / "step_000000300.pt")["loop"]["buffer"]
+    assert buffer["frames"].shape == (1, 304, 84, 84) and buffer["written"].tolist() == [304]
