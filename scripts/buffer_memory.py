@@ -87,7 +87,9 @@ def atari_table(transitions: int) -> None:
     shape, cpu, frames = (4, 84, 84), torch.device("cpu"), {"obs_dtype": torch.uint8}
     prioritised = {"num_envs": 1, "n_step": 3, "gamma": 0.99, "priority_exponent": 0.5}
     buffers = {
-        "ReplayBuffer (DQN, whole stacks)": lambda: ReplayBuffer(transitions, shape, (), cpu, 0, action_dtype=torch.int64, **frames),
+        "ReplayBuffer (DQN, whole stacks)": lambda: ReplayBuffer(
+            transitions, shape, (), cpu, 0, action_dtype=torch.int64, **frames
+        ),
         "FrameReplayBuffer (DQN)": lambda: FrameReplayBuffer(transitions, shape, cpu, 0, num_envs=1),
         "PrioritizedReplayBuffer (Rainbow, whole stacks)": lambda: PrioritizedReplayBuffer(
             transitions, shape, cpu, 0, **prioritised, **frames

@@ -211,3 +211,15 @@ def test_images_that_are_not_frame_stacks_are_refused_with_one_line():
     frames.add_batch(images[0], np.array([0]), np.array([0.0]), images[1], no, no)
     with pytest.raises(RunError, match=r"not frame stacks.*algo\.frame_buffer=false"):
         frames.add_batch(images[1] + 1, np.array([1]), np.array([0.0]), images[2], no, no)
+
+
+def test_a_run_on_images_that_are_not_frame_stacks_stops_with_one_line_naming_the_setting(rlrun, tmp_path):
+    args = ["experiment=smoke", "algo=dqn", "env=CartPole", "env.id=tests.plain_env:RandomImages-v0", "total_steps=300"]
+    refused = rlrun(*args, "algo.learning_starts=100", f"hydra.run.dir={tmp_path / 'frames'}")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "rlrun: error: the image observations are not frame stacks (each the previous one shifted by one frame); "
+        "store them whole with algo.frame_buffer=false"
+    )
+    whole = rlrun(*args, "algo.learning_starts=100", "algo.frame_buffer=false", f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
