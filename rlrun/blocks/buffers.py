@@ -480,10 +480,10 @@ class FrameReplayBuffer(ReplayBufferBase):
     overwrites the oldest frame its observation needs. Sampling is uniform over the drawable
     slots (O(slots) per batch, as prioritised sampling).
 
-    Memory: one frame and 28 bytes per transition, plus S frames per episode; with Atari's
+    Memory: one frame and 33 bytes per transition, plus S frames per episode; with Atari's
     frames 1/8 of ReplayBuffer's (measured by scripts/buffer_memory.py, docs/benchmarks.md).
     The capacity is shared out evenly: each sub-environment's ring holds ⌈capacity / num_envs⌉
-    transitions, fewer by S + 1 frames per episode boundary.
+    transitions, less S for each episode in it (its first stack).
     """
 
     def __init__(
