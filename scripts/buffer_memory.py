@@ -1,11 +1,19 @@
-"""Memory of a full replay buffer: rlrun's against Stable-Baselines3's (bench extra).
+"""Memory of a full replay buffer: rlrun's against Stable-Baselines3's (bench extra), or, with
+--atari, the bytes per transition of DQN's and Rainbow's buffers for Atari frame stacks.
 
     python scripts/buffer_memory.py                         # 1e6 HalfCheetah-v5 transitions
     python scripts/buffer_memory.py --env Hopper-v5 --transitions 200000
+    python scripts/buffer_memory.py --atari                 # 4 × 84 × 84 uint8 stacks, 10000 transitions
 
 Each side runs in a fresh process that builds the buffer, writes every slot (so every page is
 really resident) and reports its peak RSS and how much the buffer added to it, next to the
 raw float32 size of the transitions (observation, next observation, action, reward, done).
+
+--atari builds each buffer for `--transitions` transitions of one sub-environment and counts
+the bytes of every tensor and host array it allocated (torch.zeros writes them all), divided
+by the transitions: whole stacks for obs and next_obs (ReplayBuffer, PrioritizedReplayBuffer)
+against each frame once (FrameReplayBuffer, PrioritizedFrameReplayBuffer), and what 1e6
+transitions would take.
 """
 
 from __future__ import annotations
@@ -52,12 +60,60 @@ def measure(side: str, env_id: str, transitions: int) -> dict:
     }
 
 
+def allocated_bytes(part: object) -> int:
+    """The bytes of every tensor and NumPy array a buffer holds, its helpers' included."""
+    import numpy as np
+    import torch
+
+    if isinstance(part, torch.Tensor):
+        return part.nbytes
+    if isinstance(part, np.ndarray):
+        return part.nbytes
+    if hasattr(part, "__dict__") and not isinstance(part, (torch.Generator, torch.device, type)):
+        return sum(allocated_bytes(value) for value in vars(part).values())
+    return 0
+
+
+def atari_table(transitions: int) -> None:
+    import torch
+
+    from rlrun.blocks.buffers import (
+        FrameReplayBuffer,
+        PrioritizedFrameReplayBuffer,
+        PrioritizedReplayBuffer,
+        ReplayBuffer,
+    )
+
+    shape, cpu, frames = (4, 84, 84), torch.device("cpu"), {"obs_dtype": torch.uint8}
+    prioritised = {"num_envs": 1, "n_step": 3, "gamma": 0.99, "priority_exponent": 0.5}
+    buffers = {
+        "ReplayBuffer (DQN, whole stacks)": lambda: ReplayBuffer(
+            transitions, shape, (), cpu, 0, action_dtype=torch.int64, **frames
+        ),
+        "FrameReplayBuffer (DQN)": lambda: FrameReplayBuffer(transitions, shape, cpu, 0, num_envs=1),
+        "PrioritizedReplayBuffer (Rainbow, whole stacks)": lambda: PrioritizedReplayBuffer(
+            transitions, shape, cpu, 0, **prioritised, **frames
+        ),
+        "PrioritizedFrameReplayBuffer (Rainbow)": lambda: PrioritizedFrameReplayBuffer(transitions, shape, cpu, 0, **prioritised),
+    }
+    print(f"Atari frame stacks {shape} uint8, buffers of {transitions} transitions")
+    print("| buffer | bytes per transition | 1e6 transitions GB |\n| --- | --- | --- |")
+    for name, make in buffers.items():
+        per_transition = allocated_bytes(make()) / transitions
+        print(f"| {name} | {per_transition:,.0f} | {per_transition * 1e6 / 1e9:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="HalfCheetah-v5")
-    parser.add_argument("--transitions", type=int, default=1_000_000)
+    parser.add_argument("--transitions", type=int, default=None, help="default 1e6, with --atari 10000")
+    parser.add_argument("--atari", action="store_true", help="bytes per transition of the buffers for Atari frame stacks")
     parser.add_argument("--side", choices=["rlrun", "sb3"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.atari:
+        atari_table(args.transitions or 10_000)
+        return
+    args.transitions = args.transitions or 1_000_000
     if args.side:
         print(json.dumps(measure(args.side, args.env, args.transitions)))
         return

@@ -29,6 +29,7 @@ RUNS = {
     "dsac_t": ["algo=dsac_t", "env=Pendulum"],
     "mrq": ["algo=mrq", "env=Pendulum"],
     "dqn": ["algo=dqn", "env=CartPole", "algo.num_envs=2"],
+    "rainbow": ["algo=rainbow", "env=CartPole", "algo.num_envs=2"],
 }
 TIMING_KEYS = {"perf/sps", "perf/train_seconds"}
 

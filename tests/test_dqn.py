@@ -144,6 +144,7 @@ def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
     result = rlrun("experiment=smoke", "algo=dqn", "env=Pong", "total_steps=300", "threads=1", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     state = _check_run_folder(run_dir, "ALE/Pong-v5", 300)
+    assert state["loop"]["buffer"]["frames"].shape[-2:] == (84, 84)  # the frame-once buffer
     summary = json.loads((run_dir / "summary.json").read_text())
     assert -21 <= summary["eval_return_mean"] <= 21  # the game score, unclipped
     obs_space, action_space = env_spaces(EnvConfig("ALE/Pong-v5", 300))

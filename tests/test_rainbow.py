@@ -43,7 +43,7 @@ def buffer_with(priorities: list[float], alpha: float) -> PrioritizedReplayBuffe
     for t in range(len(priorities)):
         obs = np.array([[t]], dtype=np.float32)
         buffer.add_batch(obs, np.array([0]), np.array([0.0]), obs, np.array([False]), np.array([False]))
-    buffer.priority[:] = torch.tensor(priorities)
+    buffer.priorities.priority[:] = torch.tensor(priorities)
     return buffer
 
 
@@ -74,10 +74,10 @@ def test_importance_weights_are_n_p_to_the_minus_beta_over_their_max():
 def test_new_transitions_get_the_largest_priority_seen_and_updates_keep_the_larger():
     buffer = buffer_with([1.0, 1.0, 1.0, 1.0], 0.5)
     buffer.update_priorities(torch.tensor([1, 1, 2]), torch.tensor([3.0, 5.0, 0.5]))
-    assert buffer.priority.tolist() == [1.0, 5.0, 0.5, 1.0]
+    assert buffer.priorities.priority.tolist() == [1.0, 5.0, 0.5, 1.0]
     obs = np.zeros((1, 1), dtype=np.float32)
     buffer.add_batch(obs, np.array([0]), np.array([0.0]), obs, np.array([False]), np.array([False]))
-    assert buffer.priority[0] == 5.0  # slot 0 overwritten, at the max priority seen
+    assert buffer.priorities.priority[0] == 5.0  # slot 0 overwritten, at the max priority seen
 
 
 def test_n_step_returns_stop_at_an_episode_end():
@@ -236,3 +236,6 @@ def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and -21 <= summary["eval_return_mean"] <= 21
+    # The frame-once buffer: 300 steps of one episode are the first stack's 4 frames and 300 more.
+    buffer = checkpoint.load(run_dir / "checkpoints" / "step_000000300.pt")["loop"]["buffer"]
+    assert buffer["frames"].shape == (1, 304, 84, 84) and buffer["written"].tolist() == [304]

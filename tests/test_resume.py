@@ -51,6 +51,19 @@ RUNS = {
         ["algo=rainbow", "env=CartPole", "algo.noisy=false", "total_steps=3000", "checkpoint.every=1000", "eval.every=1500"],
         2000,
     ),
+    # Atari frame stacks in the frame-once buffers (FrameReplayBuffer, prioritised for Rainbow):
+    # two sub-environments, episodes cut at 400 frames (about 100 steps) so that resets,
+    # truncations and the rings' wrap-around (200 transitions) fall before the kill.
+    "dqn-pong": (
+        ["algo=dqn", "env=Pong", "algo.num_envs=2", "+env.max_episode_steps=400", "algo.buffer_size=200"]
+        + ["algo.learning_starts=100", "total_steps=800", "checkpoint.every=200", "eval.every=800"],
+        400,
+    ),
+    "rainbow-pong": (
+        ["algo=rainbow", "env=Pong", "algo.num_envs=2", "+env.max_episode_steps=400", "algo.buffer_size=200"]
+        + ["algo.learning_starts=100", "total_steps=800", "checkpoint.every=200", "eval.every=800"],
+        400,
+    ),
     # Offline: gradient steps on a dataset ({dataset} is a small Pendulum one); the checkpoint
     # holds the sampling RNG, and the resumed run reads the dataset again.
     "td3_bc": (["algo=td3_bc", "dataset={dataset}", "total_steps=1200", "checkpoint.every=400", "eval.every=600"], 800),
@@ -106,6 +119,8 @@ def tensorboard_scalars(run_dir):
 @pytest.mark.parametrize("algo", RUNS)
 def test_a_killed_and_resumed_run_ends_bit_identical(tmp_path, algo):
     overrides, kill_after = RUNS[algo]
+    if "env=Pong" in overrides:
+        pytest.importorskip("ale_py")
     if any("{dataset}" in a for a in overrides):
         dataset = pendulum_dataset(tmp_path / "pendulum-scripted-v0")
         overrides = [a.format(dataset=dataset) for a in overrides]

@@ -110,3 +110,19 @@ def test_update_cost_times_each_agent_in_each_round():
     agents = ["sac", "dsac_t", "mrq"]
     assert [(row[1], row[2]) for row in rows] == [(round_number, agent) for round_number in ("1", "2") for agent in agents]
     assert all(float(row[row.index("update") + 1]) > 0 for row in rows)
+
+
+def test_buffer_memory_measures_bytes_per_transition_of_the_atari_buffers():
+    output = subprocess.run(
+        [sys.executable, str(SCRIPTS / "buffer_memory.py"), "--atari", "--transitions", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    cells = [line.split("|")[1:-1] for line in output.stdout.splitlines() if line.startswith("| ")]
+    rows = {row[0].strip(): row[1:] for row in cells if "Buffer" in row[0]}
+    per_transition = {name.split(" (")[0]: float(row[0].replace(",", "")) for name, row in rows.items()}
+    assert per_transition["ReplayBuffer"] == 2 * 4 * 84 * 84 + 8 + 4 + 4  # obs, next_obs, action, reward, terminated
+    for whole, frames in (("ReplayBuffer", "FrameReplayBuffer"), ("PrioritizedReplayBuffer", "PrioritizedFrameReplayBuffer")):
+        assert 7.5 < per_transition[whole] / per_transition[frames] < 8.0

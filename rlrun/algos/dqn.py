@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlrun.blocks.buffers import Batch, ReplayBuffer, to_device
+from rlrun.blocks.buffers import Batch, FrameReplayBuffer, ReplayBuffer, ReplayBufferBase, to_device
 from rlrun.blocks.hl_gauss import HLGauss, SupportCheck, ValueSupportConfig
 from rlrun.blocks.nets import NatureCNN, OutputLinear, check_image_space, hidden_layers, is_image, polyak_update
 from rlrun.blocks.optim import adam, gradient_step
@@ -89,6 +89,11 @@ class DQNConfig(ValueSupportConfig):
     """The Q-network's loss. huber: Q(s, a) regresses its TD target under the Huber loss
     (Nature DQN); hl_gauss: the network outputs a histogram over [v_min, v_max] per action,
     trained by cross-entropy (rlrun/blocks/hl_gauss.py)."""
+    frame_buffer: bool = True
+    """Image observations are frame stacks, each the last one shifted by a frame (Atari's):
+    the replay buffer stores each frame once (FrameReplayBuffer), 1/8 of the memory of whole
+    stacks for obs and next_obs; false stores whole observations (images that are not frame
+    stacks). Vector observations always go to the plain buffer."""
 
     def __post_init__(self) -> None:
         positive("algo.lr", self.lr)
@@ -290,9 +295,13 @@ class DQN(Checkpointed):
         envs = make_training_envs(run, config.num_envs)
         # A buffer larger than the run would only hold zeros.
         capacity = min(config.buffer_size, run.total_steps)
-        buffer = ReplayBuffer(
-            capacity, self.obs_shape, (), self.device, self.seed, obs_dtype=self.obs_dtype, action_dtype=torch.int64
-        )
+        buffer: ReplayBufferBase
+        if len(self.obs_shape) == 3 and config.frame_buffer:
+            buffer = FrameReplayBuffer(capacity, self.obs_shape, self.device, self.seed, config.num_envs, gamma=config.gamma)
+        else:
+            buffer = ReplayBuffer(
+                capacity, self.obs_shape, (), self.device, self.seed, obs_dtype=self.obs_dtype, action_dtype=torch.int64
+            )
         exploration_steps = config.exploration_fraction * run.total_steps
 
         def explore(obs: torch.Tensor, step: int) -> tuple[np.ndarray, torch.Tensor | np.ndarray]:
@@ -300,7 +309,7 @@ class DQN(Checkpointed):
             run.record({"train/epsilon": epsilon})
             return self.explore(obs, epsilon, envs.action_space.np_random)
 
-        def learn(buffer: ReplayBuffer, previous: int, step: int) -> dict[str, torch.Tensor] | None:
+        def learn(buffer: ReplayBufferBase, previous: int, step: int) -> dict[str, torch.Tensor] | None:
             # The schedules' points this vector step passed, past learning_starts.
             learning_from = max(previous, config.learning_starts)
             metrics = None

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlrun.algos.dqn import linear_epsilon
-from rlrun.blocks.buffers import PrioritizedBatch, PrioritizedReplayBuffer, to_device
+from rlrun.blocks.buffers import PrioritizedBatch, PrioritizedFrameReplayBuffer, PrioritizedReplayBuffer, to_device
 from rlrun.blocks.nets import NatureCNN, OutputLinear, check_image_space, hidden_layers, in_float32, is_image, polyak_update
 from rlrun.blocks.optim import adam, gradient_step
 from rlrun.blocks.policy_modules import Argmax
@@ -112,6 +112,11 @@ class RainbowConfig:
     """ε after the decay; None: 0 with noisy nets, else 0.01 (Hessel et al. 2018)."""
     epsilon_decay_steps: int = 62_500
     """Environment steps over which ε falls linearly (250K frames, Hessel et al. 2018)."""
+    frame_buffer: bool = True
+    """Image observations are frame stacks, each the last one shifted by a frame (Atari's):
+    the replay buffer stores each frame once (PrioritizedFrameReplayBuffer), 1/8 of the memory
+    of whole stacks for obs and next_obs; false stores whole observations (images that are not
+    frame stacks). Vector observations always go to the plain buffer."""
 
     def __post_init__(self) -> None:
         positive("algo.lr", self.lr)
@@ -410,18 +415,25 @@ class Rainbow(Checkpointed):
         config = self.config
         envs = make_training_envs(run, config.num_envs)
         capacity = max(min(config.buffer_size, run.total_steps), config.n_step)  # a larger buffer would only hold zeros
-        buffer = PrioritizedReplayBuffer(
-            capacity,
-            self.obs_shape,
-            self.device,
-            self.seed,
-            config.num_envs,
-            config.n_step,
-            config.gamma,
-            # α = 0 samples uniformly: every p_i^0 = 1.
-            config.priority_exponent if config.prioritized else 0.0,
-            obs_dtype=self.obs_dtype,
-        )
+        # α = 0 samples uniformly: every p_i^0 = 1.
+        alpha = config.priority_exponent if config.prioritized else 0.0
+        buffer: PrioritizedReplayBuffer | PrioritizedFrameReplayBuffer
+        if len(self.obs_shape) == 3 and config.frame_buffer:
+            buffer = PrioritizedFrameReplayBuffer(
+                capacity, self.obs_shape, self.device, self.seed, config.num_envs, config.n_step, config.gamma, alpha
+            )
+        else:
+            buffer = PrioritizedReplayBuffer(
+                capacity,
+                self.obs_shape,
+                self.device,
+                self.seed,
+                config.num_envs,
+                config.n_step,
+                config.gamma,
+                alpha,
+                obs_dtype=self.obs_dtype,
+            )
         start_epsilon, end_epsilon = config.epsilons
 
         def explore(obs: torch.Tensor, step: int) -> tuple[np.ndarray, torch.Tensor | np.ndarray]:
@@ -430,7 +442,9 @@ class Rainbow(Checkpointed):
                 run.record({"train/epsilon": epsilon})
             return self.explore(obs, epsilon, envs.action_space.np_random)
 
-        def learn(buffer: PrioritizedReplayBuffer, previous: int, step: int) -> dict[str, torch.Tensor] | None:
+        def learn(
+            buffer: PrioritizedReplayBuffer | PrioritizedFrameReplayBuffer, previous: int, step: int
+        ) -> dict[str, torch.Tensor] | None:
             learning_from = max(previous, config.learning_starts)
             # β rises linearly from its start to 1 at the end of the run.
             beta = config.importance_sampling + (1.0 - config.importance_sampling) * min(1.0, step / run.total_steps)

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from rlrun.config import RunError
+
 
 def to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A host array as a tensor on `device`. The copy is non_blocking, so PyTorch adds no sync
@@ -24,7 +26,29 @@ class Batch(NamedTuple):
     terminated: torch.Tensor  # (B,) 1.0 where the episode truly ended; truncations stay 0.0
 
 
-class ReplayBuffer:
+class ReplayBufferBase:
+    """What every replay buffer here has: a capacity in transitions, the device it lives on,
+    the generator it samples with and the dtype its observations are stored in. The run
+    recognises replay buffers by this class (checkpoint.replay_buffer=false leaves them out)."""
+
+    def __init__(self, capacity: int, device: torch.device, seed: int, obs_dtype: torch.dtype) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.obs_dtype = obs_dtype
+        self.size = 0  # transitions stored, at most capacity
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def sampleable(self) -> int:
+        """How many stored slots a sample may draw (every stored transition unless a subclass
+        says otherwise)."""
+        return self.size
+
+
+class ReplayBuffer(ReplayBufferBase):
     """A ring buffer of transitions, sampled uniformly with replacement.
 
     `terminated` is stored without the time-limit truncation flag, so targets still
@@ -32,8 +56,9 @@ class ReplayBuffer:
 
     Observations and actions keep the dtypes given: float32 vectors and continuous actions by
     default; uint8 frames (a quarter of float32's memory, scaled by the network) and int64
-    discrete actions (shape ()) for DQN on Atari. Memory: 2 × capacity × obs bytes, since
-    obs and next_obs are both stored.
+    discrete actions (shape ()). Memory: 2 × capacity × obs bytes, since obs and next_obs are
+    both stored; Atari's frame stacks go to FrameReplayBuffer instead, which stores each frame
+    once.
     """
 
     def __init__(
@@ -46,16 +71,13 @@ class ReplayBuffer:
         obs_dtype: torch.dtype = torch.float32,
         action_dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.capacity = capacity
-        self.device = device
+        super().__init__(capacity, device, seed, obs_dtype)
         self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=device)
         self.next_obs = torch.zeros_like(self.obs)
         self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.position = 0
-        self.size = 0
-        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def add_batch(
         self,
@@ -87,14 +109,6 @@ class ReplayBuffer:
     def sample(self, batch_size: int) -> Batch:
         index = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
         return Batch(self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminated[index])
-
-    def __len__(self) -> int:
-        return self.size
-
-    @property
-    def sampleable(self) -> int:
-        """How many stored slots a sample may draw (every stored transition here)."""
-        return self.size
 
     def state_dict(self) -> dict:
         """The stored transitions (only the filled part), the write position and the sampling
@@ -261,19 +275,99 @@ class PrioritizedBatch(NamedTuple):
     weights: torch.Tensor  # (B,) importance-sampling weights, the largest of the batch 1
 
 
+class NStepReturns:
+    """The n-step accumulator: each sub-environment's last rewards (float64, on the host).
+
+    Once a sub-environment holds n steps, the oldest leaves with Σ_{k<n} γ^k r_{t+k} and
+    bootstraps from s_{t+n} (discount γ^n). When an episode ends, every pending step leaves with
+    the shorter return up to the end: discount 0 after a termination, γ^m after a time-limit
+    truncation (which still bootstraps from its last observation). So a buffer never holds
+    half-made returns, and vector envs need no per-environment stride.
+    """
+
+    def __init__(self, num_envs: int, n_step: int, gamma: float) -> None:
+        self.n_step, self.gamma = n_step, gamma
+        self.rewards = np.zeros((num_envs, n_step), dtype=np.float64)
+        self.count = np.zeros(num_envs, dtype=np.int64)  # pending steps of each sub-environment
+
+    def add(self, env: int, reward: float, terminated: bool, truncated: bool) -> list[tuple[int, int, float, float, int]]:
+        """Adds sub-environment `env`'s step; returns the transitions it completes, oldest first,
+        as (k, m, R, discount, terminated): pending step k (0 the oldest, counted before this
+        call drops them) and its m-step return R = Σ_{i<m} γ^i r_{t+k+i}."""
+        count = self.count[env]
+        self.rewards[env, count] = reward
+        count += 1
+        ended = bool(terminated) or bool(truncated)
+        # Leaving: every pending step when the episode ended, else the oldest once n are held.
+        leaving = range(count) if ended else range(1) if count == self.n_step else range(0)
+        rows = []
+        for k in leaving:
+            steps = count - k  # m: the steps from s_{t+k} to the episode's end or to s_{t+n}
+            ret = float(np.sum(self.rewards[env, k:count] * self.gamma ** np.arange(steps)))
+            discount = 0.0 if terminated else self.gamma**steps
+            rows.append((k, steps, ret, discount, int(bool(terminated))))
+        if ended:
+            count = 0
+        elif count == self.n_step:  # the oldest left: shift the rest down one
+            self.rewards[env, :-1] = self.rewards[env, 1:]
+            count -= 1
+        self.count[env] = count
+        return rows
+
+    def state_dict(self) -> dict:
+        return {"pending_rewards": torch.from_numpy(self.rewards.copy()), "pending_count": torch.from_numpy(self.count.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rewards[:] = state["pending_rewards"].numpy()
+        self.count[:] = state["pending_count"].numpy()
+
+
+def draw_proportional(weights: torch.Tensor, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` slots drawn with replacement, slot i with probability w_i / Σ_j w_j, by
+    inverse transform on the cumulative sum (exact, O(slots) on the device, no sum tree);
+    returns them and Σ_j w_j."""
+    cumulative = weights.cumsum(0)
+    draws = torch.rand(batch_size, device=weights.device, generator=generator) * cumulative[-1]
+    # right=True: a draw lands in the first slot whose cumulative sum exceeds it, never in a
+    # slot of zero weight; the clamp only guards against rounding at the top end.
+    return torch.searchsorted(cumulative, draws, right=True).clamp_(max=len(weights) - 1), cumulative[-1]
+
+
+class Priorities:
+    """Proportional priorities p_i of a buffer's slots (Schaul et al. 2016): slot i is drawn
+    with probability P(i) = p_i^α / Σ_j p_j^α. A new transition gets the largest priority set
+    so far, so it is likely to be replayed soon."""
+
+    def __init__(self, slots: int, exponent: float, device: torch.device) -> None:
+        self.exponent = exponent  # α
+        self.priority = torch.zeros(slots, dtype=torch.float32, device=device)
+        self.max_priority = torch.tensor(1.0, dtype=torch.float32, device=device)
+
+    def draw(
+        self, scaled: torch.Tensor, count: int, batch_size: int, beta: float, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots drawn in proportion to `scaled` (p_i^α, 0 where a slot may not be drawn), with
+        weights w_i = (N · P(i))^(−β) / max_j w_j over the N = `count` drawable slots (max over
+        the batch; Schaul et al. 2016, Algorithm 1)."""
+        index, total = draw_proportional(scaled, batch_size, generator)
+        weights = (count * (scaled[index] / total)) ** -beta
+        return index, weights / weights.max()
+
+    def update(self, index: torch.Tensor, priority: torch.Tensor) -> None:
+        """New priorities p_i for sampled slots; a slot sampled twice keeps the larger one (an
+        order-independent choice, so a GPU run does not depend on write order)."""
+        self.priority.scatter_reduce_(0, index, priority, reduce="amax", include_self=False)
+        torch.maximum(self.max_priority, priority.max(), out=self.max_priority)
+
+
 class PrioritizedReplayBuffer(ReplayBuffer):
-    """Proportional prioritised replay (Schaul et al. 2016) of n-step transitions.
+    """Proportional prioritised replay (Schaul et al. 2016) of n-step transitions, for vector
+    observations (frame stacks: PrioritizedFrameReplayBuffer).
 
-    n-step returns are made at insertion: each sub-environment keeps its last n (s, a, r)
-    (`pending`); once it holds n, the oldest leaves as (s_t, a_t, Σ_k γ^k r_{t+k}, s_{t+n},
-    γ^n). When an episode ends, every pending step leaves with the shorter return up to the
-    end, discount 0 after a termination and γ^m after a time-limit truncation (which still
-    bootstraps from its last observation). The ring buffer thus never holds half-made
-    returns, and vector envs need no per-environment stride.
-
-    Sampling is exact: slot i is drawn with probability P(i) = p_i^α / Σ_j p_j^α by inverse
-    transform on the cumulative sum of the priority vector (O(capacity) per batch on the
-    device, no sum tree). A new transition gets the largest priority seen so far.
+    n-step returns are made at insertion (NStepReturns): each sub-environment keeps its last
+    n (s, a) here and their rewards in the accumulator, and a transition enters the ring only
+    once its return is complete. Sampling is exact: P(i) = p_i^α / Σ_j p_j^α by inverse
+    transform on the cumulative sum of the priorities (O(capacity) per batch on the device).
     """
 
     def __init__(
@@ -291,104 +385,323 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         if capacity < n_step:
             raise ValueError(f"a buffer of {capacity} transitions cannot hold {n_step}-step returns")
         super().__init__(capacity, obs_shape, (), device, seed, obs_dtype=obs_dtype, action_dtype=torch.int64)
-        self.n_step, self.gamma, self.priority_exponent = n_step, gamma, priority_exponent
         self.discounts = torch.zeros(capacity, dtype=torch.float32, device=device)
-        self.priority = torch.zeros(capacity, dtype=torch.float32, device=device)
-        self.max_priority = torch.tensor(1.0, dtype=torch.float32, device=device)
-        # The n-step accumulator: each sub-environment's last steps, oldest first.
+        self.priorities = Priorities(capacity, priority_exponent, device)
+        self.returns = NStepReturns(num_envs, n_step, gamma)
+        # Each sub-environment's pending steps, oldest first.
         self.pending_obs = torch.zeros((num_envs, n_step, *obs_shape), dtype=obs_dtype, device=device)
         self.pending_actions = torch.zeros((num_envs, n_step), dtype=torch.int64, device=device)
-        self.pending_rewards = np.zeros((num_envs, n_step), dtype=np.float64)
-        self.pending_count = np.zeros(num_envs, dtype=np.int64)
+
+    @property
+    def pending_count(self) -> np.ndarray:
+        return self.returns.count
 
     def add_batch(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:  # type: ignore[override]
         """One vector step: each sub-environment's (s, a, r) joins its pending steps, and the
         n-step transitions that are now complete are stored."""
         obs, actions, next_obs = (to_device(x, self.device) for x in (obs, actions, next_obs))
         for env in range(len(rewards)):
-            count = self.pending_count[env]
+            count = self.returns.count[env]
             self.pending_obs[env, count], self.pending_actions[env, count] = obs[env], actions[env]
-            self.pending_rewards[env, count] = rewards[env]
-            count += 1
-            ended = bool(terminated[env]) or bool(truncated[env])
-            # Leaving: every pending step when the episode ended, else the oldest once n are held.
-            leaving = range(count) if ended else range(1) if count == self.n_step else range(0)
-            rows = []  # (env, pending index, return, discount, terminated)
-            for k in leaving:
-                steps = count - k  # m: the steps from s_{t+k} to the episode's end or to s_{t+n}
-                # R = Σ_{i<m} γ^i r_{t+k+i}
-                ret = float(np.sum(self.pending_rewards[env, k:count] * self.gamma ** np.arange(steps)))
-                discount = 0.0 if terminated[env] else self.gamma**steps
-                rows.append((env, k, ret, discount, int(bool(terminated[env]))))
-            self._store(rows, next_obs)
-            if ended:
-                count = 0
-            elif count == self.n_step:  # the oldest left: shift the rest down one
+            rows = self.returns.add(env, rewards[env], terminated[env], truncated[env])
+            for k, _, ret, discount, done in rows:
+                slot = self.position
+                self.obs[slot], self.actions[slot] = self.pending_obs[env, k], self.pending_actions[env, k]
+                self.rewards[slot], self.discounts[slot], self.terminated[slot] = ret, discount, done
+                self.next_obs[slot] = next_obs[env]
+                self.priorities.priority[slot] = self.priorities.max_priority
+                self.position = (self.position + 1) % self.capacity
+                self.size = min(self.size + 1, self.capacity)
+            if rows and self.returns.count[env] > 0:  # the oldest left, the episode goes on: shift
                 self.pending_obs[env, :-1] = self.pending_obs[env, 1:].clone()
                 self.pending_actions[env, :-1] = self.pending_actions[env, 1:].clone()
-                self.pending_rewards[env, :-1] = self.pending_rewards[env, 1:]
-                count -= 1
-            self.pending_count[env] = count
 
-    def _store(self, rows: list[tuple[int, int, float, float, int]], next_obs: torch.Tensor) -> None:
-        for env, k, ret, discount, done in rows:
-            slot = self.position
-            self.obs[slot], self.actions[slot] = self.pending_obs[env, k], self.pending_actions[env, k]
-            self.rewards[slot], self.discounts[slot], self.terminated[slot] = ret, discount, done
-            self.next_obs[slot] = next_obs[env]
-            self.priority[slot] = self.max_priority
-            self.position = (self.position + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
+    def scaled_priorities(self) -> torch.Tensor:
+        """p_i^α over the stored slots."""
+        return self.priorities.priority[: self.size] ** self.priorities.exponent
 
     def probabilities(self) -> torch.Tensor:
         """P(i) = p_i^α / Σ_j p_j^α over the stored slots."""
-        scaled = self.priority[: self.size] ** self.priority_exponent
+        scaled = self.scaled_priorities()
         return scaled / scaled.sum()
 
     def sample(self, batch_size: int, beta: float = 1.0) -> PrioritizedBatch:  # type: ignore[override]
-        """`batch_size` slots drawn with replacement in proportion to P(i), with weights
-        w_i = (N · P(i))^(−β) / max_j w_j (max over the batch; Schaul et al. 2016, Algorithm 1)."""
-        cumulative = (self.priority[: self.size] ** self.priority_exponent).cumsum(0)
-        draws = torch.rand(batch_size, device=self.device, generator=self.generator) * cumulative[-1]
-        # right=True: a draw lands in the first slot whose cumulative sum exceeds it, never in a
-        # slot of zero weight; the clamp only guards against rounding at the top end.
-        index = torch.searchsorted(cumulative, draws, right=True).clamp_(max=self.size - 1)
-        probability = (self.priority[index] ** self.priority_exponent) / cumulative[-1]
-        weights = (self.size * probability) ** -beta
+        """`batch_size` slots drawn with replacement in proportion to P(i), with their
+        importance-sampling weights (Priorities.draw)."""
+        index, weights = self.priorities.draw(self.scaled_priorities(), self.size, batch_size, beta, self.generator)
         return PrioritizedBatch(
-            self.obs[index],
-            self.actions[index],
-            self.rewards[index],
-            self.next_obs[index],
-            self.discounts[index],
-            index,
-            weights / weights.max(),
+            self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.discounts[index], index, weights
         )
 
     def update_priorities(self, index: torch.Tensor, priority: torch.Tensor) -> None:
-        """New priorities p_i for sampled slots; a slot sampled twice keeps the larger one (an
-        order-independent choice, so a GPU run does not depend on write order)."""
-        self.priority.scatter_reduce_(0, index, priority, reduce="amax", include_self=False)
-        torch.maximum(self.max_priority, priority.max(), out=self.max_priority)
+        self.priorities.update(index, priority)
 
     def state_dict(self) -> dict:
         n = self.size
-        return super().state_dict() | {
-            "discounts": self.discounts[:n],
-            "priority": self.priority[:n],
-            "max_priority": self.max_priority.clone(),
-            "pending_obs": self.pending_obs.clone(),
-            "pending_actions": self.pending_actions.clone(),
-            "pending_rewards": torch.from_numpy(self.pending_rewards.copy()),
-            "pending_count": torch.from_numpy(self.pending_count.copy()),
-        }
+        return (
+            super().state_dict()
+            | {
+                "discounts": self.discounts[:n],
+                "priority": self.priorities.priority[:n],
+                "max_priority": self.priorities.max_priority.clone(),
+                "pending_obs": self.pending_obs.clone(),
+                "pending_actions": self.pending_actions.clone(),
+            }
+            | self.returns.state_dict()
+        )
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         n = state["size"]
-        self.discounts[:n], self.priority[:n] = state["discounts"], state["priority"]
-        self.max_priority.copy_(state["max_priority"])
+        self.discounts[:n], self.priorities.priority[:n] = state["discounts"], state["priority"]
+        self.priorities.max_priority.copy_(state["max_priority"])
         self.pending_obs.copy_(state["pending_obs"])
         self.pending_actions.copy_(state["pending_actions"])
-        self.pending_rewards[:] = state["pending_rewards"].numpy()
-        self.pending_count[:] = state["pending_count"].numpy()
+        self.returns.load_state_dict(state)
+
+
+class FrameReplayBuffer(ReplayBufferBase):
+    """A replay buffer of frame stacks that stores each frame once: DQN's and Rainbow's for
+    image observations (Atari's four 84×84 frames).
+
+    An observation (S, H, W) is its sub-environment's last S frames, so consecutive ones share
+    S − 1 frames, and a plain buffer's obs and next_obs hold every frame 2S times. Here each
+    sub-environment writes one stream of frames into its own ring of `frames_per_env`: the
+    first observation of an episode (or of the buffer) whole, its S frames exactly as the env
+    returned them (Gymnasium's FrameStackObservation repeats the first frame at a reset, and
+    that is what is kept), then only the newest frame of each step's next observation. An
+    episode's final observation is that step's next observation like any other, so truncated
+    episodes still bootstrap from it, and the next episode's stack starts after it.
+
+    A transition lives in the slot of its observation's newest frame: obs is the S frames that
+    end there and next_obs the S frames that end `steps` frames later, gathered at sample time
+    by one (B, S) index tensor. A slot can be drawn once its n-step return is complete
+    (NStepReturns; n_step = 1 gives DQN's one-step transitions) and until a new frame
+    overwrites the oldest frame its observation needs. Sampling is uniform over the drawable
+    slots (O(slots) per batch, as prioritised sampling).
+
+    Memory: one frame and 33 bytes per transition, plus S frames per episode; with Atari's
+    frames 1/8 of ReplayBuffer's (measured by scripts/buffer_memory.py, docs/benchmarks.md).
+    The capacity is shared out evenly: each sub-environment's ring holds ⌈capacity / num_envs⌉
+    transitions, less S for each episode in it (its first stack).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        device: torch.device,
+        seed: int,
+        num_envs: int,
+        n_step: int = 1,
+        gamma: float = 1.0,
+    ) -> None:
+        if len(obs_shape) != 3:
+            raise ValueError(f"a FrameReplayBuffer stores stacks of frames (S, H, W), got observations of shape {obs_shape}")
+        super().__init__(capacity, device, seed, torch.uint8)
+        self.num_envs, self.stack = num_envs, obs_shape[0]
+        # A sub-environment's share of the capacity, with the S − 1 older frames its oldest
+        # observation needs and the newest next frame; at least a fresh stack and n frames more,
+        # so that no frame a pending n-step transition needs is overwritten.
+        self.frames_per_env = max(-(-capacity // num_envs) + self.stack, 2 * self.stack + n_step)
+        slots = num_envs * self.frames_per_env
+        self.frames = torch.zeros((slots, *obs_shape[1:]), dtype=torch.uint8, device=device)
+        self.actions = torch.zeros(slots, dtype=torch.int64, device=device)
+        self.rewards = torch.zeros(slots, dtype=torch.float32, device=device)  # the n-step return R
+        self.terminated = torch.zeros(slots, dtype=torch.float32, device=device)
+        self.discounts = torch.zeros(slots, dtype=torch.float32, device=device)  # γ^m, or 0 after a termination
+        self.steps = torch.zeros(slots, dtype=torch.int64, device=device)  # m: next_obs ends m frames on
+        # Whether each slot may be drawn: on the device for sampling, mirrored on the host so
+        # that the loop can count them without a device sync.
+        self.drawable = torch.zeros(slots, dtype=torch.float32, device=device)
+        self.drawable_host = np.zeros(slots, dtype=bool)
+        self.drawable_count = 0
+        self.written = np.zeros(num_envs, dtype=np.int64)  # frames each stream has written, ever
+        self.fresh = np.ones(num_envs, dtype=bool)  # whether its next observation starts a stream
+        self.returns = NStepReturns(num_envs, n_step, gamma)
+        self.window = torch.arange(1 - self.stack, 1, device=device)  # a stack's frames, newest last
+        self.checked = False  # whether an observation was checked against the frames stored
+
+    @property
+    def sampleable(self) -> int:
+        """How many slots may be drawn now."""
+        return self.drawable_count
+
+    def add_batch(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        """One vector step: every sub-environment's new frames, its action, and the n-step
+        transitions now complete. `truncated` marks episodes cut off by a time limit."""
+        obs, actions, next_obs = (to_device(x, self.device) for x in (obs, actions, next_obs))
+        if not self.checked:
+            self._check_stacks(obs)
+        ring, envs = self.frames_per_env, np.arange(len(rewards))
+        fresh = np.flatnonzero(self.fresh)
+        # Positions count each stream's frames from its first: position p is ring slot p % ring.
+        first_new = self.written.copy()
+        stack_at = first_new[fresh, None] + np.arange(self.stack)
+        self.written[fresh] += self.stack
+        obs_at, next_at = self.written - 1, self.written.copy()  # each observation's newest frame, the next's
+        self.written += 1
+        cleared = self._forget(first_new)
+        sources = next_obs[:, -1]
+        if len(fresh):
+            sources = torch.cat([obs[to_device(fresh, self.device)].flatten(0, 1), sources])
+        at = np.concatenate([np.repeat(fresh, self.stack) * ring + stack_at.ravel() % ring, envs * ring + next_at % ring])
+        self.frames[to_device(at, self.device)] = sources
+        self.actions[to_device(envs * ring + obs_at % ring, self.device)] = actions
+
+        done = []  # (slot, steps, R, discount, terminated) of the transitions now complete
+        for env in envs:
+            for _, steps, ret, discount, ended in self.returns.add(env, rewards[env], terminated[env], truncated[env]):
+                done.append((env * ring + (next_at[env] - steps) % ring, steps, ret, discount, ended))
+        self.fresh = np.logical_or(terminated, truncated)
+        completed = self._complete(done)
+        changed = np.concatenate([cleared, completed])
+        self.drawable[to_device(changed, self.device)] = to_device(self.drawable_host[changed].astype(np.float32), self.device)
+
+    def _forget(self, first_new: np.ndarray) -> np.ndarray:
+        """The slots whose observations lose their oldest frame to the frames just written
+        (positions first_new to written − 1 of each stream), no longer drawable; returned."""
+        ring, reach = self.frames_per_env, self.stack - 1
+        slots = np.concatenate(
+            [env * ring + np.arange(first_new[env], self.written[env] + reach) % ring for env in range(self.num_envs)]
+        )
+        self.drawable_count -= int(self.drawable_host[slots].sum())
+        self.drawable_host[slots] = False
+        return slots
+
+    def _complete(self, done: list[tuple[int, int, float, float, int]]) -> np.ndarray:
+        """Store the returns of the transitions now complete and make their slots drawable."""
+        slots = np.array([row[0] for row in done], dtype=np.int64)
+        if not done:
+            return slots
+        index = to_device(slots, self.device)
+        values = to_device(np.array([row[2:] for row in done], dtype=np.float32).T, self.device)
+        self.rewards[index], self.discounts[index], self.terminated[index] = values
+        self.steps[index] = to_device(np.array([row[1] for row in done], dtype=np.int64), self.device)
+        self._stored(index)
+        self.drawable_count += int((~self.drawable_host[slots]).sum())
+        self.drawable_host[slots] = True
+        self.size = min(self.size + len(done), self.capacity)
+        return slots
+
+    def _stored(self, index: torch.Tensor) -> None:
+        """A hook for the transitions just stored at `index` (PrioritizedFrameReplayBuffer)."""
+
+    def _check_stacks(self, obs: torch.Tensor) -> None:
+        """Once (one device sync): an observation that continues a stream must be the S frames
+        stored last for it; otherwise the observations are not frame stacks."""
+        going = np.flatnonzero(~self.fresh)
+        if not len(going):
+            return
+        env = int(going[0])
+        newest = env * self.frames_per_env + (self.written[env] - 1) % self.frames_per_env
+        stored = self._stacks(torch.tensor([newest], device=self.device), torch.zeros(1, dtype=torch.int64, device=self.device))
+        if not torch.equal(stored[0], obs[env]):
+            raise RunError(
+                "the image observations are not frame stacks (each the previous one shifted by one frame); "
+                "store them whole with algo.frame_buffer=false"
+            )
+        self.checked = True
+
+    def _stacks(self, index: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """The stacks (B, S, H, W) whose newest frames lie `steps` frames after slots `index`."""
+        ring = self.frames_per_env
+        start, newest = index - index % ring, index % ring + steps
+        return self.frames[start.unsqueeze(1) + (newest.unsqueeze(1) + self.window) % ring]
+
+    def sample(self, batch_size: int) -> Batch:
+        """`batch_size` transitions drawn uniformly, with replacement, from the drawable slots;
+        `rewards` holds the n-step return (the reward when n_step = 1)."""
+        index, _ = draw_proportional(self.drawable, batch_size, self.generator)
+        obs, next_obs = self._stacks(index, 0), self._stacks(index, self.steps[index])
+        return Batch(obs, self.actions[index], self.rewards[index], next_obs, self.terminated[index])
+
+    # Per-slot tensors a checkpoint holds, for the part of each ring written so far.
+    slot_tensors = ("frames", "actions", "rewards", "terminated", "discounts", "steps", "drawable")
+
+    def _rings(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view(self.num_envs, self.frames_per_env, *tensor.shape[1:])
+
+    def state_dict(self) -> dict:
+        """Each ring up to the furthest position any stream has reached (cloned, so that a
+        checkpoint holds only that part), the streams' positions, the n-step accumulator and
+        the sampling RNG."""
+        used = int(min(self.written.max(), self.frames_per_env))
+        parts = {name: self._rings(getattr(self, name)) for name in self.slot_tensors}
+        if used < self.frames_per_env:  # torch.save would write a slice's whole storage
+            parts = {name: part[:, :used].clone() for name, part in parts.items()}
+        return parts | {
+            "frames_per_env": self.frames_per_env,
+            "written": torch.from_numpy(self.written.copy()),
+            "fresh": torch.from_numpy(self.fresh.copy()),
+            "size": self.size,
+            "generator": self.generator.get_state(),
+            **self.returns.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["frames_per_env"] != self.frames_per_env or len(state["written"]) != self.num_envs:
+            raise ValueError(
+                f"the saved buffer has {len(state['written'])} rings of {state['frames_per_env']} frames, "
+                f"this one {self.num_envs} of {self.frames_per_env}"
+            )
+        used = state["frames"].shape[1]
+        for name in self.slot_tensors:
+            self._rings(getattr(self, name))[:, :used] = state[name]
+        self.drawable_host = self.drawable.cpu().numpy() > 0
+        self.drawable_count = int(self.drawable_host.sum())
+        self.written[:], self.fresh[:] = state["written"].numpy(), state["fresh"].numpy()
+        self.size = state["size"]
+        self.generator.set_state(state["generator"])
+        self.returns.load_state_dict(state)
+
+
+class PrioritizedFrameReplayBuffer(FrameReplayBuffer):
+    """FrameReplayBuffer with proportional prioritised sampling of its n-step transitions
+    (Rainbow's on image observations): as PrioritizedReplayBuffer, over the drawable slots."""
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        device: torch.device,
+        seed: int,
+        num_envs: int,
+        n_step: int,
+        gamma: float,
+        priority_exponent: float,
+    ) -> None:
+        super().__init__(capacity, obs_shape, device, seed, num_envs, n_step, gamma)
+        self.priorities = Priorities(len(self.actions), priority_exponent, device)
+
+    def _stored(self, index: torch.Tensor) -> None:
+        self.priorities.priority[index] = self.priorities.max_priority
+
+    def scaled_priorities(self) -> torch.Tensor:
+        """p_i^α, 0 where a slot may not be drawn."""
+        return self.priorities.priority**self.priorities.exponent * self.drawable
+
+    def probabilities(self) -> torch.Tensor:
+        """P(i) = p_i^α / Σ_j p_j^α over the drawable slots (0 elsewhere)."""
+        scaled = self.scaled_priorities()
+        return scaled / scaled.sum()
+
+    def sample(self, batch_size: int, beta: float = 1.0) -> PrioritizedBatch:  # type: ignore[override]
+        index, weights = self.priorities.draw(self.scaled_priorities(), self.drawable_count, batch_size, beta, self.generator)
+        obs, next_obs = self._stacks(index, 0), self._stacks(index, self.steps[index])
+        return PrioritizedBatch(obs, self.actions[index], self.rewards[index], next_obs, self.discounts[index], index, weights)
+
+    def update_priorities(self, index: torch.Tensor, priority: torch.Tensor) -> None:
+        self.priorities.update(index, priority)
+
+    def state_dict(self) -> dict:
+        used = int(min(self.written.max(), self.frames_per_env))
+        return super().state_dict() | {
+            "priority": self._rings(self.priorities.priority)[:, :used].clone(),
+            "max_priority": self.priorities.max_priority.clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._rings(self.priorities.priority)[:, : state["priority"].shape[1]] = state["priority"]
+        self.priorities.max_priority.copy_(state["max_priority"])

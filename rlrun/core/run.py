@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlrun.blocks.buffers import ReplayBuffer
+from rlrun.blocks.buffers import ReplayBufferBase
 from rlrun.config import RunError
 from rlrun.core.checkpoint import BEST, Checkpoint, Checkpointer, RunState, load, restore_rng_state, rng_state
 from rlrun.core.logger import RunLogger, log
@@ -180,7 +180,7 @@ class Run:
         self._agent = agent
         # checkpoint.replay_buffer=false leaves replay buffers out (then a resumed run refills its own).
         keep_buffers = self.settings.checkpoint.replay_buffer
-        self._loop = {name: part for name, part in loop.items() if keep_buffers or not isinstance(part, ReplayBuffer)}
+        self._loop = {name: part for name, part in loop.items() if keep_buffers or not isinstance(part, ReplayBufferBase)}
         if self.resumed is None:
             if self.training_env is None:
                 return None, 0

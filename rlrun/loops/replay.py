@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlrun.blocks.buffers import Batch, ReplayBuffer, to_device
+from rlrun.blocks.buffers import Batch, ReplayBuffer, ReplayBufferBase, to_device
 from rlrun.blocks.spaces import BoxActions
 from rlrun.config import in_range, layer_sizes, non_negative, positive, replay_sizes
 from rlrun.protocols import RunContext
@@ -110,7 +110,7 @@ def record_finished_episodes(run: RunContext, step: int, info: dict) -> None:
 Explore = Callable[[torch.Tensor, int], tuple[np.ndarray, Any]]
 # learn(buffer, previous, step) -> training metrics (or None): the updates a vector step from
 # `previous` to `step` earns, called once the buffer can be sampled past learning_starts.
-Learn = Callable[[ReplayBuffer, int, int], Mapping[str, Any] | None]
+Learn = Callable[[ReplayBufferBase, int, int], Mapping[str, Any] | None]
 
 
 class ReplayAgent(Protocol):
@@ -121,7 +121,7 @@ def train_replay(
     agent: ReplayAgent,
     run: RunContext,
     envs: gym.vector.VectorEnv,
-    buffer: ReplayBuffer,
+    buffer: ReplayBufferBase,
     explore: Explore,
     learn: Learn,
     learning_starts: int,
@@ -137,7 +137,7 @@ def train_replay(
     # Each observation crosses to the device once, to be both acted on and stored; the actions
     # come back to the host for the envs. On a GPU those, and one copy of the rewards and
     # termination flags, are the loop's only per-step copies.
-    obs_dtype = buffer.obs.dtype
+    obs_dtype = buffer.obs_dtype
     obs = to_device(obs, agent.device, obs_dtype)
     while step < run.total_steps:
         previous, step = step, step + envs.num_envs
