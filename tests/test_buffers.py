@@ -28,3 +28,24 @@ def test_replay_buffer_returns_what_was_stored_with_integer_actions_and_uint8_fr
     assert torch.equal(batch.actions, 3 * k)
     torch.testing.assert_close(batch.rewards, k.float() / 2)
     torch.testing.assert_close(batch.terminated, (k % 2).float())
+
+
+def test_a_part_filled_buffer_checkpoints_only_what_it_holds():
+    """torch.save writes a view's whole storage: the state of a buffer holding 10 of 100,000
+    transitions must not carry the other 99,990."""
+    import io
+
+    buffer = ReplayBuffer(100_000, (8,), (2,), torch.device("cpu"), seed=0)
+    obs = np.ones((10, 8), dtype=np.float32)
+    buffer.add_batch(obs, np.ones((10, 2), dtype=np.float32), np.ones(10), obs, np.zeros(10))
+
+    def saved_bytes(state) -> int:
+        stream = io.BytesIO()
+        torch.save(state, stream)
+        return stream.tell()
+
+    full_obs = 100_000 * 8 * 4
+    assert saved_bytes(buffer.state_dict()) < full_obs / 100
+    restored = ReplayBuffer(100_000, (8,), (2,), torch.device("cpu"), seed=0)
+    restored.load_state_dict(buffer.state_dict())
+    assert torch.equal(restored.obs[:10], buffer.obs[:10]) and len(restored) == 10

@@ -18,6 +18,12 @@ def to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype | None
     return torch.as_tensor(array, dtype=dtype).to(device, non_blocking=True)
 
 
+def filled(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    """The first `n` rows of a buffer's storage, for a checkpoint: torch.save writes a view's
+    whole storage, so a slice of a part-filled buffer is copied out."""
+    return tensor if n == len(tensor) else tensor[:n].clone()
+
+
 class Batch(NamedTuple):
     obs: torch.Tensor  # (B, *obs_shape), in the buffer's obs_dtype
     actions: torch.Tensor  # (B, *action_shape), in the buffer's action_dtype
@@ -116,11 +122,11 @@ class ReplayBuffer(ReplayBufferBase):
         docs/checkpoints.md)."""
         n = self.size
         return {
-            "obs": self.obs[:n],
-            "actions": self.actions[:n],
-            "rewards": self.rewards[:n],
-            "next_obs": self.next_obs[:n],
-            "terminated": self.terminated[:n],
+            "obs": filled(self.obs, n),
+            "actions": filled(self.actions, n),
+            "rewards": filled(self.rewards, n),
+            "next_obs": filled(self.next_obs, n),
+            "terminated": filled(self.terminated, n),
             "position": self.position,
             "size": n,
             "generator": self.generator.get_state(),
@@ -245,8 +251,8 @@ class SequenceReplayBuffer(ReplayBuffer):
     def state_dict(self) -> dict:
         n = self.size
         return super().state_dict() | {
-            "priority": self.priority[:n],
-            "startable": self.startable[:n],
+            "priority": filled(self.priority, n),
+            "startable": filled(self.startable, n),
             "max_priority": self.max_priority.clone(),
             "episode_length": self.episode_length,
             "any_terminated": self.any_terminated,
@@ -441,8 +447,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         return (
             super().state_dict()
             | {
-                "discounts": self.discounts[:n],
-                "priority": self.priorities.priority[:n],
+                "discounts": filled(self.discounts, n),
+                "priority": filled(self.priorities.priority, n),
                 "max_priority": self.priorities.max_priority.clone(),
                 "pending_obs": self.pending_obs.clone(),
                 "pending_actions": self.pending_actions.clone(),
