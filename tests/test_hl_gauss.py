@@ -103,7 +103,7 @@ def test_value_stays_float32_under_bfloat16_autocast(hl_gauss):
 
 # ----- the support check ------------------------------------------------------------------------
 def test_support_check_passes_targets_inside_and_stops_a_support_too_small(hl_gauss):
-    check = SupportCheck(hl_gauss, every=4, max_fraction=0.05)
+    check = SupportCheck(hl_gauss.v_min, hl_gauss.v_max, every=4, max_fraction=0.05)
     for _ in range(8):
         assert check(torch.linspace(V_MIN, V_MAX, 100)).item() == 0.0  # the ends are inside
     outside = torch.cat([torch.linspace(0.0, 1.0, 90), torch.full((10,), V_MAX + 1.0)])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlrun.algos.rainbow import NoisyLinear, Rainbow, RainbowConfig, categorical_projection
+from rlrun.algos.rainbow import DataEfficientCNN, NoisyLinear, Rainbow, RainbowConfig, categorical_projection
 from rlrun.blocks.buffers import PrioritizedReplayBuffer
 from rlrun.core import checkpoint
 
@@ -196,6 +196,15 @@ def test_smoke_run_on_cartpole(rlrun, tmp_path):
         ("algo.n_step=64 algo.buffer_size=40 algo.batch_size=32", "algo.n_step=64 is larger than algo.buffer_size=40"),
         ("algo.end_epsilon=0.1", "algo.end_epsilon=0.1 with algo.noisy=true: noisy nets explore instead of ε-greedy"),
         ("algo.priority_exponent=1.5", "algo.priority_exponent=1.5 must lie in [0.0, 1.0]"),
+        ("algo.priority_exponent=-0.5", "algo.priority_exponent=-0.5 must lie in [0.0, 1.0]"),
+        # CartPole-v1's episodes end at 500 steps.
+        ("algo.n_step=501", "algo.n_step=501 is longer than an episode of CartPole-v1 (at most 500 steps); choose at most 500"),
+        (
+            "+env.max_episode_steps=50 algo.n_step=64",
+            "algo.n_step=64 is longer than an episode of CartPole-v1 (at most 50 steps)",
+        ),
+        ("algo.noisy=true algo.start_epsilon=1.0", "algo.start_epsilon=1 with algo.noisy=true: noisy nets explore instead"),
+        ("algo.cnn=resnet", "algo.cnn='resnet' is not valid; choose one of: nature, data_efficient"),
         ("env=Pendulum", "algo=rainbow needs a Discrete action space, but Pendulum-v1 has a continuous"),
     ],
 )
@@ -206,6 +215,44 @@ def test_bad_settings_get_one_line(rlrun, tmp_path, override, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"rlrun: error: {message}"), result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_support_that_cannot_hold_the_returns_stops_the_run_with_one_line(rlrun, tmp_path):
+    # CartPole pays 1 a step: a 3-step return alone is 2.97, beyond a support ending at 1.
+    run_dir = tmp_path / "run"
+    result = rlrun(
+        "experiment=smoke", "algo=rainbow", "env=CartPole", "algo.v_min=0", "algo.v_max=1", "threads=1",
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rlrun: error: the value support [algo.v_min, algo.v_max] = [0, 1] cannot hold the returns")
+    assert lines[0].endswith("widen algo.v_min/algo.v_max")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    assert (run_dir / "checkpoints" / "step_000000300.pt").is_file()  # written before the failure, kept
+
+
+def test_the_support_check_can_be_switched_off_and_stays_quiet_on_a_support_that_holds(rlrun, tmp_path):
+    for name, overrides in (("off", ("algo.v_max=1", "algo.support_check=false")), ("holds", ())):
+        run_dir = tmp_path / name
+        result = rlrun("experiment=smoke", "algo=rainbow", "env=CartPole", *overrides, f"hydra.run.dir={run_dir}")
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        fractions = [row["train/target_outside_support"] for row in rows if "train/target_outside_support" in row]
+        assert (not fractions) if name == "off" else (fractions and max(fractions) == 0.0)
+
+
+def test_data_efficient_cnn_has_the_papers_shapes():
+    cnn = DataEfficientCNN(4, 84, 84)
+    convolutions = [m for m in cnn.conv if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convolutions] == [(32, (5, 5), (5, 5)), (64, (5, 5), (5, 5))]
+    assert cnn.conv(torch.zeros(2, 4, 84, 84)).shape == (2, 64 * 3 * 3)  # 84 → 16 → 3
+    assert cnn(torch.zeros(2, 4, 84, 84, dtype=torch.uint8)).shape == (2, 256)
+    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    agent = Rainbow(RainbowConfig(cnn="data_efficient", buffer_size=100), space, gym.spaces.Discrete(6), CPU, 0)
+    assert isinstance(agent.network.torso, DataEfficientCNN)
+    assert agent.q(torch.zeros(3, 4, 84, 84, dtype=torch.uint8)).shape == (3, 6)
 
 
 def test_atari100k_composes_der_settings_for_rainbow():
@@ -220,11 +267,33 @@ def test_atari100k_composes_der_settings_for_rainbow():
         dqn = validate(compose("config", overrides=["experiment=atari100k", "algo=dqn", "env=Pong"]))
     algo = plan.algo_config
     assert (algo.train_every, algo.n_step, algo.target_update_every, algo.learning_starts) == (1, 20, 2000, 1600)
-    assert (algo.lr, algo.adam_eps) == (1e-4, 1.5e-4)
+    assert (algo.lr, algo.adam_eps, algo.noisy_std, algo.max_grad_norm) == (1e-4, 1.5e-4, 0.1, 10.0)
+    assert (algo.cnn, algo.buffer_size, algo.batch_size, algo.num_atoms) == ("data_efficient", 100_000, 32, 51)
     assert plan.run_config.total_steps == 100_000 and plan.run_config.env.atari.repeat_action_probability == 0.0
-    assert plan.run_config.eval.every == 100_000  # one final evaluation
+    assert plan.run_config.eval.every == 100_000 and plan.run_config.eval.episodes == 100  # one final evaluation
     # The run settings apply to every algorithm; DER's settings only to Rainbow.
     assert dqn.run_config.total_steps == 100_000 and dqn.algo_config.train_every != 1  # tuned/dqn-Pong.yaml's
+
+
+def test_atari100k_runs_a_few_hundred_steps_on_boxing(rlrun, tmp_path):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    # DER's settings on a short budget: 400 steps, updates from step 100 (300 of them, each of
+    # 20-step returns), one greedy evaluation game at the end.
+    run_dir = tmp_path / "run"
+    result = rlrun(
+        "experiment=atari100k", "algo=rainbow", "env=Boxing", "total_steps=400", "algo.learning_starts=100",
+        "eval.every=400", "eval.episodes=1", "checkpoint.every=400", "threads=1", "progress=false",
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["total_steps"] == 400 and -100 <= summary["eval_return_mean"] <= 100
+    state = checkpoint.load(run_dir / "checkpoints" / "step_000000400.pt")
+    assert state["config"]["env"]["id"] == "ALE/Boxing-v5" and state["config"]["algo"]["n_step"] == 20
+    assert state["config"]["env"]["atari"]["repeat_action_probability"] == 0.0
+    assert "torso.conv.2.weight" in state["agent"]["network"]  # the data-efficient CNN's second convolution
+    assert state["agent"]["network"]["torso.fc.0.weight"].shape == (256, 576)
 
 
 def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):

@@ -247,3 +247,33 @@ def test_several_folders_and_a_comma_list(tmp_path):
     result = run_rlrun(f"report={tmp_path / 'a' / '0-algo=sac,seed=0'}", f"report={tmp_path / 'b'}", f"report.out={out}")
     assert result.returncode == 0, result.stderr
     assert len(_rows(out / "report.csv")) == 2
+
+
+def test_atari_scores_are_human_normalised_with_atari100k(tmp_path):
+    # Road Runner at the human tester's 7845 scores 1.0, although DER's published 9600 is
+    # higher; Pong halfway between random (−20.7) and human (14.6) scores 0.5.
+    finals = {"RoadRunner": 7845.0, "Pong": -20.7 + 0.5 * (14.6 + 20.7)}
+    sweep = tmp_path / "sweep"
+    job = 0
+    for env, final in finals.items():
+        for seed in range(3):
+            fake_run(sweep / f"{job}-env={env},seed={seed}", "rainbow", env, seed, [25_000, TOTAL], [0.0, final])
+            job += 1
+    result = run_rlrun(f"report={sweep}", "report.reference=atari100k")
+    assert result.returncode == 0, result.stderr
+    normalised = [row for row in _rows(sweep / "report" / "report.csv") if row["env_id"] == "normalised"]
+    assert len(normalised) == 1 and float(normalised[0]["iqm"]) == pytest.approx(0.75)  # IQM of 1, 1, 1, ½, ½, ½
+    assert float(normalised[0]["mean"]) == pytest.approx(0.75)
+    text = (sweep / "report" / "report.md").read_text()
+    assert "DQN Zoo atari_data.py" in text and "Data-Efficient Rainbow (van Hasselt et al. 2019" in text
+
+
+def test_atari100k_reference_has_random_human_and_der_scores_for_the_26_games():
+    reference = load_reference("atari100k")
+    tasks = {score.env_id for score in reference.scores}
+    assert len(tasks) == 26 and len(reference.scores) == 78
+    for env_id in tasks:
+        assert {s.algo for s in reference.scores if s.env_id == env_id} == {"random", "human", "rainbow"}
+        assert reference.normaliser(env_id).algo == "human"
+        random, human = reference.random(env_id).score, reference.normaliser(env_id).score
+        np.testing.assert_allclose(reference.normalise(env_id, np.array([random, human])), [0.0, 1.0])

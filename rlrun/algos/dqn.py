@@ -202,7 +202,7 @@ class DQN(Checkpointed):
         self.obs_dtype = torch.uint8 if is_image(obs_space) else torch.float32
         self.num_actions = int(action_space.n)
         self.hl_gauss = HLGauss.from_config(config) if config.critic_loss == "hl_gauss" else None
-        self.support_check = SupportCheck(self.hl_gauss) if self.hl_gauss is not None else None
+        self.support_check = SupportCheck(self.hl_gauss.v_min, self.hl_gauss.v_max) if self.hl_gauss is not None else None
         self.q = QNetwork(obs_space, self.num_actions, config.hidden_sizes, config.dueling, self.hl_gauss).to(device)
         self.target_q = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = adam(self.q.parameters(), config.lr)

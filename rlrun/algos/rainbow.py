@@ -15,9 +15,10 @@ Hessel et al. 2018, "Rainbow: Combining Improvements in Deep Reinforcement Learn
   dueling          Wang et al. 2016, its streams combined per atom;
   double           van Hasselt et al. 2016: the online network picks a', the target values it.
 
-Vector observations get DQN's MLP torso, image observations its Nature CNN; the noisy layers
+Vector observations get DQN's MLP torso, image observations its Nature CNN or the smaller CNN
+of data-efficient Rainbow (van Hasselt et al. 2019, `cnn=data_efficient`); the noisy layers
 are the head's (the last layers), the torso stays deterministic (the paper also makes the
-CNN's 512-unit layer noisy). The loop is DQN's: rlrun/loops/replay.py.
+CNN's hidden layer noisy). The loop is DQN's: rlrun/loops/replay.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -34,6 +36,7 @@ from torch.nn import functional as F
 
 from rlrun.algos.dqn import linear_epsilon
 from rlrun.blocks.buffers import PrioritizedBatch, PrioritizedFrameReplayBuffer, PrioritizedReplayBuffer, to_device
+from rlrun.blocks.hl_gauss import SupportCheck
 from rlrun.blocks.nets import NatureCNN, OutputLinear, check_image_space, hidden_layers, in_float32, is_image, polyak_update
 from rlrun.blocks.optim import adam, gradient_step
 from rlrun.blocks.policy_modules import Argmax
@@ -74,7 +77,11 @@ class RainbowConfig:
     """Clip the gradient's L2 norm to this; None (the paper and Dopamine do not clip)."""
     hidden_sizes: tuple[int, ...] = (120, 84)
     """Hidden layer widths of the MLP for vector observations (DQN's); image observations get
-    the Nature CNN."""
+    the CNN `cnn`."""
+    cnn: Literal["nature", "data_efficient"] = "nature"
+    """The torso for image observations: `nature`, Mnih et al. 2015's three convolutions and 512
+    units (Rainbow's); `data_efficient`, van Hasselt et al. 2019's two 5×5 convolutions of
+    stride 5 (32 and 64 channels) and 256 units, for Atari 100k."""
     distributional: bool = True
     """C51: a categorical return distribution per action, trained by cross-entropy against
     the projected target (Bellemare et al. 2017); false: Q regresses its target under the
@@ -85,6 +92,10 @@ class RainbowConfig:
     """The support's lowest return (Table 1: −10; Atari rewards are clipped to [−1, 1])."""
     v_max: float = 10.0
     """The support's highest return (Table 1: 10)."""
+    support_check: bool = True
+    """Stop the run (exit 1, one line) when more than 5% of the mean targets R + γ^n Q̄(s', a*)
+    of 250 updates fall outside [v_min, v_max], which the projection would clip; false keeps
+    training on the clipped targets."""
     n_step: int = 3
     """Steps of the multi-step return R = Σ_{k<n} γ^k r_{t+k} + γ^n Q(s_{t+n}) (Table 1: 3)."""
     prioritized: bool = True
@@ -199,6 +210,36 @@ class NoisyLinear(nn.Module):
         return in_float32(lambda x: F.linear(x, weight, bias), x)  # output layer: float32, as OutputLinear
 
 
+class DataEfficientCNN(nn.Module):
+    """Data-efficient Rainbow's torso (van Hasselt et al. 2019, Appendix, as Kaixhin/Rainbow's
+    `data-efficient` architecture): 5×5 convolutions of stride 5 with 32 and 64 channels, then
+    256 units; uint8 frames scaled to [0, 1]. An 84×84 frame leaves a 3×3 map, 576 features."""
+
+    out_dim = 256
+
+    def __init__(self, in_channels: int, height: int, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, kernel_size=5, stride=5),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=5, stride=5),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        side_h, side_w = data_efficient_cnn_output_size(height), data_efficient_cnn_output_size(width)
+        self.fc = nn.Sequential(nn.Linear(64 * side_h * side_w, self.out_dim), nn.ReLU())
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(frames.float() / 255.0))
+
+
+def data_efficient_cnn_output_size(size: int) -> int:
+    """Side of DataEfficientCNN's last feature map for an input side of `size` pixels (84 → 3)."""
+    for _ in range(2):
+        size = (size - 5) // 5 + 1
+    return size
+
+
 class RainbowNetwork(nn.Module):
     """The return distribution's logits for every action, (B, |A|, atoms) (atoms = 1 without
     `distributional`: Q itself): a torso, then a plain or dueling head of noisy or plain layers."""
@@ -208,8 +249,9 @@ class RainbowNetwork(nn.Module):
         self.num_actions = num_actions
         self.atoms = config.num_atoms if config.distributional else 1
         if is_image(obs_space):
-            self.torso: nn.Module = NatureCNN(*obs_space.shape)
-            features = NatureCNN.out_dim
+            cnn = NatureCNN if config.cnn == "nature" else DataEfficientCNN
+            self.torso: nn.Module = cnn(*obs_space.shape)
+            features = cnn.out_dim
         else:
             self.torso = hidden_layers(obs_space.shape[0], config.hidden_sizes)
             features = config.hidden_sizes[-1]
@@ -297,7 +339,9 @@ class Rainbow(Checkpointed):
     def check_spaces(config: RainbowConfig, obs_space: gym.Space, action_space: gym.Space) -> None:
         if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) not in (1, 3):
             raise ConfigError(f"algo=rainbow needs flat vector or (C, H, W) image observations, got {obs_space}")
-        if is_image(obs_space):
+        if is_image(obs_space) and config.cnn == "data_efficient":
+            check_image_space("rainbow", obs_space, "data-efficient CNN", data_efficient_cnn_output_size, smallest=25)
+        elif is_image(obs_space):
             check_image_space("rainbow", obs_space)
 
     def __init__(
@@ -318,6 +362,7 @@ class Rainbow(Checkpointed):
         self.q, self.target_q = QValues(self.network, self.support), QValues(self.target_network, self.support)
         self.optimizer = adam(self.network.parameters(), config.lr, eps=config.adam_eps)
         self.noise = NoiseSource(device, seed)
+        self.support_check = SupportCheck(config.v_min, config.v_max) if config.distributional and config.support_check else None
         self.rng = np.random.default_rng(seed)  # the ε coin flips (noisy=false)
 
     # ----- acting ---------------------------------------------------------------------------
@@ -375,6 +420,9 @@ class Rainbow(Checkpointed):
         probs = F.softmax(self.target_network.logits(batch.next_obs), dim=-1)
         index = self.next_action(batch.next_obs).unsqueeze(-1).expand(-1, 1, probs.shape[-1])
         next_probs = probs.gather(1, index).squeeze(1)
+        if self.support_check is not None:
+            # The unclipped target's mean, R + γ^n Q̄(s', a*): outside the support, the projection clips it.
+            self.outside = self.support_check(batch.returns + batch.discounts * (next_probs * self.support).sum(dim=-1))
         return categorical_projection(self.support, next_probs, batch.returns, batch.discounts)
 
     @torch.no_grad()
@@ -405,6 +453,8 @@ class Rainbow(Checkpointed):
         loss = (batch.weights * losses).mean()
         gradient_step(self.optimizer, loss, self.config.max_grad_norm)
         metrics = {"losses/td": loss.detach(), "train/q_mean": q.mean()}
+        if self.support_check is not None:
+            metrics["train/target_outside_support"] = self.outside
         return metrics, losses.detach()
 
     # ----- the loop -------------------------------------------------------------------------

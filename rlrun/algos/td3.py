@@ -97,7 +97,7 @@ class TD3(Checkpointed):
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         # With HL-Gauss each critic outputs the logits of its value histogram.
         self.hl_gauss = HLGauss.from_config(config).to(device) if config.critic_loss == "hl_gauss" else None
-        self.support_check = SupportCheck(self.hl_gauss) if self.hl_gauss is not None else None
+        self.support_check = SupportCheck(self.hl_gauss.v_min, self.hl_gauss.v_max) if self.hl_gauss is not None else None
         outputs = 1 if self.hl_gauss is None else config.num_bins
         self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics, outputs).to(device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)

@@ -106,8 +106,8 @@ class SupportCheck:
     of the targets since the last look outside the support is a RunError (exit 1).
     """
 
-    def __init__(self, hl_gauss: HLGauss, every: int = 250, max_fraction: float = 0.05) -> None:
-        self.hl_gauss = hl_gauss
+    def __init__(self, v_min: float, v_max: float, every: int = 250, max_fraction: float = 0.05) -> None:
+        self.v_min, self.v_max = v_min, v_max
         self.every, self.max_fraction = every, max_fraction
         self.updates = self.seen = 0
         self.outside: torch.Tensor | None = None  # targets outside since the last look, with
@@ -116,7 +116,7 @@ class SupportCheck:
 
     def __call__(self, target: torch.Tensor) -> torch.Tensor:
         """Count this batch's targets; returns the fraction outside the support (a metric)."""
-        outside = (target < self.hl_gauss.v_min) | (target > self.hl_gauss.v_max)
+        outside = (target < self.v_min) | (target > self.v_max)
         if self.outside is None:
             self.outside, self.lowest, self.highest = outside.sum(), target.min(), target.max()
         else:
@@ -135,7 +135,7 @@ class SupportCheck:
         self.seen = 0
         if outside > self.max_fraction * seen:
             raise RunError(
-                f"the value support [algo.v_min, algo.v_max] = [{self.hl_gauss.v_min:g}, {self.hl_gauss.v_max:g}] "
+                f"the value support [algo.v_min, algo.v_max] = [{self.v_min:g}, {self.v_max:g}] "
                 f"cannot hold the returns: {outside / seen:.0%} of the TD targets of the last {self.every} updates fell "
                 f"outside it (lowest {lowest:.4g}, highest {highest:.4g}); widen algo.v_min/algo.v_max"
             )

@@ -58,13 +58,17 @@ def is_image(obs_space: gym.spaces.Box) -> bool:
     return len(obs_space.shape) == 3
 
 
-def check_image_space(algo: str, obs_space: gym.spaces.Box) -> None:
-    """One line if the Nature CNN cannot take these frames: it needs uint8 pixels and sides of
-    at least 36 pixels."""
+def check_image_space(
+    algo: str, obs_space: gym.spaces.Box, cnn: str = "Nature CNN", output_size=None, smallest: int = 36
+) -> None:
+    """One line if the CNN cannot take these frames: it needs uint8 pixels and sides of at least
+    `smallest` pixels (`output_size` maps a side to its last feature map's; the Nature CNN's
+    by default)."""
+    output_size = output_size or nature_cnn_output_size
     if obs_space.dtype != np.uint8:
         raise ConfigError(f"algo={algo}'s CNN needs uint8 pixel observations (0..255), got {obs_space.dtype}")
-    if min(nature_cnn_output_size(side) for side in obs_space.shape[1:]) < 1:
-        raise ConfigError(f"algo={algo}'s Nature CNN needs frames of at least 36×36 pixels, got {obs_space.shape[1:]}")
+    if min(output_size(side) for side in obs_space.shape[1:]) < 1:
+        raise ConfigError(f"algo={algo}'s {cnn} needs frames of at least {smallest}×{smallest} pixels, got {obs_space.shape[1:]}")
 
 
 class NatureCNN(nn.Module):

@@ -220,8 +220,9 @@ def markdown(report, folders: list[str], images: dict[str, str], studies: list[s
         lines += [
             f"## Across environments (normalised by {reference.name})",
             "",
-            "Normalised score = (return − random) / (reference − random): reference is the best score "
-            f"{reference.name} lists for the task, random a random policy's score where it lists one (else 0). "
+            "Normalised score = (return − random) / (reference − random): reference is the human score "
+            f"{reference.name} lists for the task (human-normalised), else the best score it lists, random a "
+            "random policy's score where it lists one (else 0). "
             "Aggregates of final returns; intervals resample seeds within each environment.",
             "",
             "| group | environments | runs | IQM | 95% CI | median | 95% CI | mean | 95% CI | optimality gap | 95% CI |",

@@ -18,7 +18,7 @@ from rlrun.core.resume import Resume, decide_resume
 from rlrun.envs.datasets import DatasetInfo, open_dataset
 from rlrun.envs.envpool import check_envpool
 from rlrun.envs.ids import check_env_id, space_name
-from rlrun.envs.make import env_spaces
+from rlrun.envs.make import env_spaces, episode_limit
 from rlrun.envs.video import check_video_support
 from rlrun.protocols import Algorithm
 
@@ -73,6 +73,7 @@ def validate(cfg: DictConfig) -> Plan:
     else:
         check_env_id(run_config.env.id)
         obs_space, action_space = env_spaces(run_config.env)
+        _check_n_step(algo_config, run_config.env)
     source = run_config.env.id if dataset is None else f"dataset={dataset.source}"
     _check_action_space(algo_name, algo_class, source, action_space)
     algo_class.check_spaces(algo_config, obs_space, action_space)
@@ -120,6 +121,16 @@ def _dataset_spaces(dataset: DatasetInfo, env: EnvConfig) -> tuple[gym.Space, gy
                 "the dataset does not fit the environment it names"
             )
     return obs_space, action_space
+
+
+def _check_n_step(algo_config: Any, env: EnvConfig) -> None:
+    """An n-step return longer than the longest episode would never bootstrap: refused."""
+    n_step = getattr(algo_config, "n_step", None)
+    limit = episode_limit(env) if n_step is not None else None
+    if limit is not None and n_step > limit:
+        raise ConfigError(
+            f"algo.n_step={n_step} is longer than an episode of {env.id} (at most {limit} steps); choose at most {limit}"
+        )
 
 
 def _never_learns(algo_config: Any, total_steps: int) -> list[str]:

@@ -214,6 +214,17 @@ def env_spaces(env: EnvConfig) -> tuple[gym.Space, gym.Space]:
     return made.observation_space, made.action_space
 
 
+def episode_limit(env: EnvConfig) -> int | None:
+    """The most agent steps an episode lasts: env.max_episode_steps, else the registered limit,
+    in environment steps (emulator frames on Atari) divided by the action repeat (frame skip);
+    None for no limit (ALE's own cap of 108,000 frames is not in its registry entry)."""
+    env_id = registered_id(env.id)
+    limit = env.max_episode_steps if env.max_episode_steps is not None else gym.spec(env_id).max_episode_steps
+    if limit is None:
+        return None
+    return math.ceil(limit / (env.atari.frame_skip if is_atari_game(env_id) else env.action_repeat))
+
+
 def _make(env: EnvConfig, training: bool, render_mode: str | None = None) -> gym.Env:
     env_id = registered_id(env.id)  # again here: a vector env's subprocess starts without it
     if is_dmc_id(env_id) or "mujoco" in str(gym.spec(env_id).entry_point):

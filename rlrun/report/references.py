@@ -8,9 +8,10 @@ used for normalisation:
 
     normalised score = (score - random) / (reference - random)
 
-where reference is the highest score the table lists for the task and random is 0 when the
-table has no random score for it. 1.0 means "as good as the best published result in the
-table"; 0.0 "as good as a random policy" (or a zero score).
+where reference is the task's `human` score when the table lists one (Atari's human-normalised
+score, Mnih et al. 2015), else the highest score the table lists for the task, and random is 0
+when the table has no random score for it. 1.0 means "as good as a human tester" or "as good
+as the best published result in the table"; 0.0 "as good as a random policy" (or a zero score).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rlrun.config import ConfigError
 FOLDER = Path(__file__).resolve().parent / "references"
 COLUMNS = ("env_id", "algo", "score", "steps", "source")
 RANDOM = "random"
+HUMAN = "human"  # a human tester's score: where a task has one, it is what 1.0 stands for
 
 
 def task_name(env_id: str) -> str:
@@ -67,9 +69,11 @@ class Reference:
         return next((s for s in self.scores if task_name(s.env_id) == task_name(env_id) and s.algo == RANDOM), None)
 
     def normaliser(self, env_id: str) -> ReferenceScore | None:
-        """The highest published score for the task: what normalised score 1.0 stands for."""
+        """What normalised score 1.0 stands for: the task's human score if the table has one,
+        else its highest published score."""
         scores = self.for_task(env_id)
-        return max(scores, key=lambda s: s.score) if scores else None
+        human = [s for s in scores if s.algo == HUMAN]
+        return human[0] if human else max(scores, key=lambda s: s.score) if scores else None
 
     def normalise(self, env_id: str, values: np.ndarray) -> np.ndarray:
         best = self.normaliser(env_id)
