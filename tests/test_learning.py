@@ -29,6 +29,21 @@ class LearningTest:
     expert_dataset: bool = False  # an offline case: trains on conftest.pendulum_expert_dataset (dataset=)
 
 
+RAINBOW_AS_DQN = (
+    "algo=rainbow",
+    "env=CartPole",
+    "total_steps=4000",
+    "algo.hidden_sizes=[64,64]",
+    "eval.every=2000",
+    "algo.noisy=false",
+    "algo.epsilon_decay_steps=1000",
+    "algo.n_step=1",
+    "algo.dueling=false",
+    "algo.double=false",
+    "algo.distributional=false",
+    "algo.prioritized=false",
+)
+
 CASES = {
     "sac-Pendulum": LearningTest(
         ("algo=sac", "env=Pendulum", "total_steps=5000", "algo.hidden_sizes=[64,64]", "eval.every=1000"),
@@ -131,6 +146,21 @@ CASES = {
         evaluations=2,
         untrained_below=None,
         bar=60,
+    ),
+    # Rainbow's distributional and prioritised parts one at a time, each on a plain DQN: ε-greedy
+    # (1 → 0.01 over the first 1,000 steps), 1-step returns, no dueling, no double, no noisy
+    # nets, uniform replay and a Huber loss on Q but for the part switched on.
+    "rainbow-distributional-CartPole": LearningTest(
+        (*RAINBOW_AS_DQN, "algo.distributional=true"),
+        evaluations=2,
+        untrained_below=None,
+        bar=100,
+    ),
+    "rainbow-prioritized-CartPole": LearningTest(
+        (*RAINBOW_AS_DQN, "algo.prioritized=true"),
+        evaluations=2,
+        untrained_below=None,
+        bar=90,
     ),
     # DeepMind Control Suite cartpole-balance from states, each action held for 8 of the suite's
     # 1000 steps per episode (125 agent steps); a larger learning rate and smaller networks and
