@@ -415,15 +415,15 @@ class Rainbow(Checkpointed):
         return chooser(next_obs).argmax(dim=1, keepdim=True)
 
     @torch.no_grad()
-    def target_distribution(self, batch: PrioritizedBatch) -> torch.Tensor:
-        """Φ T̂ Z(s', a*): the target network's distribution at a*, projected (B, atoms)."""
+    def target_distribution(self, batch: PrioritizedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Φ T̂ Z(s', a*): the target network's distribution at a*, projected (B, atoms); and the
+        unprojected target's mean R + γ^n Q̄(s', a*), (B,), which the projection clips where it
+        leaves the support."""
         probs = F.softmax(self.target_network.logits(batch.next_obs), dim=-1)
         index = self.next_action(batch.next_obs).unsqueeze(-1).expand(-1, 1, probs.shape[-1])
         next_probs = probs.gather(1, index).squeeze(1)
-        if self.support_check is not None:
-            # The unclipped target's mean, R + γ^n Q̄(s', a*): outside the support, the projection clips it.
-            self.outside = self.support_check(batch.returns + batch.discounts * (next_probs * self.support).sum(dim=-1))
-        return categorical_projection(self.support, next_probs, batch.returns, batch.discounts)
+        mean = batch.returns + batch.discounts * (next_probs * self.support).sum(dim=-1)
+        return categorical_projection(self.support, next_probs, batch.returns, batch.discounts), mean
 
     @torch.no_grad()
     def td_target(self, batch: PrioritizedBatch) -> torch.Tensor:
@@ -441,10 +441,14 @@ class Rainbow(Checkpointed):
         logits = self.network.logits(batch.obs)
         index = batch.actions.view(-1, 1, 1).expand(-1, 1, logits.shape[-1])
         logits = logits.gather(1, index).squeeze(1)  # (B, atoms) of the actions taken
+        metrics: dict[str, torch.Tensor] = {}
         if self.support is not None:
             # Cross-entropy −Σ_i m_i log p_i(s, a) against the projected target m.
-            losses = -(self.target_distribution(batch) * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+            target, target_mean = self.target_distribution(batch)
+            losses = -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1)
             q = (F.softmax(logits.detach(), dim=-1) * self.support).sum(dim=-1)
+            if self.support_check is not None:
+                metrics["train/target_outside_support"] = self.support_check(target_mean)
         else:
             q = logits.squeeze(-1)
             losses = F.smooth_l1_loss(q, self.td_target(batch), reduction="none")
@@ -452,9 +456,7 @@ class Rainbow(Checkpointed):
         # Importance sampling corrects prioritised replay's bias: E[w_i L_i] under P.
         loss = (batch.weights * losses).mean()
         gradient_step(self.optimizer, loss, self.config.max_grad_norm)
-        metrics = {"losses/td": loss.detach(), "train/q_mean": q.mean()}
-        if self.support_check is not None:
-            metrics["train/target_outside_support"] = self.outside
+        metrics |= {"losses/td": loss.detach(), "train/q_mean": q.mean()}
         return metrics, losses.detach()
 
     # ----- the loop -------------------------------------------------------------------------
