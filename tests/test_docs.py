@@ -348,6 +348,7 @@ def _first_of_each_form(docs: list[Documented]) -> list[Documented]:
     return list(firsts.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", [_param(doc) for doc in _first_of_each_form(DOCUMENTED)])
 def test_documented_command_runs(doc, tmp_path):
     args = runnable(doc, tmp_path)

@@ -108,6 +108,7 @@ def test_without_the_offline_extra_dataset_names_the_install(pendulum, tmp_path)
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", OFFLINE)
 def test_an_offline_smoke_run_logs_the_normalized_score(algo, pendulum, tmp_path):
     run_dir = tmp_path / "run"
@@ -127,6 +128,7 @@ def test_an_offline_smoke_run_logs_the_normalized_score(algo, pendulum, tmp_path
     assert set(checkpoint["loop"]) == {"sampling"}  # the sampling RNG only: the dataset is read again on resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", OFFLINE)
 def test_the_exported_policy_normalises_and_acts_as_the_agent(algo, pendulum, tmp_path):
     from rlrun.core.saved_run import load_agent
@@ -221,6 +223,7 @@ def td3_run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_collect_writes_a_dataset_of_a_saved_run_that_an_offline_run_learns_from(td3_run, tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     collected = run_rlrun(
