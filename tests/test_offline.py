@@ -10,8 +10,9 @@ import torch
 
 pytest.importorskip("minari", reason="the offline extra: python -m pip install -c constraints.txt -e '.[offline]'")
 
-from conftest import episodes, pendulum_dataset, run_rlrun  # noqa: E402
+from conftest import checkpoint_file, episodes, pendulum_dataset, run_rlrun  # noqa: E402
 
+from rlrun.blocks.spaces import BoxActions  # noqa: E402
 from rlrun.config import ConfigError  # noqa: E402
 from rlrun.envs.datasets import load_transitions, open_dataset, write_dataset  # noqa: E402
 
@@ -272,3 +273,113 @@ def test_collect_bad_options_are_one_line(td3_run, args, message):
 def test_collect_from_a_folder_that_is_no_run(tmp_path):
     result = run_rlrun(f"collect={tmp_path}", "episodes=1")
     assert result.returncode == 2 and "not a run folder" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def sac_run_with_a_wrapped_buffer(tmp_path_factory):
+    """SAC on Pendulum with two sub-environments and a 500-transition buffer that 600 steps
+    overflow: the ring's oldest row is mid-buffer and each sub-environment's oldest episode
+    starts mid-way."""
+    folder = tmp_path_factory.mktemp("runs") / "sac"
+    args = ("algo=sac", "env=Pendulum", "experiment=smoke", "algo.num_envs=2", "algo.buffer_size=500", "threads=1")
+    trained = run_rlrun(*args, f"hydra.run.dir={folder}")
+    assert trained.returncode == 0, trained.stderr
+    return folder
+
+
+@pytest.mark.slow
+def test_collect_from_replay_writes_the_buffers_transitions_as_episodes(sac_run_with_a_wrapped_buffer, tmp_path):
+    out = tmp_path / "pendulum-sac-replay-v0"
+    collected = run_rlrun(f"collect={sac_run_with_a_wrapped_buffer}", "from=replay", "reference_episodes=2", f"out={out}")
+    assert collected.returncode == 0, collected.stderr
+    info = open_dataset(str(out))
+    # Each sub-environment holds steps 50..299 of its stream: an episode cut at its start that
+    # Pendulum truncates at step 200, then one the run's end cut (both written as truncated).
+    assert info.episodes == 4 and info.steps == 500 and info.longest_episode == 150
+
+    buffer = torch.load(checkpoint_file(sac_run_with_a_wrapped_buffer, 600), weights_only=True)["loop"]["buffer"]
+    action_space = gym.make("Pendulum-v1").action_space
+    stored = {
+        (o.tobytes(), a.tobytes(), float(r), n.tobytes())
+        for o, a, r, n in zip(
+            buffer["obs"].numpy(),
+            BoxActions(action_space).to_env(buffer["actions"].numpy()).astype(np.float32),
+            buffer["rewards"].numpy(),
+            buffer["next_obs"].numpy(),
+        )
+    }
+    data = load_transitions(info)
+    written = {
+        (o.tobytes(), a.tobytes(), float(r), n.tobytes())
+        for o, a, r, n in zip(data.obs, data.actions, data.rewards, data.next_obs)
+    }
+    assert written == stored and len(stored) == 500
+    assert not data.terminated.any() and data.first.sum() == 4
+    assert info.ref_min_score is not None and info.ref_max_score is not None
+
+
+@pytest.mark.slow
+def test_collect_from_replay_needs_a_replay_buffer_of_transitions(sac_run_with_a_wrapped_buffer, tmp_path):
+    for args, message in (
+        (["from=replay", "episodes=3"], "episodes= choose episodes of the policy; from=replay writes the replay buffer"),
+        (["from=buffer"], "from='buffer' is not valid; choose policy"),
+    ):
+        result = run_rlrun(f"collect={sac_run_with_a_wrapped_buffer}", *args)
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    lean = tmp_path / "lean"
+    trained = run_rlrun(
+        "algo=sac", "env=Pendulum", "experiment=smoke", "checkpoint.replay_buffer=false", "threads=1", f"hydra.run.dir={lean}"
+    )
+    assert trained.returncode == 0, trained.stderr
+    result = run_rlrun(f"collect={lean}", "from=replay")
+    assert result.returncode == 2 and "holds no replay buffer" in result.stderr, result.stderr
+    assert not (lean / "datasets").exists()
+    rainbow = tmp_path / "rainbow"
+    trained = run_rlrun("algo=rainbow", "env=CartPole", "experiment=smoke", "threads=1", f"hydra.run.dir={rainbow}")
+    assert trained.returncode == 0, trained.stderr
+    result = run_rlrun(f"collect={rainbow}", "from=replay")
+    assert result.returncode == 2 and "buffer stores n-step returns: use from=policy" in result.stderr, result.stderr
+
+
+# ----- combine= -----------------------------------------------------------------------------
+def test_combine_mixes_datasets_of_one_environment_with_the_widest_reference_scores(tmp_path):
+    medium, expert = tmp_path / "pendulum-medium-v0", tmp_path / "pendulum-expert-v0"
+    write_dataset(str(medium), episodes(count=3, seed=0), "Pendulum-v1", ref_min_score=-1200.0, ref_max_score=-700.0)
+    write_dataset(
+        str(expert), episodes(count=2, seed=50, expert=True), "Pendulum-v1", ref_min_score=-1180.0, ref_max_score=-150.0
+    )
+    out = tmp_path / "pendulum-medium-expert-v0"
+    result = run_rlrun(f"combine={medium},{expert}", f"out={out}")
+    assert result.returncode == 0, result.stderr
+    assert f"dataset={out}" in result.stdout
+
+    mixed = open_dataset(str(out))
+    assert mixed.episodes == 5 and mixed.steps == 1000 and mixed.env["id"] == "Pendulum-v1"
+    assert (mixed.ref_min_score, mixed.ref_max_score) == (-1190.0, -150.0)
+    parts = [load_transitions(open_dataset(str(path))) for path in (medium, expert)]
+    combined = load_transitions(mixed)
+    for field in ("obs", "actions", "rewards", "next_obs", "terminated", "first"):
+        assert np.array_equal(getattr(combined, field), np.concatenate([getattr(part, field) for part in parts])), field
+
+
+@pytest.mark.slow
+def test_combine_refuses_in_one_line_and_writes_nothing(tmp_path):
+    pendulum = pendulum_dataset(tmp_path / "pendulum-scripted-v0")
+    heavier = tmp_path / "pendulum-heavy-v0"
+    write_dataset(str(heavier), episodes(count=1), gym.make("Pendulum-v1", g=20.0).spec)
+    cartpole = tmp_path / "cartpole-random-v0"
+    write_dataset(str(cartpole), episodes("CartPole-v1", count=2), "CartPole-v1")
+    out = tmp_path / "mixed-v0"
+    for args, message in (
+        ([f"combine={pendulum},{cartpole}", f"out={out}"], "combine= needs datasets of one environment; these differ"),
+        ([f"combine={pendulum},{heavier}", f"out={out}"], "combine= needs datasets of one environment; these differ"),
+        ([f"combine={pendulum}", f"out={out}"], "combine= needs two or more datasets"),
+        ([f"combine={pendulum},{pendulum}"], "combine= needs out=<folder or Minari id>"),
+        ([f"combine={pendulum},{tmp_path / 'nowhere-v0'}", f"out={out}"], "no Minari dataset there"),
+        ([f"combine={pendulum},{pendulum}", f"out={pendulum}"], "already exists"),
+        (["-m", f"combine={pendulum},{pendulum}", f"out={out}"], "combine= reads datasets and takes no -m"),
+    ):
+        result = run_rlrun(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists()
