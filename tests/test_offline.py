@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("minari", reason="the offline extra: python -m pip install -c constraints.txt -e '.[offline]'")
 
-from conftest import checkpoint_file, episodes, pendulum_dataset, run_rlrun  # noqa: E402
+from conftest import build_agent, checkpoint_file, episodes, pendulum_dataset, random_batch, run_rlrun  # noqa: E402
 
 from rlrun.blocks.spaces import BoxActions  # noqa: E402
 from rlrun.config import ConfigError  # noqa: E402
@@ -177,6 +177,28 @@ def test_iql_expectile_loss_by_hand():
     # exp(β A), clipped at max_weight: exp(3·0) = 1, exp(3·1) ≈ 20.09, exp(3·2) ≈ 403 → 100
     weights = awr_weights(torch.tensor([0.0, 1.0, 2.0]), 3.0, 100.0)
     assert weights.tolist() == pytest.approx([1.0, np.exp(3.0), 100.0])
+
+
+def test_iql_scales_rewards_to_a_return_range_of_1000():
+    from rlrun.algos.iql import IQL, IQLConfig, return_range_scale
+    from rlrun.envs.datasets import Transitions
+
+    # Three episodes (first transitions at 0, 2 and 5) with returns 3, −6 and 0: range 9.
+    rewards = np.array([1.0, 2.0, -1.0, -2.0, -3.0, 0.0], dtype=np.float32)
+    first = np.array([True, False, True, False, False, True])
+    zeros = np.zeros((6, 3), dtype=np.float32)
+    data = Transitions(zeros, zeros[:, :1], rewards, zeros, np.zeros(6, np.float32), first)
+    assert return_range_scale(data) == pytest.approx(1000.0 / 9.0)
+    assert return_range_scale(data._replace(rewards=np.zeros(6, np.float32))) == 1.0  # all alike: unscaled
+
+    # The scale multiplies the reward in the critics' target: scale 2 on r trains as 2r does.
+    scaled, doubled = (build_agent(IQL, IQLConfig(hidden_sizes=(16,))) for _ in range(2))
+    scaled.reward_scale = 2.0
+    batch = random_batch([0.0, 1.0, 0.0, 0.0])
+    scaled.update(batch)
+    doubled.update(batch._replace(rewards=2.0 * batch.rewards))
+    for a, b in zip(scaled.critic.parameters(), doubled.critic.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_cql_penalty_is_a_log_sum_exp_minus_the_data_q_by_hand():

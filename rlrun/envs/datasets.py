@@ -170,6 +170,11 @@ def load_transitions(info: DatasetInfo) -> Transitions:
     return Transitions(**{name: np.concatenate(values) for name, values in parts.items()})
 
 
+def episode_returns(data: Transitions) -> np.ndarray:
+    """Each episode's return: the rewards from one of its first transitions to the next's, summed."""
+    return np.add.reduceat(data.rewards.astype(np.float64), np.flatnonzero(data.first))
+
+
 class Episode(NamedTuple):
     """One episode as Minari stores it: T + 1 observations, T of everything else."""
 
