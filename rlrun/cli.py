@@ -5,6 +5,7 @@
     rlrun export=<run> [options]                     rlrun/commands/export.py
     rlrun report=<folder> [report=<folder> ...]      rlrun/commands/report.py
     rlrun collect=<run> episodes=N [options]         rlrun/commands/collect.py (a Minari dataset)
+    rlrun combine=<dataset>,<dataset> out=<new>      rlrun/commands/combine.py (a mixed dataset)
 
 A bad command line gets one line and exit code 2 before anything is written; a failure
 while a command runs gets one line and exit code 1, with what was written kept.
@@ -17,11 +18,17 @@ import os
 import signal
 import sys
 
-from rlrun.commands import collect, evaluate, export, report, train
+from rlrun.commands import collect, combine, evaluate, export, report, train
 from rlrun.config import ConfigError, RunError
 
-# Commands that read run folders instead of training, by their key.
-FOLDER_COMMANDS = {"evaluate": evaluate.main, "export": export.main, "report": report.main, "collect": collect.main}
+# Commands that read run folders (combine: datasets) instead of training, by their key.
+FOLDER_COMMANDS = {
+    "evaluate": evaluate.main,
+    "export": export.main,
+    "report": report.main,
+    "collect": collect.main,
+    "combine": combine.main,
+}
 
 
 def main() -> None:
@@ -48,8 +55,9 @@ def main() -> None:
 
 
 def _folder_command(args: list[str]) -> None:
-    """`rlrun evaluate=<run> [options]`, `export=<run>`, `collect=<run>` or `report=<folder> ...`: which one,
-    and its folder(s), checked before the command's module takes its options."""
+    """`rlrun evaluate=<run> [options]`, `export=<run>`, `collect=<run>`, `combine=<datasets>` or
+    `report=<folder> ...`: which one, and its folder(s), checked before the command's module takes
+    its options."""
     commands = [a for a in args if train.override_key(a) in FOLDER_COMMANDS]
     rest = [a for a in args if a not in commands]
     if not commands:
@@ -68,11 +76,13 @@ def _folder_command(args: list[str]) -> None:
         raise ConfigError(f"give one of {', '.join(c + '=' for c in FOLDER_COMMANDS)} at a time, not {' '.join(commands)}")
     name, _, folder = commands[0].partition("=")
     clashing = [a for a in rest if a in train.MULTIRUN_FLAGS or a.startswith("-") or train.override_key(a) == "resume"]
+    reads = "datasets" if name == "combine" else "a saved run"
     if clashing:
         hint = "; evaluate a sweep with evaluate=<its folder>" if name == "evaluate" else ""
-        raise ConfigError(f"{name}= reads a saved run and takes no {' '.join(clashing)}{hint}")
+        raise ConfigError(f"{name}= reads {reads} and takes no {' '.join(clashing)}{hint}")
     if not folder:
-        raise ConfigError(f"{name}= needs a run folder, e.g. {name}=outputs/<date>/<time>")
+        example = "./datasets/a-v0,./datasets/b-v0" if name == "combine" else "outputs/<date>/<time>"
+        raise ConfigError(f"{name}= needs {reads}, e.g. {name}={example}")
     FOLDER_COMMANDS[name](folder, rest)
 
 

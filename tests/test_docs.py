@@ -51,7 +51,13 @@ KNOWN_FAILURES: dict[str, str] = {}
 STOPPED_AT = 300
 OK_STATUSES = {"completed", "pruned"}  # a pruned Optuna trial ended as its study asked
 READS_A_RUN = ("resume", "evaluate", "export", "report", "collect")  # keys whose value is a run folder to read
-FOLDER_COMMANDS = ("evaluate", "export", "report", "collect")  # commands that read runs and train nothing
+FOLDER_COMMANDS = (
+    "evaluate",
+    "export",
+    "report",
+    "collect",
+    "combine",
+)  # commands that read runs (or datasets) and train nothing
 # Keys whose value may be a folder the docs write as ./<path>: a dataset to read or to write.
 DATASET_FOLDERS = ("dataset", "out")
 
@@ -133,6 +139,8 @@ def _relocate(override: str, tmp_path: Path) -> str:
         return f"{key}={_under(tmp_path, value)}"
     if _key(override) in DATASET_FOLDERS and value.startswith(("./", "../")):
         return f"{key}={_under(tmp_path, value)}"
+    if _key(override) == "combine":  # a comma-separated list of datasets
+        return f"{key}={','.join(str(_under(tmp_path, folder)) for folder in value.split(','))}"
     if _key(override) == "hydra.searchpath":
         return re.sub(r"file://([^,\]]+)", lambda m: f"file://{_under(tmp_path, m.group(1))}", override)
     return override
@@ -219,6 +227,10 @@ def _check_folders(args: list[str]) -> None:
             pendulum_dataset(Path(arg.split("=", 1)[1]))
         if _key(arg) in ("evaluate", "export", "collect") and not Path(arg.split("=", 1)[1]).exists():
             _finished_copy(Path(arg.split("=", 1)[1]))
+        if _key(arg) == "combine":
+            for folder in map(Path, arg.split("=", 1)[1].split(",")):
+                if not folder.exists():
+                    pendulum_dataset(folder)
         if _key(arg) == "report":
             for folder in arg.split("=", 1)[1].split(","):
                 if not Path(folder).exists():
@@ -245,7 +257,7 @@ def _check_outputs(args: list[str], output: str) -> None:
         out = next((Path(a.split("=", 1)[1]) for a in args if _key(a) == "report.out"), Path(reports[0][0]) / "report")
         assert (out / "report.md").is_file() and list(out.glob("curves-*.png")), output
         return
-    if any(_key(a) == "collect" for a in args):
+    if any(_key(a) in ("collect", "combine") for a in args):
         out = next(Path(a.split("=", 1)[1]) for a in args if _key(a) == "out")
         assert (out / "data" / "metadata.json").is_file(), output
         return
@@ -308,7 +320,7 @@ def _missing_extra(command: str) -> str | None:
         "export": ("onnxscript", "export=" in command and "format=torchscript" not in command),
         "report": ("matplotlib", "report=" in command),
         "wandb": ("wandb", "log.wandb.project=" in command),
-        "offline": ("minari", "dataset=" in command or "collect=" in command),
+        "offline": ("minari", "dataset=" in command or "collect=" in command or "combine=" in command),
     }
     for extra, (module, needed) in needs.items():
         if needed and importlib.util.find_spec(module) is None:
@@ -348,6 +360,7 @@ def _first_of_each_form(docs: list[Documented]) -> list[Documented]:
     return list(firsts.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", [_param(doc) for doc in _first_of_each_form(DOCUMENTED)])
 def test_documented_command_runs(doc, tmp_path):
     args = runnable(doc, tmp_path)
@@ -387,6 +400,8 @@ def test_the_docs_show_commands_of_every_kind():
         "log.wandb.project=",
         "dataset=",
         "collect=",
+        "from=replay",
+        "combine=",
     ):
         assert any(needed in command for command in commands), needed
     assert set(KNOWN_FAILURES) | set(NOT_RUNNABLE) <= set(commands)

@@ -117,6 +117,7 @@ def test_acting_rolls_the_context_and_decrements_the_return_to_go():
 
 
 # ----- the command line ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_smoke_run_evaluates_resumes_its_statistics_and_exports(pendulum, tmp_path):
     run_dir = tmp_path / "run"
     result = run_rlrun("algo=dt", f"dataset={pendulum}", "experiment=smoke", "threads=1", f"hydra.run.dir={run_dir}")
@@ -135,6 +136,7 @@ def test_a_smoke_run_evaluates_resumes_its_statistics_and_exports(pendulum, tmp_
     assert written["return_mean"] == summary["eval_return_mean"]  # the same episode, the same context
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_the_exported_policy_takes_the_context_and_matches_acting(pendulum, tmp_path, fmt):
     from rlrun.commands.export import export_policy

@@ -188,6 +188,7 @@ def test_a_run_on_envpool_does_not_resume(tmp_path, saved, asked, step, total_st
             resume()
 
 
+@pytest.mark.slow
 def test_ppo_trains_on_envpool_and_a_rerun_is_refused_before_anything_is_written(rlrun, tmp_path):
     pytest.importorskip("envpool")
     run_dir = tmp_path / "run"

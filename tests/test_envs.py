@@ -7,6 +7,7 @@ import importlib.util
 import io
 import re
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -208,8 +209,9 @@ def test_a_custom_environment_in_the_working_folder_trains_through_the_rlrun_com
     from conftest import REPO, _env
 
     shutil.copy(REPO / "examples" / "point_env.py", tmp_path / "my_point.py")
-    rlrun = shutil.which("rlrun")
-    assert rlrun, "the rlrun command is installed by the set-up command"
+    # The entry point of the environment running the tests, activated or not.
+    rlrun = Path(sys.executable).with_name("rlrun")
+    assert rlrun.exists(), "the rlrun command is installed by the set-up command"
     result = subprocess.run(
         [
             rlrun,

@@ -62,6 +62,7 @@ def eval_rows(run_dir: Path) -> list[dict]:
     return [row for row in rows if "eval/return_mean" in row]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", RUNS)
 def test_evaluating_the_final_checkpoint_reproduces_the_runs_last_evaluation(runs, algo):
     run_dir = runs[algo]
@@ -81,6 +82,7 @@ def test_evaluating_the_final_checkpoint_reproduces_the_runs_last_evaluation(run
     assert set(after) - set(before) == {str(written[-1].relative_to(run_dir))}
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_is_a_new_file_and_options_apply(runs):
     run_dir = runs["sac"]
     first = run_rlrun(f"evaluate={run_dir}", "eval.episodes=3", "seed=5", "which=300")
@@ -94,6 +96,7 @@ def test_a_second_evaluation_is_a_new_file_and_options_apply(runs):
     assert results[0]["returns"] != results[1]["returns"]  # sampling changes the episodes
 
 
+@pytest.mark.slow
 def test_best_checkpoint_holds_the_best_evaluation_and_is_never_pruned(tmp_path):
     run_dir = smoke_run(tmp_path, "sac", "checkpoint.keep=1", "eval.every=150")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -123,6 +126,7 @@ def recorded_all_frames(frames: np.ndarray, episode_length: int) -> bool:
     return episode_length <= frames.shape[0] <= episode_length + 1
 
 
+@pytest.mark.slow
 def test_evaluate_records_videos_that_decode_to_the_episodes_frames(runs):
     run_dir = runs["sac"]
     result = run_rlrun(f"evaluate={run_dir}", "eval.episodes=2", "video=true")
@@ -147,6 +151,7 @@ def test_mujoco_renders_headless(tmp_path):
     assert frames.std(axis=0).max() > 0
 
 
+@pytest.mark.slow
 def test_videos_during_training_leave_learning_unchanged(runs, tmp_path):
     with_video = smoke_run(tmp_path, "sac", "video.every=300")
     assert [row["eval/return_mean"] for row in eval_rows(with_video)] == [
@@ -175,6 +180,7 @@ def real_observations(env_id: str, count: int) -> np.ndarray:
     return np.stack(seen).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("algo", RUNS)
 def test_exported_policy_matches_the_in_process_policy(runs, algo, fmt, tmp_path):
@@ -193,6 +199,7 @@ def test_exported_policy_matches_the_in_process_policy(runs, algo, fmt, tmp_path
     np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_command_writes_the_policy_and_its_description(runs):
     pytest.importorskip("onnxscript", reason="needs the export extra")
     run_dir = runs["ppo"]
@@ -206,6 +213,7 @@ def test_export_command_writes_the_policy_and_its_description(runs):
     assert not list((run_dir / "export").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_ppo_on_atari_frames_evaluates_and_exports_with_uint8_input(tmp_path):
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")
@@ -256,6 +264,7 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_evaluate_and_export_inputs_get_one_line_and_write_nothing(runs, tmp_path):
     run_dir = runs["dqn"]
     no_best = tmp_path / "no-best"

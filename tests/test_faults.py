@@ -14,6 +14,7 @@ from rlrun.core.run import Run
 SAC_PENDULUM = ["experiment=smoke", "algo=sac", "env=Pendulum"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_checkpoints_flushes_and_exits_with_one_line(tmp_path, sig):
     run_dir = tmp_path / "run"

@@ -184,6 +184,7 @@ QUIET = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, **QUIET)
 @given(algo_env=st.sampled_from(ALGO_ENVS), generated=overrides)
 @example(algo_env=("ppo", "CartPole"), generated=[])  # one that trains, whatever is generated
@@ -198,6 +199,7 @@ def test_generated_overrides_train_or_get_one_line(algo_env, generated, tmp_path
     data=st.binary(min_size=1, max_size=64),
     extra=st.lists(st.sampled_from(["seed=1", "algo.lr=1e-3", "eval.episodes=1"]), max_size=2),
 )
+@pytest.mark.slow
 def test_damaged_run_folders_get_one_line(finished_run, kind, data, extra, tmp_path_factory):
     _fuzz_damage(finished_run, kind, data, extra, tmp_path_factory)
 

@@ -57,6 +57,7 @@ def test_a_budget_past_what_can_be_counted_is_refused(tmp_path):
 
 
 # ----- 2. one writer per run folder -----------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_killed_writer_leaves_no_stale_lock(tmp_path):
     run_dir = tmp_path / "run"
     first = start_rlrun(*SAC_PENDULUM, "total_steps=20000", f"hydra.run.dir={run_dir}")
@@ -256,6 +257,7 @@ def test_a_failing_environment_is_named_and_the_checkpoints_are_kept(tmp_path, m
     assert summary["status"] == "failed" and words in summary["error"]
 
 
+@pytest.mark.slow
 def test_an_environment_that_fails_to_construct_or_import_is_a_config_error(tmp_path):
     for env_id, words in [
         ("tests.crashing_env:BrokenConstructor-v0", "BrokenConstructor-v0 raised ValueError when made: licence file not found"),

@@ -199,7 +199,7 @@ CASES = {
         ("algo=iql", "total_steps=3000", "algo.hidden_sizes=[64,64]", "eval.every=1000"),
         evaluations=3,
         untrained_below=None,
-        bar=-300,
+        bar=-500,
         scored_evaluations=3,
         requires="minari",
         expert_dataset=True,

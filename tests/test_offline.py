@@ -10,8 +10,9 @@ import torch
 
 pytest.importorskip("minari", reason="the offline extra: python -m pip install -c constraints.txt -e '.[offline]'")
 
-from conftest import episodes, pendulum_dataset, run_rlrun  # noqa: E402
+from conftest import build_agent, checkpoint_file, episodes, pendulum_dataset, random_batch, run_rlrun  # noqa: E402
 
+from rlrun.blocks.spaces import BoxActions  # noqa: E402
 from rlrun.config import ConfigError  # noqa: E402
 from rlrun.envs.datasets import load_transitions, open_dataset, write_dataset  # noqa: E402
 
@@ -108,6 +109,7 @@ def test_without_the_offline_extra_dataset_names_the_install(pendulum, tmp_path)
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", OFFLINE)
 def test_an_offline_smoke_run_logs_the_normalized_score(algo, pendulum, tmp_path):
     run_dir = tmp_path / "run"
@@ -127,6 +129,7 @@ def test_an_offline_smoke_run_logs_the_normalized_score(algo, pendulum, tmp_path
     assert set(checkpoint["loop"]) == {"sampling"}  # the sampling RNG only: the dataset is read again on resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", OFFLINE)
 def test_the_exported_policy_normalises_and_acts_as_the_agent(algo, pendulum, tmp_path):
     from rlrun.core.saved_run import load_agent
@@ -176,6 +179,28 @@ def test_iql_expectile_loss_by_hand():
     assert weights.tolist() == pytest.approx([1.0, np.exp(3.0), 100.0])
 
 
+def test_iql_scales_rewards_to_a_return_range_of_1000():
+    from rlrun.algos.iql import IQL, IQLConfig, return_range_scale
+    from rlrun.envs.datasets import Transitions
+
+    # Three episodes (first transitions at 0, 2 and 5) with returns 3, −6 and 0: range 9.
+    rewards = np.array([1.0, 2.0, -1.0, -2.0, -3.0, 0.0], dtype=np.float32)
+    first = np.array([True, False, True, False, False, True])
+    zeros = np.zeros((6, 3), dtype=np.float32)
+    data = Transitions(zeros, zeros[:, :1], rewards, zeros, np.zeros(6, np.float32), first)
+    assert return_range_scale(data) == pytest.approx(1000.0 / 9.0)
+    assert return_range_scale(data._replace(rewards=np.zeros(6, np.float32))) == 1.0  # all alike: unscaled
+
+    # The scale multiplies the reward in the critics' target: scale 2 on r trains as 2r does.
+    scaled, doubled = (build_agent(IQL, IQLConfig(hidden_sizes=(16,))) for _ in range(2))
+    scaled.reward_scale = 2.0
+    batch = random_batch([0.0, 1.0, 0.0, 0.0])
+    scaled.update(batch)
+    doubled.update(batch._replace(rewards=2.0 * batch.rewards))
+    for a, b in zip(scaled.critic.parameters(), doubled.critic.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_cql_penalty_is_a_log_sum_exp_minus_the_data_q_by_hand():
     from rlrun.algos.cql import cql_penalty
 
@@ -221,6 +246,7 @@ def td3_run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_collect_writes_a_dataset_of_a_saved_run_that_an_offline_run_learns_from(td3_run, tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     collected = run_rlrun(
@@ -269,3 +295,113 @@ def test_collect_bad_options_are_one_line(td3_run, args, message):
 def test_collect_from_a_folder_that_is_no_run(tmp_path):
     result = run_rlrun(f"collect={tmp_path}", "episodes=1")
     assert result.returncode == 2 and "not a run folder" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def sac_run_with_a_wrapped_buffer(tmp_path_factory):
+    """SAC on Pendulum with two sub-environments and a 500-transition buffer that 600 steps
+    overflow: the ring's oldest row is mid-buffer and each sub-environment's oldest episode
+    starts mid-way."""
+    folder = tmp_path_factory.mktemp("runs") / "sac"
+    args = ("algo=sac", "env=Pendulum", "experiment=smoke", "algo.num_envs=2", "algo.buffer_size=500", "threads=1")
+    trained = run_rlrun(*args, f"hydra.run.dir={folder}")
+    assert trained.returncode == 0, trained.stderr
+    return folder
+
+
+@pytest.mark.slow
+def test_collect_from_replay_writes_the_buffers_transitions_as_episodes(sac_run_with_a_wrapped_buffer, tmp_path):
+    out = tmp_path / "pendulum-sac-replay-v0"
+    collected = run_rlrun(f"collect={sac_run_with_a_wrapped_buffer}", "from=replay", "reference_episodes=2", f"out={out}")
+    assert collected.returncode == 0, collected.stderr
+    info = open_dataset(str(out))
+    # Each sub-environment holds steps 50..299 of its stream: an episode cut at its start that
+    # Pendulum truncates at step 200, then one the run's end cut (both written as truncated).
+    assert info.episodes == 4 and info.steps == 500 and info.longest_episode == 150
+
+    buffer = torch.load(checkpoint_file(sac_run_with_a_wrapped_buffer, 600), weights_only=True)["loop"]["buffer"]
+    action_space = gym.make("Pendulum-v1").action_space
+    stored = {
+        (o.tobytes(), a.tobytes(), float(r), n.tobytes())
+        for o, a, r, n in zip(
+            buffer["obs"].numpy(),
+            BoxActions(action_space).to_env(buffer["actions"].numpy()).astype(np.float32),
+            buffer["rewards"].numpy(),
+            buffer["next_obs"].numpy(),
+        )
+    }
+    data = load_transitions(info)
+    written = {
+        (o.tobytes(), a.tobytes(), float(r), n.tobytes())
+        for o, a, r, n in zip(data.obs, data.actions, data.rewards, data.next_obs)
+    }
+    assert written == stored and len(stored) == 500
+    assert not data.terminated.any() and data.first.sum() == 4
+    assert info.ref_min_score is not None and info.ref_max_score is not None
+
+
+@pytest.mark.slow
+def test_collect_from_replay_needs_a_replay_buffer_of_transitions(sac_run_with_a_wrapped_buffer, tmp_path):
+    for args, message in (
+        (["from=replay", "episodes=3"], "episodes= choose episodes of the policy; from=replay writes the replay buffer"),
+        (["from=buffer"], "from='buffer' is not valid; choose policy"),
+    ):
+        result = run_rlrun(f"collect={sac_run_with_a_wrapped_buffer}", *args)
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    lean = tmp_path / "lean"
+    trained = run_rlrun(
+        "algo=sac", "env=Pendulum", "experiment=smoke", "checkpoint.replay_buffer=false", "threads=1", f"hydra.run.dir={lean}"
+    )
+    assert trained.returncode == 0, trained.stderr
+    result = run_rlrun(f"collect={lean}", "from=replay")
+    assert result.returncode == 2 and "holds no replay buffer" in result.stderr, result.stderr
+    assert not (lean / "datasets").exists()
+    rainbow = tmp_path / "rainbow"
+    trained = run_rlrun("algo=rainbow", "env=CartPole", "experiment=smoke", "threads=1", f"hydra.run.dir={rainbow}")
+    assert trained.returncode == 0, trained.stderr
+    result = run_rlrun(f"collect={rainbow}", "from=replay")
+    assert result.returncode == 2 and "buffer stores n-step returns: use from=policy" in result.stderr, result.stderr
+
+
+# ----- combine= -----------------------------------------------------------------------------
+def test_combine_mixes_datasets_of_one_environment_with_the_widest_reference_scores(tmp_path):
+    medium, expert = tmp_path / "pendulum-medium-v0", tmp_path / "pendulum-expert-v0"
+    write_dataset(str(medium), episodes(count=3, seed=0), "Pendulum-v1", ref_min_score=-1200.0, ref_max_score=-700.0)
+    write_dataset(
+        str(expert), episodes(count=2, seed=50, expert=True), "Pendulum-v1", ref_min_score=-1180.0, ref_max_score=-150.0
+    )
+    out = tmp_path / "pendulum-medium-expert-v0"
+    result = run_rlrun(f"combine={medium},{expert}", f"out={out}")
+    assert result.returncode == 0, result.stderr
+    assert f"dataset={out}" in result.stdout
+
+    mixed = open_dataset(str(out))
+    assert mixed.episodes == 5 and mixed.steps == 1000 and mixed.env["id"] == "Pendulum-v1"
+    assert (mixed.ref_min_score, mixed.ref_max_score) == (-1190.0, -150.0)
+    parts = [load_transitions(open_dataset(str(path))) for path in (medium, expert)]
+    combined = load_transitions(mixed)
+    for field in ("obs", "actions", "rewards", "next_obs", "terminated", "first"):
+        assert np.array_equal(getattr(combined, field), np.concatenate([getattr(part, field) for part in parts])), field
+
+
+@pytest.mark.slow
+def test_combine_refuses_in_one_line_and_writes_nothing(tmp_path):
+    pendulum = pendulum_dataset(tmp_path / "pendulum-scripted-v0")
+    heavier = tmp_path / "pendulum-heavy-v0"
+    write_dataset(str(heavier), episodes(count=1), gym.make("Pendulum-v1", g=20.0).spec)
+    cartpole = tmp_path / "cartpole-random-v0"
+    write_dataset(str(cartpole), episodes("CartPole-v1", count=2), "CartPole-v1")
+    out = tmp_path / "mixed-v0"
+    for args, message in (
+        ([f"combine={pendulum},{cartpole}", f"out={out}"], "combine= needs datasets of one environment; these differ"),
+        ([f"combine={pendulum},{heavier}", f"out={out}"], "combine= needs datasets of one environment; these differ"),
+        ([f"combine={pendulum}", f"out={out}"], "combine= needs two or more datasets"),
+        ([f"combine={pendulum},{pendulum}"], "combine= needs out=<folder or Minari id>"),
+        ([f"combine={pendulum},{tmp_path / 'nowhere-v0'}", f"out={out}"], "no Minari dataset there"),
+        ([f"combine={pendulum},{pendulum}", f"out={pendulum}"], "already exists"),
+        (["-m", f"combine={pendulum},{pendulum}", f"out={out}"], "combine= reads datasets and takes no -m"),
+    ):
+        result = run_rlrun(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists()

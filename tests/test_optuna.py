@@ -84,6 +84,7 @@ def study(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 @needs_optuna
 def test_pruning_stops_a_trial_that_cannot_learn_early(study):
     assert study["first_states"] == {0: "COMPLETE", 1: "COMPLETE", 2: "PRUNED"}
@@ -98,6 +99,7 @@ def test_pruning_stops_a_trial_that_cannot_learn_early(study):
     assert "pruned" in study["first"].stdout and "rlrun: job" not in study["first"].stderr
 
 
+@pytest.mark.slow
 @needs_optuna
 def test_rerunning_the_command_resumes_the_study_without_repeating_trials(study):
     trials = load_study(study["dir"]).trials
@@ -119,6 +121,7 @@ def test_rerunning_the_command_resumes_the_study_without_repeating_trials(study)
     assert "6 trials" in study["second"].stdout
 
 
+@pytest.mark.slow
 @needs_optuna
 def test_the_best_config_runs_with_rlrun(study, tmp_path):
     best = load_study(study["dir"]).best_trial
@@ -242,6 +245,7 @@ def default_space_trials(tmp_path_factory):
     return {algo: (result, root / algo) for algo, result in zip(DEFAULT_SPACES, results)}
 
 
+@pytest.mark.slow
 @needs_optuna
 @pytest.mark.parametrize("algo", DEFAULT_SPACES)
 def test_one_trial_of_each_default_search_space_runs(default_space_trials, algo):
@@ -278,6 +282,7 @@ def test_without_optuna_the_sweep_names_the_install_command(rlrun, tmp_path):
     assert f"rlrun: error: the Optuna sweeper needs optuna, which is not installed; install it with: {INSTALL}" in result.stderr
 
 
+@pytest.mark.slow
 @needs_optuna
 def test_the_sweeps_report_shows_the_trials_and_parameter_importances(study):
     text = (study["dir"] / "report" / "report.md").read_text()

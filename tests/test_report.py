@@ -189,6 +189,7 @@ def _fails(*args: str) -> str:
     return result.stderr.strip().removeprefix("rlrun: error: ")
 
 
+@pytest.mark.slow
 def test_bad_input_gets_one_line_and_writes_nothing(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -116,6 +116,7 @@ def tensorboard_scalars(run_dir):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", RUNS)
 def test_a_killed_and_resumed_run_ends_bit_identical(tmp_path, algo):
     overrides, kill_after = RUNS[algo]

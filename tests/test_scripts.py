@@ -97,6 +97,7 @@ def test_vector_envs_speed_without_updates_measures_the_loop_alone():
     assert all(float(row[3]) > 0 for row in rows)  # CPU µs per environment step
 
 
+@pytest.mark.slow
 def test_update_cost_times_each_agent_in_each_round():
     output = subprocess.run(
         [sys.executable, str(SCRIPTS / "update_cost.py"), "--env", "Pendulum", "--updates", "3", "--rounds", "2"]

@@ -69,6 +69,7 @@ def test_slurm_preset_renders_an_sbatch_script(tmp_path, monkeypatch):
         assert f"#SBATCH {line}" in script, script
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path):
     sweep_dir = tmp_path / "sweep"
     finish(start_rlrun("-m", "hydra/launcher=submitit_local", *JOB, "seed=0,1", f"hydra.sweep.dir={sweep_dir}"))
@@ -108,6 +109,7 @@ def command_line(pid):
         return ""
 
 
+@pytest.mark.slow
 def test_a_preempted_job_is_requeued_and_continues_from_its_checkpoint(tmp_path):
     sweep_dir = tmp_path / "sweep"
     total = 10240

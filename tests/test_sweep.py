@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import pytest
 import yaml
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
@@ -14,6 +15,7 @@ from rlrun.commands.sweep import _job_number, job_dirname
 from rlrun.core.folders import NAME_MAX
 
 
+@pytest.mark.slow
 def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = rlrun(
@@ -61,6 +63,7 @@ def test_grid_sweep_writes_a_folder_per_job_and_a_summary(rlrun, tmp_path):
     assert all("algo=" in run and "seed=" in run for run in runs)
 
 
+@pytest.mark.slow
 def test_a_crashing_job_does_not_stop_the_sweep(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = rlrun(
@@ -84,6 +87,7 @@ def test_a_crashing_job_does_not_stop_the_sweep(rlrun, tmp_path):
     assert rows[1]["total_steps"] == "250" and float(rows[1]["eval_return_mean"]) < 0
 
 
+@pytest.mark.slow
 def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_the_failed_one(rlrun, tmp_path, monkeypatch):
     sweep_dir = tmp_path / "sweep"
     command = [
@@ -128,6 +132,7 @@ JOBLIB_SMOKE_GRID = [
 ]
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_separate_processes_with_a_share_of_the_cores(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = rlrun(*JOBLIB_SMOKE_GRID, f"hydra.sweep.dir={sweep_dir}")
@@ -185,6 +190,7 @@ LONG_OVERRIDES = [
 ]
 
 
+@pytest.mark.slow
 def test_a_grid_with_long_overrides_runs_in_bounded_folders_that_a_rerun_finds(rlrun, tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [

@@ -70,6 +70,7 @@ def test_bfloat16_updates_see_weights_changed_within_the_same_update():
     assert not torch.equal(before, after)
 
 
+@pytest.mark.slow
 def test_compiled_networks_train_like_eager_ones():
     eager, compiled = make_agent(), make_agent()
     compile_networks(compiled)

@@ -71,6 +71,7 @@ def logged(run: dict) -> set[tuple[int, str, float]]:
     }
 
 
+@pytest.mark.slow
 def test_scalars_and_config_go_to_wandb_and_a_resumed_run_continues_it(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     run_dir = tmp_path / "run"
@@ -94,6 +95,7 @@ def test_scalars_and_config_go_to_wandb_and_a_resumed_run_continues_it(tmp_path,
     assert max(step for step, _, _ in logged(runs[1])) == 600
 
 
+@pytest.mark.slow
 def test_a_sweeps_jobs_share_a_group(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     sweep_dir = tmp_path / "sweep"

@@ -28,6 +28,7 @@ from rlrun.blocks.policy_modules import RescaleToBounds
 from rlrun.blocks.spaces import BoxActions, check_continuous_spaces, obs_batch
 from rlrun.blocks.state import Checkpointed
 from rlrun.config import in_range, non_negative, positive
+from rlrun.envs.datasets import Transitions, episode_returns
 from rlrun.loops.dataset import DatasetNormalizer, OfflineConfig, train_offline
 from rlrun.protocols import RunContext
 
@@ -55,6 +56,10 @@ class IQLConfig(OfflineConfig):
     actor_schedule: Literal["cosine", "constant"] = "cosine"
     """The actor's step size: cosine decays it from lr to 0 over total_steps (the paper's
     code); constant keeps lr."""
+    normalize_rewards: bool = True
+    """Scale rewards by 1000 / (the dataset's best − worst episode return), the paper's
+    preprocessing of the MuJoCo locomotion datasets (its code's normalize()), so that β and
+    the expectile see returns on one scale whatever the task's reward units."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,6 +79,14 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 def awr_weights(advantage: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
     """w = min(exp(β A), max_weight), A = Q̄(s, a) − V(s): advantage-weighted regression's weights."""
     return torch.exp(beta * advantage).clamp(max=max_weight)
+
+
+def return_range_scale(data: Transitions) -> float:
+    """1000 / (R_max − R_min) over the dataset's episode returns: rewards times this span 1000
+    between the worst and the best episode (1 if every episode returns the same)."""
+    returns = episode_returns(data)
+    spread = returns.max() - returns.min()
+    return 1000.0 / spread if spread > 0 else 1.0
 
 
 # ----- networks -----------------------------------------------------------------------------
@@ -128,6 +141,7 @@ class IQL(Checkpointed):
         self.critic_optimizer = adam(self.critic.parameters(), config.lr)
         self.updates = 0
         self.schedule_steps = 1  # the cosine schedule's length: the run's total_steps (train)
+        self.reward_scale = 1.0  # normalize_rewards' factor, from the dataset (train)
 
     # ----- acting ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -156,7 +170,9 @@ class IQL(Checkpointed):
         # Critics: J_Q = Σ_i E[(r + γ (1 − terminated) V(s') − Q_i(s, a))²], with V just updated
         # (the paper's code); the actor below weights by the advantage from before it (CORL's).
         with torch.no_grad():
-            y = batch.rewards + self.config.gamma * (1.0 - batch.terminated) * self.value(next_obs).squeeze(-1)
+            y = self.reward_scale * batch.rewards + self.config.gamma * (1.0 - batch.terminated) * self.value(next_obs).squeeze(
+                -1
+            )
         q = self.critic(obs, batch.actions)
         critic_loss = ((q - y) ** 2).mean(dim=1).sum()
         gradient_step(self.critic_optimizer, critic_loss)
@@ -182,7 +198,10 @@ class IQL(Checkpointed):
 
     def train(self, run: RunContext) -> None:
         self.schedule_steps = run.total_steps
-        train_offline(self, run, self.config.batch_size)
+        data = run.dataset()
+        if self.config.normalize_rewards:
+            self.reward_scale = return_range_scale(data)
+        train_offline(self, run, self.config.batch_size, data)
 
     # ----- checkpoints ----------------------------------------------------------------------
     checkpointed = (

@@ -1,10 +1,14 @@
 """`rlrun collect=<run folder> episodes=N [options]`: a Minari dataset of a saved run's policy,
-for offline algorithms to learn from (dataset=).
+for offline algorithms to learn from (dataset=); with from=replay, of its replay buffer.
 
-Each episode is the policy's action (the mode; with noise=σ, plus Gaussian noise of σ
-action half-widths, clipped to the bounds) on the run's environment, seeded seed + i. The
-dataset's reference scores, for eval/normalized_score, are a uniformly random policy's mean
-return (ref_min_score) and the collected episodes' mean return (ref_max_score).
+from=policy (the default): each episode is the policy's action (the mode; with noise=σ, plus
+Gaussian noise of σ action half-widths, clipped to the bounds) on the run's environment, seeded
+seed + i. Reference scores, for eval/normalized_score: a uniformly random policy's mean return
+(ref_min_score) and the collected episodes' mean return (ref_max_score).
+
+from=replay: every transition the checkpoint's replay buffer holds, cut into the episodes they
+came from (D4RL's "replay" datasets: the data an agent learnt from, early episodes and all).
+ref_max_score is then the saved policy's mean return over reference_episodes episodes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from rlrun.envs.ids import registered_id
 from rlrun.protocols import EpisodeAware
 
 COLLECT_OPTIONS = {
-    "episodes": "how many episodes to collect (required)",
+    "from": "policy (episodes of the saved policy) or replay (the checkpoint's replay buffer); default policy",
+    "episodes": "how many episodes to collect (required with from=policy)",
     "which": "last, best, a step number or a .pt path; default last",
     "noise": "σ of Gaussian noise on each action, in action half-widths (Box actions only); default 0",
     "out": "a folder (starting with /, ./ or ~) or a Minari id such as rlrun/pendulum-expert-v0; default <run>/datasets/<env>-<algo>-v0",
@@ -37,7 +42,19 @@ def main(folder_text: str, args: list[str]) -> None:
     folder = Path(folder_text)
     if not folder.is_dir() or not is_run_folder(folder):
         raise ConfigError(f"collect={folder_text}: not a run folder; give one such as outputs/<date>/<time>")
-    episodes = _count("episodes", options.get("episodes"), required=True)
+    source = options.get("from", "policy")
+    if source not in ("policy", "replay"):
+        raise ConfigError(
+            f"from={source!r} is not valid; choose policy (episodes of the saved policy) or replay (its replay buffer)"
+        )
+    if source == "replay":
+        given = [f"{name}=" for name in ("episodes", "noise") if name in options]
+        if given:
+            raise ConfigError(
+                f"{' and '.join(given)} choose episodes of the policy; from=replay writes the replay buffer as it is"
+            )
+    else:
+        episodes = _count("episodes", options.get("episodes"), required=True)
     reference_episodes = _count("reference_episodes", options.get("reference_episodes", 10))
     noise = options.get("noise") or 0.0
     if not isinstance(noise, (int, float)) or isinstance(noise, bool) or noise < 0:
@@ -52,7 +69,9 @@ def main(folder_text: str, args: list[str]) -> None:
     env = _plain_env(settings.env)
     if noise and not isinstance(env.action_space, gym.spaces.Box):
         raise ConfigError(f"noise={noise} needs a Box action space; {settings.env.id} has {env.action_space}")
-    out = str(options.get("out") or "") or _default_out(folder, settings.env.id, saved.plan.algo_name)
+    out = str(options.get("out") or "") or _default_out(
+        folder, settings.env.id, saved.plan.algo_name + ("-replay" if source == "replay" else "")
+    )
 
     rng = np.random.default_rng(seed)
     actions = BoxActions(env.action_space) if isinstance(env.action_space, gym.spaces.Box) else None
@@ -64,11 +83,20 @@ def main(folder_text: str, args: list[str]) -> None:
             action = actions.to_env(np.clip(unit, -1.0, 1.0)).astype(env.action_space.dtype)
         return action
 
-    collected = [_episode(env, policy, seed + i, saved.agent) for i in range(episodes)]
+    if source == "replay":
+        num_envs = getattr(saved.plan.algo_config, "num_envs", 1)
+        collected = replay_episodes(saved.state.get("loop", {}).get("buffer"), num_envs, env, checkpoint)
+        played = [_episode(env, policy, seed + i, saved.agent) for i in range(reference_episodes)]
+        ref_max = float(np.mean([episode.rewards.sum() for episode in played]))
+        what = f"the replay buffer of {checkpoint} (step {saved.state['step']})"
+    else:
+        collected = [_episode(env, policy, seed + i, saved.agent) for i in range(episodes)]
+        ref_max = float(np.mean([episode.rewards.sum() for episode in collected]))
+        what = f"{episodes} episodes of {checkpoint} (step {saved.state['step']}), action noise σ={noise}"
     env.action_space.seed(seed)
-    random = [_episode(env, lambda obs: env.action_space.sample(), seed + episodes + i) for i in range(reference_episodes)]
-    returns = np.array([episode.rewards.sum() for episode in collected])
-    ref_min, ref_max = float(np.mean([episode.rewards.sum() for episode in random])), float(returns.mean())
+    offset = seed + reference_episodes + (0 if source == "replay" else episodes)
+    random = [_episode(env, lambda obs: env.action_space.sample(), offset + i) for i in range(reference_episodes)]
+    ref_min = float(np.mean([episode.rewards.sum() for episode in random]))
     written = write_dataset(
         out,
         collected,
@@ -76,15 +104,64 @@ def main(folder_text: str, args: list[str]) -> None:
         ref_min_score=ref_min,
         ref_max_score=ref_max,
         algorithm_name=f"rlrun {saved.plan.algo_name}",
-        description=f"{episodes} episodes of {checkpoint} (step {saved.state['step']}), action noise σ={noise}",
+        description=what,
     )
     env.close()
+    returns = np.array([episode.rewards.sum() for episode in collected])
     steps = sum(len(episode.rewards) for episode in collected)
     print(
-        f"{saved.plan.algo_name} on {settings.env.id}, {checkpoint}: {episodes} episodes, {steps} steps, return "
-        f"{returns.mean():.1f} ± {returns.std():.1f} (ref_max_score); random policy {ref_min:.1f} (ref_min_score) "
+        f"{saved.plan.algo_name} on {settings.env.id}, {what}: {len(collected)} episodes, {steps} steps, "
+        f"return {returns.mean():.1f} ± {returns.std():.1f}; ref_min_score {ref_min:.1f} (a random policy), "
+        f"ref_max_score {ref_max:.1f} ({'the saved policy' if source == 'replay' else 'the collected episodes'}) "
         f"→ {written} (train on it with dataset={out})"
     )
+
+
+def replay_episodes(buffer: dict | None, num_envs: int, env: gym.Env, checkpoint: Path) -> list[Episode]:
+    """The transitions of a saved ReplayBuffer state as episodes, each sub-environment's oldest first.
+
+    The ring holds num_envs rows per vector step, one per sub-environment in order, so in
+    chronological order (from the write position once full) row c came from sub-environment
+    (c - size) mod num_envs. Within a sub-environment, a transition continues the previous one
+    unless that one terminated or its next observation is not this one's observation (a
+    truncation and reset). Episodes cut short, by the run's end or by the ring overwriting their
+    start, end truncated. Box actions are stored in [-1, 1] (BoxActions) and written back in
+    the environment's units."""
+    plain = {"obs", "actions", "rewards", "next_obs", "terminated", "position", "size"}
+    if buffer is None:
+        raise ConfigError(
+            f"from=replay: {checkpoint} holds no replay buffer (an algorithm without one, or checkpoint.replay_buffer=false); "
+            "use from=policy episodes=N"
+        )
+    if not plain <= buffer.keys() or "discounts" in buffer:
+        raise ConfigError(
+            f"from=replay reads one-step transitions of vector observations; {checkpoint}'s buffer stores "
+            f"{'n-step returns' if 'discounts' in buffer else 'frames or sequences'}: use from=policy episodes=N"
+        )
+    size = int(buffer["size"])
+    # The oldest row is the write position once the ring is full (before, the position is size).
+    order = np.roll(np.arange(size), -int(buffer["position"]))
+    obs, next_obs = buffer["obs"].cpu().numpy(), buffer["next_obs"].cpu().numpy()
+    actions, rewards = buffer["actions"].cpu().numpy(), buffer["rewards"].cpu().numpy()
+    terminated = buffer["terminated"].cpu().numpy() > 0
+    if isinstance(env.action_space, gym.spaces.Box):
+        actions = BoxActions(env.action_space).to_env(actions).astype(env.action_space.dtype)
+    obs_dtype = env.observation_space.dtype
+    episodes = []
+    for stream in range(num_envs):
+        rows = order[(np.arange(size) - size) % num_envs == stream]
+        begin = 0
+        for k, row in enumerate(rows):
+            last = k + 1 == len(rows)
+            if not (last or terminated[row] or not np.array_equal(next_obs[row], obs[rows[k + 1]])):
+                continue
+            part = rows[begin : k + 1]
+            terminations, truncations = np.zeros(len(part), dtype=bool), np.zeros(len(part), dtype=bool)
+            terminations[-1], truncations[-1] = terminated[row], not terminated[row]
+            observations = np.concatenate([obs[part[:1]], next_obs[part]]).astype(obs_dtype)
+            episodes.append(Episode(observations, actions[part], rewards[part], terminations, truncations))
+            begin = k + 1
+    return episodes
 
 
 def _count(name: str, value, required: bool = False) -> int:

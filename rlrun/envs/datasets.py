@@ -8,9 +8,11 @@ truncations; transition t is (o_t, a_t, r_t, o_{t+1}, terminated_t). Minari is t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -168,6 +170,11 @@ def load_transitions(info: DatasetInfo) -> Transitions:
     return Transitions(**{name: np.concatenate(values) for name, values in parts.items()})
 
 
+def episode_returns(data: Transitions) -> np.ndarray:
+    """Each episode's return: the rewards from one of its first transitions to the next's, summed."""
+    return np.add.reduceat(data.rewards.astype(np.float64), np.flatnonzero(data.first))
+
+
 class Episode(NamedTuple):
     """One episode as Minari stores it: T + 1 observations, T of everything else."""
 
@@ -199,14 +206,7 @@ def write_dataset(
     minari = _minari()
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
-    folder = Path(out).expanduser() if is_path(out) else minari_root() / out
-    dataset_id = folder.name if is_path(out) else out
-    if not re.fullmatch(r"([-\w]+/)*[-\w]+-v\d+", dataset_id):
-        raise ConfigError(
-            f"out={out}: a dataset's name is letters, digits, - and _, ending in -v<version>, e.g. pendulum-expert-v0"
-        )
-    if folder.exists():
-        raise ConfigError(f"out={out}: {folder} already exists; choose another name, or delete it first")
+    folder, dataset_id = _new_dataset_folder(out)
     buffers = [
         EpisodeBuffer(
             id=i,
@@ -220,11 +220,8 @@ def write_dataset(
         )
         for i, episode in enumerate(episodes)
     ]
-    previous_root = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(folder.parent if is_path(out) else minari_root())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Minari warns about optional metadata left out (author, ...)
+    with _minari_root(folder.parent if is_path(out) else minari_root()):
+        try:
             minari.create_dataset_from_buffers(
                 dataset_id,
                 buffers,
@@ -234,11 +231,62 @@ def write_dataset(
                 ref_min_score=ref_min_score,
                 ref_max_score=ref_max_score,
             )
-    except ValueError as error:  # a malformed id
-        raise ConfigError(f"out={out}: {error}") from None
+        except ValueError as error:  # a malformed id
+            raise ConfigError(f"out={out}: {error}") from None
+    return folder
+
+
+def combine_datasets(sources: list[str], out: str) -> tuple[Path, DatasetInfo]:
+    """Every episode of the `sources` datasets in one new dataset at `out` (a path or an id, as
+    for write_dataset), with Minari's combine_datasets; they must share an environment.
+    Reference scores: the sources' mean ref_min_score (each a random policy's return on the same
+    environment) and their largest ref_max_score (the best policy among them), as D4RL scores a
+    medium-expert mixture against the expert; none if a source has none."""
+    minari = _minari()
+    infos = [open_dataset(source) for source in sources]
+    environments = {(info.env["id"], repr(info.env["kwargs"]), info.env["max_episode_steps"]) for info in infos}
+    if len(environments) > 1:
+        named = ", ".join(f"{info.source}: {info.env['id']} {info.env['kwargs'] or ''}".strip() for info in infos)
+        raise ConfigError(f"combine= needs datasets of one environment; these differ ({named})")
+    folder, dataset_id = _new_dataset_folder(out)
+    datasets = [_load(source)[0] for source in sources]
+    with _minari_root(folder.parent if is_path(out) else minari_root()):
+        try:
+            combined = minari.combine_datasets(datasets, dataset_id)
+        except ValueError as error:  # spaces or specs that Minari will not combine
+            raise ConfigError(f"combine=: Minari refuses to combine {', '.join(sources)}: {error}") from None
+    if all(info.ref_min_score is not None and info.ref_max_score is not None for info in infos):
+        ref_min = float(np.mean([info.ref_min_score for info in infos]))
+        ref_max = max(info.ref_max_score for info in infos)
+        combined.storage.update_metadata({"ref_min_score": ref_min, "ref_max_score": ref_max})
+    return folder, open_dataset(str(folder) if is_path(out) else out)
+
+
+def _new_dataset_folder(out: str) -> tuple[Path, str]:
+    """The folder a new dataset `out` goes to and its Minari id; ConfigError if the name is no
+    id or the folder exists."""
+    folder = Path(out).expanduser() if is_path(out) else minari_root() / out
+    dataset_id = folder.name if is_path(out) else out
+    if not re.fullmatch(r"([-\w]+/)*[-\w]+-v\d+", dataset_id):
+        raise ConfigError(
+            f"out={out}: a dataset's name is letters, digits, - and _, ending in -v<version>, e.g. pendulum-expert-v0"
+        )
+    if folder.exists():
+        raise ConfigError(f"out={out}: {folder} already exists; choose another name, or delete it first")
+    return folder, dataset_id
+
+
+@contextlib.contextmanager
+def _minari_root(root: Path) -> Iterator[None]:
+    """Minari writes new datasets under $MINARI_DATASETS_PATH: pointed at `root` while inside."""
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Minari warns about optional metadata left out (author, ...)
+            yield
     finally:
-        if previous_root is None:
+        if previous is None:
             del os.environ["MINARI_DATASETS_PATH"]
         else:
-            os.environ["MINARI_DATASETS_PATH"] = previous_root
-    return folder
+            os.environ["MINARI_DATASETS_PATH"] = previous

@@ -19,6 +19,7 @@ from torch import nn
 from rlrun.blocks.buffers import Batch, ReplayBuffer
 from rlrun.blocks.spaces import BoxActions
 from rlrun.config import ConfigError, in_range, layer_sizes, positive
+from rlrun.envs.datasets import Transitions
 from rlrun.protocols import RunContext
 
 
@@ -99,20 +100,20 @@ class OfflineAgent(Protocol):
         """One gradient step on a batch of raw (unnormalised) transitions; on-device metrics."""
 
 
-def dataset_buffer(run: RunContext, actions: BoxActions, device: torch.device, seed: int) -> ReplayBuffer:
-    """The run's dataset as one full ReplayBuffer on `device`, actions mapped to [-1, 1] (and
-    clipped there: a dataset may hold actions the environment would have clipped)."""
-    data = run.dataset()
+def dataset_buffer(data: Transitions, actions: BoxActions, device: torch.device, seed: int) -> ReplayBuffer:
+    """A dataset as one full ReplayBuffer on `device`, actions mapped to [-1, 1] (and clipped
+    there: a dataset may hold actions the environment would have clipped)."""
     unit_actions = np.clip(actions.to_unit(data.actions), -1.0, 1.0).astype(np.float32)
     buffer = ReplayBuffer(len(data.rewards), data.obs.shape[1:], data.actions.shape[1:], device, seed)
     buffer.add_batch(data.obs, unit_actions, data.rewards, data.next_obs, data.terminated)
     return buffer
 
 
-def train_offline(agent: OfflineAgent, run: RunContext, batch_size: int) -> None:
+def train_offline(agent: OfflineAgent, run: RunContext, batch_size: int, data: Transitions | None = None) -> None:
     """run.total_steps gradient steps, each on `batch_size` transitions drawn uniformly from
-    the dataset; the run logs, evaluates and checkpoints after each."""
-    buffer = dataset_buffer(run, agent.actions, agent.device, agent.seed)
+    the dataset (`data`, if the agent has read it already); the run logs, evaluates and
+    checkpoints after each."""
+    buffer = dataset_buffer(run.dataset() if data is None else data, agent.actions, agent.device, agent.seed)
     agent.normalizer.fit(buffer.obs)  # a resumed run restores the same statistics from its checkpoint
     _, step = run.start(agent, loop={"sampling": DatasetSampling(buffer)})
     while step < run.total_steps:
