@@ -14,7 +14,8 @@ rlrun. The benchmark passes one JSON spec on the command line:
         "eval_episodes": 5, "seed": 0, "threads": 1}'
 
 and reads one JSON line back: evaluation returns and normalised scores by gradient step,
-gradient steps/s with evaluation time left out, and the process's peak RSS.
+gradient steps/s with evaluation time left out (and the share of it spent sampling batches),
+and the process's peak RSS.
 
 The dataset is read with Minari (a folder on disk or an id under the Minari root, as rlrun
 reads it) into d3rlpy episodes that keep every transition exactly: an episode that ended by
@@ -206,10 +207,13 @@ def main() -> None:
     algo.build_with_dataset(buffer)
 
     evals, scores, eval_train_seconds = {}, {}, {}
-    train_seconds = 0.0
+    train_seconds = sample_seconds = 0.0
     start = time.perf_counter()
     for step in range(1, spec["steps"] + 1):
-        algo.update(buffer.sample_transition_batch(algo.config.batch_size))
+        sampling = time.perf_counter()
+        batch = buffer.sample_transition_batch(algo.config.batch_size)
+        sample_seconds += time.perf_counter() - sampling
+        algo.update(batch)
         if step % spec["eval_every"] == 0 or step == spec["steps"]:
             train_seconds += time.perf_counter() - start
             eval_train_seconds[step] = round(train_seconds, 3)
@@ -223,6 +227,8 @@ def main() -> None:
             {
                 "train_sps": round(spec["steps"] / train_seconds, 2),
                 "steps_run": spec["steps"],
+                # The share of training time spent drawing batches (d3rlpy picks each transition in Python).
+                "sample_share": round(sample_seconds / train_seconds, 3),
                 "eval_returns": evals,
                 "eval_normalized_scores": scores,
                 "eval_train_seconds": eval_train_seconds,
