@@ -34,6 +34,20 @@ The learning table gives each method's final-return IQM with its 95% bootstrap i
 training steps/s, and, with `--threshold ENV=RETURN`, the time to that return: the
 environment steps and training seconds (evaluation left out) until an evaluation first
 reaches it, the median over seeds (a seed that never reaches it counts as never).
+
+The offline mode, `--dataset`, trains rlrun's offline algorithms (`rlrun:td3_bc`, `rlrun:iql`,
+`rlrun:cql`) beside d3rlpy's (`d3rlpy:td3_bc`, ...) on one Minari dataset (a folder or an id);
+steps are gradient steps. d3rlpy pins gymnasium 1.0, so it runs in a Python of its own
+(`--peer-python`, or $RLRUN_D3RLPY_PYTHON) through scripts/d3rlpy_peer.py, which maps rlrun's
+composed config onto d3rlpy's settings and says which it cannot match:
+
+    python scripts/benchmark.py --dataset ./datasets/pendulum-sac-replay-v0 --steps 20000 --seeds 0,1,2 \
+        --threads 1 --methods rlrun:td3_bc,d3rlpy:td3_bc,rlrun:iql,d3rlpy:iql,rlrun:cql,d3rlpy:cql \
+        --peer-python /work/d3venv/bin/python
+
+Its tables: gradient steps/s, rlrun ÷ d3rlpy for each pair run back to back; and each method's
+final normalised score (0 the dataset's ref_min_score, 100 its ref_max_score) as an IQM over
+seeds with its 95% bootstrap interval.
 """
 
 from __future__ import annotations
@@ -61,6 +75,8 @@ DEFAULT_ENVS = {
 }
 # Peers without an rlrun algorithm of their own take the settings of this rlrun algorithm.
 SETTINGS_FROM = {"tqc": "sac"}
+PEER_SCRIPT = REPO / "scripts" / "d3rlpy_peer.py"
+PEER_INSTALL = "python3.11 -m venv /work/d3venv && /work/d3venv/bin/python -m pip install -c constraints.txt d3rlpy==2.8.1 'minari[hdf5]==0.5.4' pillow"
 
 
 def split_methods(text: str) -> list[str]:
@@ -87,7 +103,15 @@ def main() -> None:
         metavar="ENV=RETURN",
         help="report the steps and training seconds until an evaluation first reaches RETURN on ENV",
     )
-    parser.add_argument("--steps", type=int, default=20_000, help="environment steps per run")
+    parser.add_argument(
+        "--dataset", default=None, help="offline mode: a Minari dataset (folder or id) for rlrun:<algo> and d3rlpy:<algo>"
+    )
+    parser.add_argument(
+        "--peer-python",
+        default=os.environ.get("RLRUN_D3RLPY_PYTHON"),
+        help="offline mode: the Python with d3rlpy and minari (default: $RLRUN_D3RLPY_PYTHON)",
+    )
+    parser.add_argument("--steps", type=int, default=20_000, help="environment steps per run (gradient steps offline)")
     parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: steps / 4)")
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--threads", default="1,2", help="torch thread counts to measure")
@@ -113,12 +137,21 @@ def main() -> None:
         print(json.dumps(run_sb3(json.loads(args.spec))))
         return
 
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.merge:
+        args.out.mkdir(parents=True, exist_ok=True)
         merged = [run for folder in args.merge for run in json.loads((folder / "benchmark.json").read_text())]
         write_tables(merged, args.out, parse_thresholds(parser, args.threshold))
         return
-    runners = {"rlrun": run_rlrun_process, "sb3": run_sb3_process}
+    if args.dataset:
+        if Path(args.dataset).expanduser().exists():
+            args.dataset = str(Path(args.dataset).expanduser().resolve())  # both sides run from the repository root
+        runners = {"rlrun": run_rlrun_process, "d3rlpy": run_d3rlpy_process}
+        if not args.methods:
+            parser.error("--dataset needs --methods, e.g. rlrun:td3_bc,d3rlpy:td3_bc")
+        if any(method.startswith("d3rlpy:") for method in split_methods(args.methods)):
+            check_peer_python(parser, args.peer_python)
+    else:
+        runners = {"rlrun": run_rlrun_process, "sb3": run_sb3_process}
     methods = (
         split_methods(args.methods)
         if args.methods
@@ -127,11 +160,13 @@ def main() -> None:
     for method in methods:
         runner, _, algo = method.partition(":")
         if runner not in runners or not algo:
-            parser.error(f"--methods {method}: expected runner:algo[:override...] with runner rlrun or sb3")
+            parser.error(f"--methods {method}: expected runner:algo[:override...] with runner {' or '.join(runners)}")
     thresholds = parse_thresholds(parser, args.threshold)
+    args.out.mkdir(parents=True, exist_ok=True)
     eval_every = args.eval_every or max(1, args.steps // 4)
     results = []
-    for env_name in args.env.split(",") if args.env else [None]:
+    env_names = [dataset_label(args.dataset)] if args.dataset else args.env.split(",") if args.env else [None]
+    for env_name in env_names:
         for threads in map(int, args.threads.split(",")):
             for seed in map(int, args.seeds.split(",")):
                 for repeat in range(args.repeats):
@@ -142,6 +177,8 @@ def main() -> None:
                             "runner": runner,
                             "algo": algo,
                             "env": env_name or DEFAULT_ENVS.get(algo, "HalfCheetah"),
+                            "dataset": args.dataset,
+                            "peer_python": args.peer_python,
                             "steps": args.steps,
                             "threads": threads,
                             "seed": seed,
@@ -170,9 +207,31 @@ def parse_thresholds(parser: argparse.ArgumentParser, items: list[str]) -> dict[
     return thresholds
 
 
+def check_peer_python(parser: argparse.ArgumentParser, python: str | None) -> None:
+    """One line, before anything runs, when the peer's Python is missing or lacks d3rlpy."""
+    if not python:
+        parser.error(
+            f"d3rlpy runs in an environment of its own: name its Python with --peer-python; make it with `{PEER_INSTALL}`"
+        )
+    try:
+        found = subprocess.run([python, "-c", "import d3rlpy, minari"], capture_output=True, timeout=120).returncode == 0
+    except OSError:
+        found = False
+    if not found:
+        parser.error(f"--peer-python {python}: no Python with d3rlpy and minari there; make it with `{PEER_INSTALL}`")
+
+
+def dataset_label(dataset: str) -> str:
+    """A dataset's name for the tables: its folder's name, or its id."""
+    return Path(dataset).name if Path(dataset).expanduser().exists() else dataset
+
+
 def write_tables(results: list[dict], out: Path, thresholds: dict[str, float] | None = None) -> None:
     (out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results) + "\n\n" + learning_markdown(results, thresholds or {})
+    if any(r.get("dataset") for r in results):
+        table = offline_speed_markdown(results) + "\n\n" + offline_scores_markdown(results)
+    else:
+        table = markdown(results) + "\n\n" + learning_markdown(results, thresholds or {})
     (out / "benchmark.md").write_text(table + "\n")
     print(table)
 
@@ -202,7 +261,7 @@ def run_rlrun_process(spec: dict) -> dict:
             "-m",
             "rlrun.cli",
             f"algo={spec['algo']}",
-            f"env={spec['env']}",
+            f"dataset={spec['dataset']}" if spec.get("dataset") else f"env={spec['env']}",
             f"seed={spec['seed']}",
             f"total_steps={spec['steps']}",
             f"threads={spec['threads']}",
@@ -218,6 +277,7 @@ def run_rlrun_process(spec: dict) -> dict:
         summary = json.loads((run_dir / "summary.json").read_text())
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         evals = {row["step"]: row["eval/return_mean"] for row in rows if "eval/return_mean" in row}
+        scores = {row["step"]: row["eval/normalized_score"] for row in rows if "eval/normalized_score" in row}
         eval_seconds = {row["step"]: row["perf/train_seconds"] for row in rows if "perf/train_seconds" in row}
     return {
         "runner": "rlrun",
@@ -226,8 +286,22 @@ def run_rlrun_process(spec: dict) -> dict:
         "wall_s": round(wall, 1),
         "peak_rss_mib": rss,
         "eval_returns": evals,
+        "eval_normalized_scores": scores,
         "eval_train_seconds": eval_seconds,
     }
+
+
+def run_d3rlpy_process(spec: dict) -> dict:
+    """d3rlpy on the same dataset with rlrun's composed settings, in the peer's own Python
+    (scripts/d3rlpy_peer.py); its peak RSS is that process's."""
+    peer_spec = {
+        "algo": spec["algo"],
+        "dataset": spec["dataset"],
+        "config": rlrun_config(spec["algo"], None, spec["overrides"])["algo"],
+        **{key: spec[key] for key in ("steps", "eval_every", "eval_episodes", "seed", "threads")},
+    }
+    stdout, wall, rss = _run([spec["peer_python"], str(PEER_SCRIPT), json.dumps(peer_spec)], spec["threads"])
+    return {**json.loads(stdout.strip().splitlines()[-1]), "runner": "d3rlpy", "wall_s": round(wall, 1), "peak_rss_mib": rss}
 
 
 def run_sb3_process(spec: dict) -> dict:
@@ -237,13 +311,14 @@ def run_sb3_process(spec: dict) -> dict:
 
 
 # ----- the SB3 side ---------------------------------------------------------------------------
-def rlrun_config(algo: str, env: str, overrides: list[str]) -> dict:
-    """rlrun's composed config for this pair, as plain values (tuned files and overrides applied)."""
+def rlrun_config(algo: str, env: str | None, overrides: list[str]) -> dict:
+    """rlrun's composed config for this pair, as plain values (tuned files and overrides
+    applied); env None keeps the default env (an offline run's algo section does not depend on it)."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
     with initialize_config_module("rlrun.configs", version_base="1.3"):
-        config = compose("config", overrides=[f"algo={algo}", f"env={env}", *overrides])
+        config = compose("config", overrides=[f"algo={algo}", *([f"env={env}"] if env else []), *overrides])
         return OmegaConf.to_container(config, resolve=True)
 
 
@@ -497,6 +572,66 @@ def learning_markdown(results: list[dict], thresholds: dict[str, float]) -> str:
                 f"| {'' if threshold is None else f'{threshold:g}'} | {' | '.join(reached)} |"
             )
     return "\n".join(lines)
+
+
+def offline_speed_markdown(results: list[dict]) -> str:
+    """Gradient steps/s, rlrun against d3rlpy for the same algorithm and dataset, each pair run
+    back to back (methods with overrides of their own have no partner and are left out)."""
+    results = [r for r in results if method_label(r) == f"{r['runner']}:{r['algo']}"]
+    lines = [
+        "| algo | dataset | threads | rlrun steps/s | d3rlpy steps/s | ratio | pairs: ratio range | rlrun peak RSS MiB | d3rlpy peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for algo, env, threads in sorted({(r["algo"], r["env"], r["threads"]) for r in results}):
+        runs = {
+            runner: [r for r in results if (r["algo"], r["env"], r["threads"], r["runner"]) == (algo, env, threads, runner)]
+            for runner in ("rlrun", "d3rlpy")
+        }
+        ratios = pair_ratios(runs["rlrun"], runs["d3rlpy"])
+        if not ratios:
+            continue  # one side only, or no seed run by both: nothing to compare
+
+        def mean(runner: str, key: str, runs: dict = runs) -> float:
+            return statistics.mean(float(r[key]) for r in runs[runner])
+
+        spread = f"{len(ratios)}: {min(ratios):.2f}–{max(ratios):.2f}×" if len(ratios) > 1 else "1"
+        lines.append(
+            f"| {algo} | {env} | {threads} | {mean('rlrun', 'train_sps'):.0f} | {mean('d3rlpy', 'train_sps'):.0f} | "
+            f"{statistics.median(ratios):.2f}× | {spread} | {mean('rlrun', 'peak_rss_mib'):.0f} | {mean('d3rlpy', 'peak_rss_mib'):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def offline_scores_markdown(results: list[dict]) -> str:
+    """Per method and dataset: the final normalised score of each seed (the return where the
+    dataset has no reference scores), their IQM with its 95% bootstrap interval (the report's
+    statistics, rlrun/report/stats.py), and gradient steps/s."""
+    from rlrun.report.stats import Bootstrap, iqm
+
+    lines = [
+        "| dataset | method | seeds | final normalised scores | IQM | 95% bootstrap CI | gradient steps/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for env in sorted({r["env"] for r in results}):
+        for method in dict.fromkeys(method_label(r) for r in results if r["env"] == env):
+            runs = {}  # one result per seed: its first repeat's
+            for r in results:
+                if r["env"] == env and method_label(r) == method:
+                    runs.setdefault(r["seed"], r)
+            finals = [final_score(r) for r in runs.values()]
+            estimate = Bootstrap(resamples=10_000).estimate(iqm, finals)
+            sps = statistics.mean(float(r["train_sps"]) for r in runs.values())
+            lines.append(
+                f"| {env} | {method} | {len(finals)} | {', '.join(f'{v:.1f}' for v in finals)} | {float(estimate.value):.1f} "
+                f"| [{float(estimate.low):.1f}, {float(estimate.high):.1f}] | {sps:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def final_score(result: dict) -> float:
+    """The last evaluation's normalised score, or its return without reference scores."""
+    values = result.get("eval_normalized_scores") or result["eval_returns"]
+    return float(values[max(values, key=int)])
 
 
 def method_label(result: dict) -> str:

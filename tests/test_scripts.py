@@ -1,5 +1,6 @@
 """The measuring scripts in scripts/ run and report what they promise."""
 
+import json
 import os
 import subprocess
 import sys
@@ -127,3 +128,55 @@ def test_buffer_memory_measures_bytes_per_transition_of_the_atari_buffers():
     assert per_transition["ReplayBuffer"] == 2 * 4 * 84 * 84 + 8 + 4 + 4  # obs, next_obs, action, reward, terminated
     for whole, frames in (("ReplayBuffer", "FrameReplayBuffer"), ("PrioritizedReplayBuffer", "PrioritizedFrameReplayBuffer")):
         assert 7.5 < per_transition[whole] / per_transition[frames] < 8.0
+
+
+# d3rlpy pins gymnasium 1.0, so it lives in a Python of its own (scripts/d3rlpy_peer.py says how to make it).
+PEER_PYTHON = os.environ.get("RLRUN_D3RLPY_PYTHON")
+
+
+@pytest.mark.skipif(
+    not PEER_PYTHON or not Path(PEER_PYTHON).exists(), reason="d3rlpy's own Python: set RLRUN_D3RLPY_PYTHON to it"
+)
+def test_benchmark_offline_mode_trains_rlrun_and_d3rlpy_on_one_dataset(tmp_path):
+    pytest.importorskip("minari", reason="the offline extra: python -m pip install -c constraints.txt -e '.[offline]'")
+    from conftest import pendulum_dataset
+
+    dataset = pendulum_dataset(tmp_path / "pendulum-scripted-v0")
+    output = subprocess.run(
+        [sys.executable, str(SCRIPTS / "benchmark.py"), "--dataset", str(dataset), "--methods", "rlrun:iql,d3rlpy:iql"]
+        + ["--steps", "40", "--eval-every", "20", "--eval-episodes", "1", "--threads", "1", "--seeds", "0"]
+        + ["--set", "algo.hidden_sizes=[16,16]", "--peer-python", PEER_PYTHON, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert [r["runner"] for r in results] == ["rlrun", "d3rlpy"]
+    for result in results:
+        assert result["steps_run"] == 40 and result["train_sps"] > 0 and result["peak_rss_mib"] > 0
+        # Both evaluate at the same gradient steps and score on the dataset's references (−1200 to −150).
+        assert sorted(result["eval_normalized_scores"], key=int) == ["20", "40"]
+        score, episode_return = result["eval_normalized_scores"]["40"], result["eval_returns"]["40"]
+        assert score == pytest.approx(100 * (episode_return + 1200) / 1050)
+    table = (tmp_path / "out" / "benchmark.md").read_text()
+    row = next(line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| iql | pendulum-scripted-v0 | 1 |"))
+    rlrun_sps, d3rlpy_sps, ratio = float(row[3]), float(row[4]), float(row[5].strip().rstrip("×"))
+    assert ratio == pytest.approx(rlrun_sps / d3rlpy_sps, rel=0.02)
+    assert "| pendulum-scripted-v0 | d3rlpy:iql | 1 |" in table
+
+
+def test_benchmark_offline_mode_without_d3rlpys_python_says_how_to_make_it(tmp_path):
+    output = subprocess.run(
+        [sys.executable, str(SCRIPTS / "benchmark.py"), "--dataset", str(tmp_path), "--methods", "rlrun:iql,d3rlpy:iql"]
+        + ["--peer-python", str(tmp_path / "no-python"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert output.returncode == 2
+    error = output.stderr.splitlines()[-1]  # one line, after argparse's usage
+    assert error.startswith(f"benchmark.py: error: --peer-python {tmp_path / 'no-python'}: no Python with d3rlpy")
+    assert "pip install -c constraints.txt d3rlpy" in error
+    assert not (tmp_path / "out").exists()
