@@ -292,6 +292,7 @@ CONFIG_CASES = [
     (["é=1"], "cannot parse the override 'é=1'"),
     (["algo=[sac,td3]"], "the config group algo takes one name"),
     (["~algo.lr"], "~algo.lr: removing a setting is not supported"),
+    (["eval.episodes=1e20"], "eval.episodes=100000000000000000000 is more than the limit of 1,000,000"),
 ]
 
 
