@@ -64,7 +64,7 @@ def check_sizes(
     changed = {
         f"algo.{key}": (saved_settings[key], value)
         for key, value in algo_settings.items()
-        if key in saved_settings and _plain(saved_settings[key]) != _plain(value)
+        if key in saved_settings and not _same(saved_settings[key], value)
     }
     then = "a run continues with the sizes it started with: drop the override, or start a new run folder"
     for key in LOOP_SIZES:
@@ -78,8 +78,14 @@ def check_sizes(
         raise ConfigError(f"checkpoint {path} does not fit algo={header['algo']} as configured: {misfit}{cause}; {then}")
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
+def _same(saved: Any, now: Any) -> bool:
+    """Equal as settings (a list and a tuple alike, 1000 and 1e3 alike); a value of a damaged
+    file that cannot be compared counts as changed."""
+    plain = lambda value: list(value) if isinstance(value, (list, tuple)) else value
+    try:
+        return bool(plain(saved) == plain(now))
+    except Exception:  # noqa: BLE001 - anything a damaged file holds (a tensor compares elementwise)
+        return False
 
 
 def _misfit(saved: Any, built: Any, where: str) -> str | None:
