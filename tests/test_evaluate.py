@@ -199,10 +199,15 @@ def test_export_command_writes_the_policy_and_its_description(runs):
     result = run_rlrun(f"export={run_dir}", "format=onnx", "which=best")
     assert result.returncode == 0, result.stderr
     best_step = json.loads((run_dir / "summary.json").read_text())["best_step"]
-    description = json.loads((run_dir / "export" / "policy-best.json").read_text())
+    description = json.loads((run_dir / "export" / "policy-best.onnx.json").read_text())
     assert (run_dir / "export" / description["file"]).is_file() and description["file"] == "policy-best.onnx"
     assert description["step"] == best_step and description["input"] == {"name": "obs", "shape": ["batch", 3], "dtype": "float32"}
     assert description["output"]["low"] == [-2.0] and description["output"]["high"] == [2.0]
+    # The other format beside it: a description of its own, the first one kept.
+    assert run_rlrun(f"export={run_dir}", "format=torchscript", "which=best").returncode == 0
+    assert json.loads((run_dir / "export" / "policy-best.onnx.json").read_text()) == description
+    other = json.loads((run_dir / "export" / "policy-best.torchscript.json").read_text())
+    assert other["file"] == "policy-best.ts.pt" and other["format"] == "torchscript"
     assert not list((run_dir / "export").glob("*.tmp"))
 
 
@@ -273,6 +278,7 @@ def test_bad_evaluate_and_export_inputs_get_one_line_and_write_nothing(runs, tmp
         (("-m", f"evaluate={run_dir}"), "evaluate= reads a saved run and takes no -m"),
         ((f"evaluate={run_dir}", f"resume={run_dir}"), "takes no resume="),
         ((f"evaluate={run_dir}", "algo.lr=1"), "evaluate= does not take 'algo.lr=1'"),
+        ((f"evaluate={run_dir}", "video=maybe"), "video='maybe' must be true or false"),
         (
             (
                 "algo=sac",

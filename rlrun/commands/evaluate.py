@@ -34,6 +34,8 @@ def main(folder_text: str, args: list[str]) -> None:
     """Evaluate a run folder's checkpoint (or every run of a sweep folder): print the result
     and write it to <run>/evaluations/<checkpoint>.json, a new file each time."""
     options = parse_options("evaluate", args, EVALUATE_OPTIONS)
+    if options.get("video") not in (None, True, False):
+        raise ConfigError(f"video={options['video']!r} must be true or false")
     folder = Path(folder_text)
     if not folder.is_dir():
         raise ConfigError(f"evaluate={folder_text}: no such folder; give a run folder such as outputs/<date>/<time>")
