@@ -182,6 +182,18 @@ def test_groups_are_what_differs_other_than_the_seed(tmp_path):
     assert analyse(runs, Options(resamples=10, group_by=("algo",))).groups == ["algo=sac"]
 
 
+def test_a_seed_run_twice_counts_once_as_its_furthest_trained_run(tmp_path):
+    fake_run(tmp_path / "short", "sac", "Hopper", 0, [100], [5.0], status="interrupted")
+    fake_run(tmp_path / "long", "sac", "Hopper", 0, [100, 200], [1.0, 2.0])
+    fake_run(tmp_path / "other", "sac", "Hopper", 1, [100, 200], [3.0, 4.0])
+    runs, _ = load_runs([str(tmp_path)])
+    report = analyse(runs, Options(resamples=10))
+    cell = report.cells[("Hopper-v5", "algo=sac")]
+    assert sorted(run.name for run in cell.runs) == ["long", "other"] and list(cell.finals) == [2.0, 4.0]
+    assert [run.name for run in report.duplicates] == ["short"]
+    assert any(f"seed 0 appears in 2 runs; counted once, as {tmp_path / 'long'} (trained furthest)" in n for n in report.notes)
+
+
 def _fails(*args: str) -> str:
     result = run_rlrun(*args)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -284,7 +296,7 @@ def test_environment_settings_and_named_keys_tell_groups_apart_and_a_seed_counts
     rows, text = _report(f"report={sweep}", f"report={tmp_path / 'copy'}", f"report.out={tmp_path / 'd'}")
     assert {row["group"]: int(row["seeds"]) for row in rows} == by_default
     copy = tmp_path / "copy" / job.name
-    assert f"seed 0 appears in 2 runs; counted once, as {job} (trained furthest), left out: {copy}" in text
+    assert f"seed 0 appears in 2 runs; counted once, as {job} (first found), left out: {copy}" in text
 
 
 def test_a_killed_run_is_not_shown_as_running(tmp_path):

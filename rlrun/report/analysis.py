@@ -233,8 +233,9 @@ def _one_run_per_seed(members: list[RunRecord], where: str, report: Report) -> l
         if len(same) > 1:
             others = [run for run in same if run is not best]
             report.duplicates.extend(others)
+            why = "trained furthest" if any(run.steps[-1] < best.steps[-1] for run in others) else "first found"
             report.notes.append(
-                f"{where}: seed {seed} appears in {len(same)} runs; counted once, as {best.folder} (trained furthest), "
+                f"{where}: seed {seed} appears in {len(same)} runs; counted once, as {best.folder} ({why}), "
                 f"left out: {', '.join(str(run.folder) for run in others)}"
             )
     return kept
