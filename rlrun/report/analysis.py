@@ -176,8 +176,9 @@ def analyse(runs: list[RunRecord], options: Options, skipped: list[RunRecord] | 
     envs = list(dict.fromkeys(run.env_id for run in runs))
     report = Report(options, keys, groups, envs, {}, runs, list(skipped or []))
     if options.group_by is not None and (pooled := hidden_differences(runs, keys)):
+        named = ", ".join(pooled[:8]) + (f" and {len(pooled) - 8} more settings" if len(pooled) > 8 else "")
         report.notes.append(
-            f"runs grouped together differ in {', '.join(pooled)}, which report.group_by leaves out: they are "
+            f"runs grouped together differ in {named}, which report.group_by leaves out: they are "
             "pooled as seeds of one group; leave report.group_by out to tell them apart"
         )
     for env_id in envs:
