@@ -136,8 +136,8 @@ def _completed_summary(plan: Plan, run_dir: Path) -> dict[str, Any]:
         "wall_time_s": round(resume.elapsed, 3),
         "checkpoint": str(resume.checkpoint),
     }
-    summary = {**found, **{key: value for key, value in summary.items() if value is not None}, "status": "completed"}
-    summary.update(total_steps=resume.step, checkpoint=str(resume.checkpoint))
+    kept = {key: found[key] if value is None and key in found else value for key, value in summary.items()}
+    summary = {**found, **kept, "status": "completed", "total_steps": resume.step, "checkpoint": str(resume.checkpoint)}
     _write_summary(run_dir, summary)
     return summary
 
