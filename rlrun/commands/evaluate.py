@@ -65,7 +65,6 @@ class OtherRun:
 
     name: str  # its run folder's name, or the file's own stem when it lies in no run folder
     folder: Path | None  # its run folder, if it lies in one (<run>/checkpoints/<file>)
-    seed: int | None  # the seed it was trained with
 
 
 def other_run(run_dir: Path, checkpoint: Path) -> OtherRun | None:
@@ -85,7 +84,7 @@ def other_run(run_dir: Path, checkpoint: Path) -> OtherRun | None:
         )
     in_run = checkpoint.parent.name == "checkpoints"
     folder = checkpoint.parent.parent if in_run else None
-    origin = OtherRun(folder.name if folder else checkpoint.stem, folder, theirs[2])
+    origin = OtherRun(folder.name if folder else checkpoint.stem, folder)
     if ours is not None and ours[2] != theirs[2]:
         print(
             f"rlrun: warning: which={checkpoint} was trained with seed={theirs[2]}, {run_dir} with seed={ours[2]}: its "
