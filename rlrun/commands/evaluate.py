@@ -153,7 +153,9 @@ def _evaluate_checkpoint(run_dir, checkpoint, options: dict, origin: OtherRun | 
         summary["normalized_score"] = saved.plan.dataset.normalized_score(summary["return_mean"])
     # The run the result belongs to: a checkpoint of another run is filed under a name of its own.
     summary["run"] = str(run_dir if origin is None else (origin.folder or checkpoint))
-    stem = checkpoint.stem if origin is None else f"other-{origin.name}-{checkpoint.stem}"
+    # A sweep job's folder name can be most of the file system's 255 bytes: the file name keeps
+    # its start (the job number), the result the whole path.
+    stem = checkpoint.stem if origin is None else f"other-{origin.name[:100]}-{checkpoint.stem}"
     path = new_file(run_dir / "evaluations", stem, ".json")
     path.write_text(strict_json(summary))
     summary["written"] = str(path)
