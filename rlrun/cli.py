@@ -19,6 +19,7 @@ import sys
 
 from rlrun.commands import collect, evaluate, export, report, train
 from rlrun.config import ConfigError, RunError
+from rlrun.core.logger import library_warnings_to_log
 
 # Commands that read run folders instead of training, by their key.
 FOLDER_COMMANDS = {"evaluate": evaluate.main, "export": export.main, "report": report.main, "collect": collect.main}
@@ -26,6 +27,7 @@ FOLDER_COMMANDS = {"evaluate": evaluate.main, "export": export.main, "report": r
 
 def main() -> None:
     keep_freed_memory()
+    library_warnings_to_log()
     # `env.id=my_module:MyEnv-v0` finds modules in the folder rlrun runs in, as `python -m` would.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())

@@ -329,3 +329,23 @@ def test_damaged_run_folders_given_to_resume_get_one_line(tmp_path):
     torch.save(state, checkpoint_file(run_dir, 300))
     line = one_line_error(run_rlrun(f"resume={run_dir}", "total_steps=600"), 2)
     assert "is a damaged rlrun checkpoint: it lacks run.clock" in line
+
+
+def test_library_warnings_go_to_the_run_log_not_the_terminal(tmp_path):
+    """A UserWarning from outside rlrun (torch, Optuna, matplotlib issue them) during training."""
+    patch = (
+        "import sys, warnings\n"
+        "sys.warnoptions.clear()\n"
+        "warnings.resetwarnings()  # as without the tests' PYTHONWARNINGS=ignore\n"
+        "import rlrun.core.run as run\n"
+        "_evaluate = run.Run.evaluate\n"
+        "def evaluate(self, step):\n"
+        "    warnings.warn('a library warning', UserWarning)\n"
+        "    return _evaluate(self, step)\n"
+        "run.Run.evaluate = evaluate\n"
+    )
+    run_dir = tmp_path / "run"
+    result = run_rlrun(*SAC_PENDULUM, "total_steps=300", f"hydra.run.dir={run_dir}", patch=patch)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "a library warning" not in result.stderr + result.stdout
+    assert "UserWarning: a library warning" in (run_dir / "rlrun.log").read_text()
