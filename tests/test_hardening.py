@@ -74,9 +74,11 @@ def test_a_second_writer_is_refused_and_a_killed_writer_leaves_no_stale_lock(tmp
     for path, mtime in before.items():
         if path.exists() and path.name.startswith("step_"):
             assert path.stat().st_mtime_ns == mtime  # the refused writers changed nothing
-    again = run_rlrun(f"resume={run_dir}", "total_steps=600")
+    # The lock is free again: a resume takes it (to the killed run's last checkpoint, where it finds nothing to train).
+    reached = max(int(path.stem.removeprefix("step_")) for path in (run_dir / "checkpoints").glob("step_*.pt"))
+    again = run_rlrun(f"resume={run_dir}", f"total_steps={reached}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert summary_of(run_dir)["status"] == "completed"
+    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["total_steps"] == reached
 
 
 # ----- 3. a killed joblib sweep leaves no workers ----------------------------------------------
