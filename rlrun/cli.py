@@ -20,6 +20,7 @@ import sys
 
 from rlrun.commands import collect, combine, evaluate, export, report, train
 from rlrun.config import ConfigError, RunError
+from rlrun.core.logger import library_warnings_to_log
 
 # Commands that read run folders (combine: datasets) instead of training, by their key.
 FOLDER_COMMANDS = {
@@ -33,6 +34,7 @@ FOLDER_COMMANDS = {
 
 def main() -> None:
     keep_freed_memory()
+    library_warnings_to_log()
     # `env.id=my_module:MyEnv-v0` finds modules in the folder rlrun runs in, as `python -m` would.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())

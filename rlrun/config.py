@@ -32,11 +32,19 @@ MAX_STEPS = 2**53
 # The largest run seed: NumPy takes seeds below 2**32, and a run also seeds its evaluation
 # environment (seed + 10000) and each vector sub-environment (seed + i).
 MAX_SEED = 2**31 - 1
+# The most episodes one evaluation (or collect=) runs: each keeps its return and length in
+# memory, and a million episodes of even a short task take days.
+MAX_EPISODES = 1_000_000
 
 
 def positive(path: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{path}={value!r} must be positive")
+
+
+def at_most(path: str, value: float, limit: int, why: str) -> None:
+    if value > limit:
+        raise ConfigError(f"{path}={value!r} is more than the limit of {limit:,} ({why})")
 
 
 def replay_sizes(batch_size: int, buffer_size: int) -> None:
@@ -81,6 +89,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         positive("eval.every", self.every)
         positive("eval.episodes", self.episodes)
+        at_most("eval.episodes", self.episodes, MAX_EPISODES, "episodes per evaluation")
 
 
 @dataclass(frozen=True)

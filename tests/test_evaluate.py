@@ -206,10 +206,15 @@ def test_export_command_writes_the_policy_and_its_description(runs):
     result = run_rlrun(f"export={run_dir}", "format=onnx", "which=best")
     assert result.returncode == 0, result.stderr
     best_step = json.loads((run_dir / "summary.json").read_text())["best_step"]
-    description = json.loads((run_dir / "export" / "policy-best.json").read_text())
+    description = json.loads((run_dir / "export" / "policy-best.onnx.json").read_text())
     assert (run_dir / "export" / description["file"]).is_file() and description["file"] == "policy-best.onnx"
     assert description["step"] == best_step and description["input"] == {"name": "obs", "shape": ["batch", 3], "dtype": "float32"}
     assert description["output"]["low"] == [-2.0] and description["output"]["high"] == [2.0]
+    # The other format beside it: a description of its own, the first one kept.
+    assert run_rlrun(f"export={run_dir}", "format=torchscript", "which=best").returncode == 0
+    assert json.loads((run_dir / "export" / "policy-best.onnx.json").read_text()) == description
+    other = json.loads((run_dir / "export" / "policy-best.torchscript.json").read_text())
+    assert other["file"] == "policy-best.ts.pt" and other["format"] == "torchscript"
     assert not list((run_dir / "export").glob("*.tmp"))
 
 
@@ -282,6 +287,7 @@ def test_bad_evaluate_and_export_inputs_get_one_line_and_write_nothing(runs, tmp
         (("-m", f"evaluate={run_dir}"), "evaluate= reads a saved run and takes no -m"),
         ((f"evaluate={run_dir}", f"resume={run_dir}"), "takes no resume="),
         ((f"evaluate={run_dir}", "algo.lr=1"), "evaluate= does not take 'algo.lr=1'"),
+        ((f"evaluate={run_dir}", "video=maybe"), "video='maybe' must be true or false"),
         (
             (
                 "algo=sac",
@@ -299,3 +305,30 @@ def test_bad_evaluate_and_export_inputs_get_one_line_and_write_nothing(runs, tmp
         assert words in line, (args, line)
     assert {folder: snapshot(folder) for folder in before} == before
     assert not (tmp_path / "new").exists()
+
+
+def test_a_checkpoint_of_another_run_is_filed_as_that_runs_result(tmp_path):
+    own = smoke_run(tmp_path / "own", "sac", "total_steps=300")
+    other_seed = smoke_run(tmp_path / "seed1", "sac", "total_steps=300", "seed=1")
+    other_algo = smoke_run(tmp_path / "td3", "td3", "total_steps=300")
+    foreign = other_seed / "checkpoints" / "step_000000300.pt"
+    result = run_rlrun(f"evaluate={own}", f"which={foreign}", "eval.episodes=2")
+    assert result.returncode == 0, result.stderr
+    assert f"rlrun: warning: which={foreign} was trained with seed=1, {own} with seed=0" in result.stderr
+    assert f"of run {other_seed}:" in result.stdout
+    (written,) = (own / "evaluations").iterdir()
+    assert written.name == f"other-{other_seed.name}-step_000000300.json"  # not step_000000300.json, this run's own
+    evaluation = json.loads(written.read_text())
+    assert evaluation["run"] == str(other_seed) and evaluation["seed"] == 1 and evaluation["checkpoint"] == str(foreign)
+
+    # Another algorithm's checkpoint says nothing about this run: refused, nothing written.
+    before = snapshot(own)
+    line = one_line_error(run_rlrun(f"evaluate={own}", f"which={other_algo / 'checkpoints' / 'step_000000300.pt'}"))
+    assert f"is a checkpoint of algo=td3 on Pendulum-v1, but {own} is a run of algo=sac on Pendulum-v1" in line
+    # Counts without a sane bound are refused before anything runs.
+    line = one_line_error(run_rlrun(f"evaluate={own}", "eval.episodes=1000000000000"))
+    assert "eval.episodes=1000000000000 is more than the limit of 1,000,000" in line
+    if importlib.util.find_spec("minari") is not None:
+        line = one_line_error(run_rlrun(f"collect={own}", "episodes=2000000", f"out={tmp_path / 'data'}"))
+        assert "episodes=2000000 is more than the limit of 1,000,000" in line
+    assert snapshot(own) == before

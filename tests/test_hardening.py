@@ -75,9 +75,11 @@ def test_a_second_writer_is_refused_and_a_killed_writer_leaves_no_stale_lock(tmp
     for path, mtime in before.items():
         if path.exists() and path.name.startswith("step_"):
             assert path.stat().st_mtime_ns == mtime  # the refused writers changed nothing
-    again = run_rlrun(f"resume={run_dir}", "total_steps=600")
+    # The lock is free again: a resume takes it (to the killed run's last checkpoint, where it finds nothing to train).
+    reached = max(int(path.stem.removeprefix("step_")) for path in (run_dir / "checkpoints").glob("step_*.pt"))
+    again = run_rlrun(f"resume={run_dir}", f"total_steps={reached}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert summary_of(run_dir)["status"] == "completed"
+    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["total_steps"] == reached
 
 
 # ----- 3. a killed joblib sweep leaves no workers ----------------------------------------------
@@ -294,6 +296,7 @@ CONFIG_CASES = [
     (["é=1"], "cannot parse the override 'é=1'"),
     (["algo=[sac,td3]"], "the config group algo takes one name"),
     (["~algo.lr"], "~algo.lr: removing a setting is not supported"),
+    (["eval.episodes=1e20"], "eval.episodes=100000000000000000000 is more than the limit of 1,000,000"),
 ]
 
 
@@ -330,3 +333,23 @@ def test_damaged_run_folders_given_to_resume_get_one_line(tmp_path):
     torch.save(state, checkpoint_file(run_dir, 300))
     line = one_line_error(run_rlrun(f"resume={run_dir}", "total_steps=600"), 2)
     assert "is a damaged rlrun checkpoint: it lacks run.clock" in line
+
+
+def test_library_warnings_go_to_the_run_log_not_the_terminal(tmp_path):
+    """A UserWarning from outside rlrun (torch, Optuna, matplotlib issue them) during training."""
+    patch = (
+        "import sys, warnings\n"
+        "sys.warnoptions.clear()\n"
+        "warnings.resetwarnings()  # as without the tests' PYTHONWARNINGS=ignore\n"
+        "import rlrun.core.run as run\n"
+        "_evaluate = run.Run.evaluate\n"
+        "def evaluate(self, step):\n"
+        "    warnings.warn('a library warning', UserWarning)\n"
+        "    return _evaluate(self, step)\n"
+        "run.Run.evaluate = evaluate\n"
+    )
+    run_dir = tmp_path / "run"
+    result = run_rlrun(*SAC_PENDULUM, "total_steps=300", f"hydra.run.dir={run_dir}", patch=patch)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "a library warning" not in result.stderr + result.stdout
+    assert "UserWarning: a library warning" in (run_dir / "rlrun.log").read_text()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import run_rlrun
+from conftest import run_rlrun, start_rlrun, wait_for
 from scipy.stats import trim_mean
 
 pytest.importorskip("matplotlib")
@@ -159,7 +160,7 @@ def test_curves_interpolate_between_evaluations_and_stop_at_the_shortest_run(tmp
     np.testing.assert_allclose(cell.curve.iqm.value, [(150 + 100) / 2, (300 + 150) / 2, (400 + 200) / 2])
     assert list(cell.finals) == [500.0, 200.0]
     assert any("stops at step 4000" in note for note in report.notes)
-    assert any("not completed" in note and "b (running)" in note for note in report.notes)
+    assert any("not completed" in note and "b (unknown)" in note for note in report.notes)  # no summary, no lock file
 
 
 def test_groups_are_what_differs_other_than_the_seed(tmp_path):
@@ -179,6 +180,18 @@ def test_groups_are_what_differs_other_than_the_seed(tmp_path):
         run.settings["algo.lr"] = float(run.folder.name[2:].split("-")[0])
     assert analyse(runs, Options(resamples=10)).groups == ["algo=sac algo.lr=0.0003", "algo=sac algo.lr=0.001"]
     assert analyse(runs, Options(resamples=10, group_by=("algo",))).groups == ["algo=sac"]
+
+
+def test_a_seed_run_twice_counts_once_as_its_furthest_trained_run(tmp_path):
+    fake_run(tmp_path / "short", "sac", "Hopper", 0, [100], [5.0], status="interrupted")
+    fake_run(tmp_path / "long", "sac", "Hopper", 0, [100, 200], [1.0, 2.0])
+    fake_run(tmp_path / "other", "sac", "Hopper", 1, [100, 200], [3.0, 4.0])
+    runs, _ = load_runs([str(tmp_path)])
+    report = analyse(runs, Options(resamples=10))
+    cell = report.cells[("Hopper-v5", "algo=sac")]
+    assert sorted(run.name for run in cell.runs) == ["long", "other"] and list(cell.finals) == [2.0, 4.0]
+    assert [run.name for run in report.duplicates] == ["short"]
+    assert any(f"seed 0 appears in 2 runs; counted once, as {tmp_path / 'long'} (trained furthest)" in n for n in report.notes)
 
 
 def _fails(*args: str) -> str:
@@ -215,6 +228,10 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path):
     assert unknown.startswith("report.reference=rlzoo is not known; did you mean rl-zoo?")
     assert _fails(f"report={sweep}", "report.format=pdf") == "report.format='pdf' is not valid; choose one of: md, html"
     assert _fails(f"report={sweep}", "report.last_fraction=0").startswith("report.last_fraction=0 must be a number in (0, 1]")
+    assert _fails(f"report={sweep}", "report.resamples=1000000000000") == (
+        "report.resamples=1000000000000 is more than the limit of 50,000 (bootstrap resamples; more only narrow the "
+        "intervals' noise)"
+    )
     assert _fails(f"report={sweep}", "report.colour=red").startswith("report= does not take 'report.colour=red'")
     assert _fails("report.seed=3").startswith("report.<option>= needs report=<folder>")
     assert not any(path.name == "report" for path in tmp_path.rglob("*"))  # nothing written
@@ -278,3 +295,49 @@ def test_atari100k_reference_has_random_human_and_der_scores_for_the_26_games():
         assert reference.normaliser(env_id).algo == "human"
         random, human = reference.random(env_id).score, reference.normaliser(env_id).score
         np.testing.assert_allclose(reference.normalise(env_id, np.array([random, human])), [0.0, 1.0])
+# ----- real runs: what tells groups apart, repeated seeds, killed runs ------------------------
+SMOKE = ["experiment=smoke", "algo=sac", "env=Pendulum", "threads=1", "device=cpu", "total_steps=300", "eval.every=150"]
+
+
+def _report(*args: str) -> tuple[list[dict], str]:
+    out = Path(next(a for a in args if a.startswith("report.out=")).split("=", 1)[1])
+    result = run_rlrun(*args)
+    assert result.returncode == 0, result.stderr
+    return _rows(out / "report.csv"), (out / "report.md").read_text()
+
+
+def test_environment_settings_and_named_keys_tell_groups_apart_and_a_seed_counts_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_rlrun("-m", *SMOKE, "+env.kwargs.g=2.0,20.0", "seed=0,1", f"hydra.sweep.dir={sweep}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_default = {row["group"]: int(row["seeds"]) for row in _report(f"report={sweep}", f"report.out={tmp_path / 'a'}")[0]}
+    assert by_default == {"algo=sac env.kwargs.g=2.0": 2, "algo=sac env.kwargs.g=20.0": 2}
+    named = _report(f"report={sweep}", "report.group_by=[algo,env.kwargs.g]", f"report.out={tmp_path / 'b'}")[0]
+    assert {row["group"]: int(row["seeds"]) for row in named} == by_default
+    pooled, text = _report(f"report={sweep}", "report.group_by=[algo]", f"report.out={tmp_path / 'c'}")
+    assert [(row["group"], int(row["seeds"])) for row in pooled] == [("algo=sac", 2)]  # seeds 0 and 1, once each
+    assert "runs grouped together differ in env.kwargs.g, which report.group_by leaves out" in text
+    assert "seed 0 appears in 2 runs; counted once" in text and "seed 1 appears in 2 runs; counted once" in text
+
+    # A copy of a run (the same seed and settings) next to the sweep is one sample, not two.
+    job = next(sweep.glob("0-*"))
+    shutil.copytree(job, tmp_path / "copy" / job.name)
+    rows, text = _report(f"report={sweep}", f"report={tmp_path / 'copy'}", f"report.out={tmp_path / 'd'}")
+    assert {row["group"]: int(row["seeds"]) for row in rows} == by_default
+    copy = tmp_path / "copy" / job.name
+    assert f"seed 0 appears in 2 runs; counted once, as {job} (first found), left out: {copy}" in text
+
+
+def test_a_killed_run_is_not_shown_as_running(tmp_path):
+    run_dir = tmp_path / "runs" / "long"
+    process = start_rlrun(*SMOKE, "total_steps=100000", f"hydra.run.dir={run_dir}")
+    try:
+        wait_for(run_dir / "checkpoints" / "step_000000300.pt", process)
+        text = _report(f"report={tmp_path / 'runs'}", f"report.out={tmp_path / 'live'}")[1]
+        assert "long (running)" in text
+    finally:
+        process.kill()  # SIGKILL: no summary.json, and the lock is gone with the process
+        process.communicate(timeout=60)
+    assert not (run_dir / "summary.json").exists()
+    text = _report(f"report={tmp_path / 'runs'}", f"report.out={tmp_path / 'dead'}")[1]
+    assert "long (killed)" in text and "running" not in text

@@ -8,6 +8,7 @@ import torch
 from conftest import checkpoint_file, pendulum_dataset, run_rlrun, start_rlrun, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rlrun.core.folders import strict_json
 from rlrun.core.registry import ALGORITHMS
 
 # Small but real runs: learning starts before the kill, the replay buffer (1000) wraps around,
@@ -186,3 +187,95 @@ def test_rerunning_a_finished_run_in_its_folder_changes_nothing(rlrun, tmp_path)
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()} == before
     assert (run_dir / "metrics.jsonl").read_text() == metrics_before
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+# ----- a resume that cannot go on says so before touching the folder --------------------------
+SMOKE_SAC = ["experiment=smoke", "algo=sac", "env=Pendulum", "threads=1", "device=cpu"]
+
+
+def _strict_json(path):
+    """The file's JSON, refusing NaN and infinities as strict readers do."""
+
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _folder_state(run_dir):
+    return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".rlrun.lock"}
+
+
+def _refused(run_dir, *args):
+    """The one error line of `rlrun resume=<run_dir> args`, which must leave the folder as it was."""
+    before = _folder_state(run_dir)
+    result = run_rlrun(f"resume={run_dir}", *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("rlrun: error: "), result.stderr[-3000:]
+    assert _folder_state(run_dir) == before
+    return lines[0]
+
+
+def test_a_budget_below_the_checkpoints_step_is_refused_and_the_summary_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_rlrun(*SMOKE_SAC, "total_steps=100000", "checkpoint.every=100", f"hydra.run.dir={run_dir}")
+    wait_for(checkpoint_file(run_dir, 300), process)
+    process.terminate()  # SIGTERM: a checkpoint at the step it stops at, status interrupted
+    process.communicate(timeout=120)
+    summary = _strict_json(run_dir / "summary.json")
+    assert summary["status"] == "interrupted" and summary["total_steps"] >= 300
+    line = _refused(run_dir, "total_steps=200")
+    assert f"total_steps=200 is below the step of checkpoint {run_dir / 'checkpoints'}" in line
+    assert f"give total_steps={summary['total_steps']} or more" in line
+    assert _strict_json(run_dir / "summary.json") == summary
+
+
+def test_a_summary_brought_up_to_date_keeps_its_fields_and_stays_strict_json(tmp_path):
+    """A run stopped after its last checkpoint (as by a signal during the final evaluation):
+    the resume that finds nothing to train marks it completed and drops nothing. One
+    evaluation episode has no sample std; it was written as NaN."""
+    run_dir = tmp_path / "run"
+    assert run_rlrun(*SMOKE_SAC, "total_steps=300", f"hydra.run.dir={run_dir}").returncode == 0
+    summary = _strict_json(run_dir / "summary.json")
+    stopped = {**summary, "status": "interrupted", "signal": "SIGTERM"}
+    (run_dir / "summary.json").write_text(json.dumps(stopped))
+    result = run_rlrun(f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = _strict_json(run_dir / "summary.json")
+    assert after == {**stopped, "status": "completed"}
+    assert after["sps"] and after["best_eval_return_mean"] is not None and after["eval_return_std"] == 0.0
+    # Killed after its last checkpoint, before writing a summary: one is made from the checkpoint.
+    (run_dir / "summary.json").unlink()
+    assert run_rlrun(f"resume={run_dir}").returncode == 0
+    remade = _strict_json(run_dir / "summary.json")
+    assert remade["status"] == "completed" and remade["total_steps"] == 300 and remade["eval_return_std"] == 0.0
+    assert remade["eval_return_mean"] == summary["eval_return_mean"]
+
+
+def test_summaries_map_non_finite_numbers_to_null():
+    text = strict_json({"eval_return_mean": float("nan"), "returns": [1.0, float("inf")], "nested": {"x": -float("inf")}})
+    assert json.loads(text) == {"eval_return_mean": None, "returns": [1.0, None], "nested": {"x": None}}
+
+
+def test_a_resume_that_changes_sizes_seed_or_algorithm_is_refused_naming_the_setting(tmp_path):
+    run_dir, td3_dir = tmp_path / "sac", tmp_path / "td3"
+    assert run_rlrun(*SMOKE_SAC, "total_steps=300", f"hydra.run.dir={run_dir}").returncode == 0
+    td3 = ["experiment=smoke", "algo=td3", "env=Pendulum", "threads=1", "total_steps=300"]
+    assert run_rlrun(*td3, f"hydra.run.dir={td3_dir}").returncode == 0
+    checkpoint = checkpoint_file(run_dir, 300)
+    cases = [
+        (["algo.hidden_sizes=[64,64]"], "(changed: algo.hidden_sizes=[32, 32] in the checkpoint, [64, 64] now)"),
+        (["algo.num_critics=3"], "(changed: algo.num_critics=2 in the checkpoint, 3 now)"),
+        (["algo.buffer_size=500"], f"checkpoint {checkpoint} was trained with algo.buffer_size=1000, not 500"),
+        (["seed=1"], f"checkpoint {checkpoint} is from seed=0, not seed=1"),
+    ]
+    for overrides, words in cases:
+        line = _refused(run_dir, "total_steps=600", *overrides)
+        assert words in line, (overrides, line)
+    # A checkpoint that says SAC but holds TD3's networks.
+    state = torch.load(checkpoint, weights_only=True)
+    state["agent"] = torch.load(checkpoint_file(td3_dir, 300), weights_only=True)["agent"]
+    torch.save(state, checkpoint)
+    line = _refused(run_dir, "total_steps=600")
+    assert f"checkpoint {checkpoint} does not fit algo=sac as configured: it lacks agent." in line
+    assert _strict_json(run_dir / "summary.json")["status"] == "completed"

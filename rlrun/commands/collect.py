@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlrun.blocks.spaces import BoxActions
-from rlrun.config import ConfigError, EnvConfig
+from rlrun.config import MAX_EPISODES, ConfigError, EnvConfig, at_most
 from rlrun.core.saved_run import choose_checkpoint, is_run_folder, load_agent, parse_options
 from rlrun.envs.datasets import Episode, write_dataset
 from rlrun.envs.ids import registered_id
@@ -169,6 +169,7 @@ def _count(name: str, value, required: bool = False) -> int:
         raise ConfigError(f"collect= needs {name}=<how many>, e.g. {name}=100")
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name}={value!r} must be a whole number, at least 1")
+    at_most(name, value, MAX_EPISODES, "episodes one collect= runs")
     return value
 
 

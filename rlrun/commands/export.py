@@ -47,7 +47,7 @@ def main(folder_text: str, args: list[str]) -> None:
 
 def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path]:
     """Write the policy of `saved` as `folder/policy-<checkpoint><suffix>` and its description
-    `policy-<checkpoint>.json`; both through temporary files."""
+    `policy-<checkpoint>.<format>.json`; both through temporary files."""
     module = copy.deepcopy(saved.agent.policy_module()).cpu().eval().requires_grad_(False)
     obs_space, action_space = saved.plan.obs_space, saved.plan.action_space
     example = torch.as_tensor(np.stack([obs_space.sample() for _ in range(2)]))
@@ -81,7 +81,7 @@ def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    description = folder / f"{stem}.json"
+    description = folder / f"{stem}.{fmt}.json"  # one per format: exporting the other one keeps this
     info = {
         "format": fmt,
         "file": path.name,

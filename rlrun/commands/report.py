@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlrun.config import ConfigError
+from rlrun.config import ConfigError, at_most
 from rlrun.core.folders import check_writable
 from rlrun.core.saved_run import parse_options
 from rlrun.report.references import load_reference
@@ -20,10 +20,13 @@ from rlrun.report.runs import load_runs
 
 REPORT_INSTALL = "python -m pip install -c constraints.txt -e '.[report]'"
 DEFAULT_REFERENCE = "rl-zoo"
+# rliable's default number of bootstrap repetitions; the learning curves and performance
+# profiles hold resamples × runs × points numbers in memory at once.
+MAX_RESAMPLES = 50_000
 REPORT_OPTIONS = {
     "report.group_by": "settings that tell groups apart, e.g. [algo,algo.lr]; default algo and the overrides that differ",
     "report.last_fraction": "the late-training score's share of each run's steps; default 0.1",
-    "report.resamples": "bootstrap resamples; default 2000",
+    "report.resamples": f"bootstrap resamples; default 2000, at most {MAX_RESAMPLES}",
     "report.seed": "the bootstrap's seed; default 0",
     "report.reference": f"published scores: a name, a .csv file or none; default {DEFAULT_REFERENCE}",
     "report.out": "the report folder; default <folder>/report for one folder, reports/<date>_<time> for several",
@@ -61,6 +64,7 @@ def parse(args: list[str]) -> tuple[dict[str, Any], Any]:
     resamples = given.get("report.resamples", 2000)
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise ConfigError(f"report.resamples={resamples!r} must be a positive whole number, e.g. 2000")
+    at_most("report.resamples", resamples, MAX_RESAMPLES, "bootstrap resamples; more only narrow the intervals' noise")
     seed = given.get("report.seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"report.seed={seed!r} must be a whole number, zero or more")

@@ -32,6 +32,7 @@ import rlrun.commands.sweep  # noqa: F401  registers the resolver that names swe
 from rlrun.config import ConfigError, RunError
 from rlrun.core.checkpoint import latest
 from rlrun.core.folders import FolderInUse, ParentWatch, check_writable, lock_run_folder, release_run_folder
+from rlrun.core.logger import library_warnings_to_log
 from rlrun.core.plan import Plan, validate
 from rlrun.core.training import execute, record_failure
 from rlrun.envs.make import check_stored_wrappers
@@ -125,6 +126,7 @@ def _job(cfg: DictConfig, plan=None) -> dict | None:
     Hydra's JobReturn; None if the job failed. `plan` is `cfg` already validated, if it was."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    library_warnings_to_log()  # into this job's rlrun.log, now open
     if multirun:
         try:
             lock_run_folder(run_dir)

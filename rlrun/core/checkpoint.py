@@ -132,13 +132,22 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", algo: str |
 
 
 def check_resumable(
-    path: Path, algo: str, env_id: str, *, backend: str = "gymnasium", total_steps: int | None = None
+    path: Path,
+    algo: str,
+    env_id: str,
+    *,
+    backend: str = "gymnasium",
+    total_steps: int | None = None,
+    seed: int | None = None,
 ) -> Checkpoint:
     """Check that the checkpoint `path` can continue a run of `algo` on `env_id` stepped by
-    `backend`; returns it memory-mapped (cheap to open, even with a large replay buffer inside).
+    `backend` with `seed` and a budget of `total_steps`; returns it memory-mapped (cheap to
+    open, even with a large replay buffer inside).
 
     A run on EnvPool cannot continue (EnvPool cannot save its environments mid-episode); one
-    whose checkpoint already reached `total_steps` passes, as there is nothing to continue.
+    whose checkpoint already reached `total_steps` passes, as there is nothing to continue. A
+    budget below the checkpoint's step is refused, unless the run itself had that budget (a
+    loop that steps several environments at once may pass its total_steps).
     """
     try:
         state = load(path, mmap=True)
@@ -157,6 +166,18 @@ def check_resumable(
     saved_backend = saved_env.get("backend", "gymnasium") if isinstance(saved_env, dict) else "gymnasium"
     if saved_backend != backend:
         raise ConfigError(f"checkpoint {path} is from env.backend={saved_backend}, not env.backend={backend}; {same_run}")
+    saved_seed = state["config"].get("seed") if isinstance(state["config"], dict) else None
+    if seed is not None and saved_seed is not None and saved_seed != seed:
+        raise ConfigError(
+            f"checkpoint {path} is from seed={saved_seed}, not seed={seed}; a run continues with the seed it started "
+            "with: drop the seed override, or start a new run folder"
+        )
+    saved_total = state["config"].get("total_steps") if isinstance(state["config"], dict) else None
+    if total_steps is not None and state["step"] > total_steps and saved_total != total_steps:
+        raise ConfigError(
+            f"total_steps={total_steps} is below the step of checkpoint {path} ({state['step']}); a run cannot go back: "
+            f"give total_steps={state['step']} or more, or leave it out"
+        )
     if backend == "envpool" and (total_steps is None or state["step"] < total_steps):
         raise ConfigError(
             f"checkpoint {path} is from a run on env.backend=envpool, which cannot resume (EnvPool cannot save its "

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -20,6 +22,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from rlrun.config import ConfigError
 
@@ -52,6 +55,26 @@ def lock_run_folder(run_dir: Path) -> None:
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
     _held[run_dir] = descriptor
+
+
+def folder_in_use(run_dir: Path) -> bool | None:
+    """Whether a live process holds the run folder's lock (it is training there); None if the
+    folder has no lock file (no rlrun process ever trained in it). The lock is probed with a
+    shared flock taken and given back at once, which works across machines on a shared file
+    system, where the pid in the file says nothing."""
+    try:
+        descriptor = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)  # also gives back a lock just taken
+    return False
 
 
 def release_run_folder(run_dir: Path) -> None:
@@ -121,6 +144,22 @@ def check_name_lengths(key: str, folder: Path) -> None:
                 f"{key} has a folder name of {size} bytes ('{part[:40]}...'), more than the {limit} this file system "
                 f"allows; choose a shorter {key}=<folder>"
             )
+
+
+def strict_json(value: Any) -> str:
+    """`value` as strict JSON (indented, with a final newline): a non-finite number (NaN, an
+    infinite return) becomes null, since JSON has no NaN and strict readers reject it."""
+
+    def finite(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [finite(inner) for inner in item]
+        return item
+
+    return json.dumps(finite(value), indent=2, allow_nan=False) + "\n"
 
 
 def describe_write_error(error: BaseException, path: Path | None = None) -> str:

@@ -6,6 +6,7 @@ import functools
 import io
 import json
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,22 @@ from rlrun.config import RunError
 from rlrun.core.folders import describe_write_error
 
 log = logging.getLogger("rlrun")
+
+
+def library_warnings_to_log() -> None:
+    """Python warnings (a library's UserWarnings and deprecations: torch, Optuna, matplotlib)
+    go to the run's log file, rlrun.log, instead of the terminal, where they would read as
+    lines of rlrun's own; a command without a log file drops them. Called again once a job's
+    log file is open. Warnings the user asked for (PYTHONWARNINGS, python -W) show as Python
+    shows them."""
+    if sys.warnoptions:
+        return
+    logging.captureWarnings(True)
+    warnings_log = logging.getLogger("py.warnings")
+    warnings_log.propagate = False  # not the root logger's console handler
+    files = [handler for handler in logging.getLogger().handlers if isinstance(handler, logging.FileHandler)]
+    warnings_log.handlers = [logging.NullHandler(), *files]  # a logger with no handler would print to stderr
+
 
 Scalar = float | int | torch.Tensor
 VIDEO_FRAMES, VIDEO_SIDE = 200, 160  # TensorBoard's copy of a video: at most this many frames, this many pixels a side

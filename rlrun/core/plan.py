@@ -43,8 +43,17 @@ class Plan:
         """This plan for the run folder `run_dir`: a checkpoint already there (resume=, a
         rerun sweep, a requeued Slurm job) is checked and becomes the point the run continues
         from; ConfigError if this run cannot continue it."""
-        resume = decide_resume(run_dir, self.algo_name, self.run_config.env, self.run_config.total_steps)
+        settings = self.run_config
+        algo_settings = {key: value for key, value in self.config["algo"].items() if key != "name"}
+        resume = decide_resume(
+            run_dir, self.algo_name, settings.env, settings.total_steps, settings.seed, algo_settings, self._new_agent_state
+        )
         return dataclasses.replace(self, resume=resume)
+
+    def _new_agent_state(self) -> dict:
+        """The state of the agent this plan builds, on the CPU: what a checkpoint it continues must fit."""
+        cpu = torch.device("cpu")
+        return self.algo_class(self.algo_config, self.obs_space, self.action_space, cpu, self.run_config.seed).state_dict()
 
 
 def validate(cfg: DictConfig) -> Plan:

@@ -15,7 +15,7 @@ from torch import nn
 
 from rlrun.config import ConfigError, RunError
 from rlrun.core.checkpoint import load
-from rlrun.core.folders import describe_write_error
+from rlrun.core.folders import describe_write_error, strict_json
 from rlrun.core.logger import log
 from rlrun.core.plan import Plan
 from rlrun.core.run import DivergenceError, Run, StopRun
@@ -113,24 +113,31 @@ def bfloat16_updates(agent: object) -> None:
 
 
 def _completed_summary(plan: Plan, run_dir: Path) -> dict[str, Any]:
-    """The summary of a run that its checkpoint shows finished; summary.json is kept if it says so."""
+    """The summary of a run that its checkpoint shows finished: summary.json as it is if it
+    says completed, else with its status, step and checkpoint brought up to date and every
+    other field it had kept."""
     path = run_dir / "summary.json"
-    if path.exists():
-        summary = json.loads(path.read_text())
-        if summary.get("status") == "completed":
-            return summary
+    try:
+        summary = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        summary = {}
+    if not isinstance(summary, dict):
+        summary = {}
+    if summary.get("status") == "completed":
+        return summary
     resume = plan.resume
-    summary = {
+    found = {
         "algo": plan.algo_name,
         "env_id": plan.run_config.env.id,
         "seed": plan.run_config.seed,
-        "status": "completed",
         "total_steps": resume.step,
         "eval_return_mean": None if resume.last_eval is None else resume.last_eval[0],
         "eval_return_std": None if resume.last_eval is None else resume.last_eval[1],
         "wall_time_s": round(resume.elapsed, 3),
         "checkpoint": str(resume.checkpoint),
     }
+    kept = {key: found[key] if value is None and key in found else value for key, value in summary.items()}
+    summary = {**found, **kept, "status": "completed", "total_steps": resume.step, "checkpoint": str(resume.checkpoint)}
     _write_summary(run_dir, summary)
     return summary
 
@@ -157,7 +164,7 @@ def _finish(run: Run, run_dir: Path, summary: dict[str, Any]) -> list[str]:
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     temporary = run_dir / "summary.json.tmp"
     try:
-        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+        temporary.write_text(strict_json(summary))
         os.replace(temporary, run_dir / "summary.json")
     finally:
         temporary.unlink(missing_ok=True)
@@ -179,6 +186,6 @@ def record_failure(run_dir: Path, error: Exception) -> None:
         summary = {"status": "failed"}
     summary["error"] = str(error) if isinstance(error, (ConfigError, RunError)) else f"{type(error).__name__}: {error}"
     try:
-        path.write_text(json.dumps(summary, indent=2) + "\n")
+        path.write_text(strict_json(summary))
     except OSError as write_error:
         log.error("cannot write %s: %s", path, write_error.strerror)

@@ -14,7 +14,7 @@ import numpy as np
 from rlrun.config import ConfigError
 from rlrun.report import stats
 from rlrun.report.references import Reference, ReferenceScore
-from rlrun.report.runs import NOT_A_SETTING, RunRecord
+from rlrun.report.runs import RunRecord, is_setting
 
 PROFILE_POINTS = 101
 
@@ -70,7 +70,8 @@ class Report:
     envs: list[str]
     cells: dict[tuple[str, str], Cell]  # (env_id, group) → cell
     runs: list[RunRecord]
-    skipped: list[RunRecord] = field(default_factory=list)
+    skipped: list[RunRecord] = field(default_factory=list)  # no evaluation yet
+    duplicates: list[RunRecord] = field(default_factory=list)  # a seed already counted in their group
     aggregates: dict[str, dict[str, stats.Estimate]] = field(default_factory=dict)  # group → statistic → estimate
     aggregate_envs: dict[str, list[str]] = field(default_factory=dict)
     profile_thresholds: np.ndarray | None = None
@@ -99,31 +100,44 @@ def setting(run: RunRecord, key: str) -> Any:
     return run.settings.get(f"{key}.name")  # a group chosen without hydra.yaml at hand: its name field
 
 
-def _ignored(key: str) -> bool:
-    return key in NOT_A_SETTING or key.startswith(("hydra.", "hydra/", "env.", "trial."))
+def _differing(runs: list[RunRecord], keys: list[str]) -> list[str]:
+    return [key for key in keys if len({repr(setting(run, key)) for run in runs}) > 1]
 
 
 def group_keys(runs: list[RunRecord], requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The settings whose values name a group. By default algo, the overridden settings whose
+    values differ, and then any other setting that still differs between runs of one group on
+    one environment, so that runs pooled as seeds differ in their seed alone. A requested
+    group_by is taken as it is (analyse notes what it pools)."""
     if requested is None:
-        candidates = ["algo", *sorted({key for run in runs for key in run.overridden} - {"algo"})]
-        return tuple(
-            key
-            for key in candidates
-            if not _ignored(key) and (key == "algo" or len({repr(setting(run, key)) for run in runs}) > 1)
-        )
+        overridden = sorted({key for run in runs for key in run.overridden} - {"algo"})
+        keys = ["algo", *_differing(runs, [key for key in overridden if is_setting(key)])]
+        return (*keys, *hidden_differences(runs, tuple(keys)))
     known = sorted({key for run in runs for key in run.settings} | {"algo"})
     for key in requested:
         if key == "seed":
             raise ConfigError("report.group_by cannot hold seed: a group's statistics are taken over its seeds")
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            examples = sorted({k for run in runs for k in run.overridden if not _ignored(k)} | {"algo"})
+            examples = sorted({k for run in runs for k in run.overridden if is_setting(k)} | {"algo"})
             hint = f"did you mean {close[0]}? " if close else ""
             raise ConfigError(
                 f"report.group_by: these runs have no setting {key!r}; {hint}use a config key or group, "
                 f"e.g. {', '.join(examples[:8])}"
             )
-    return tuple(key for key in requested if not _ignored(key))
+    return requested
+
+
+def hidden_differences(runs: list[RunRecord], keys: tuple[str, ...]) -> list[str]:
+    """Settings (sorted) that differ between runs that `keys` put in one group on one environment."""
+    cells: dict[tuple[str, str], list[RunRecord]] = {}
+    for run in runs:
+        cells.setdefault((run.env_id, _label(run, keys)), []).append(run)
+    found: set[str] = set()
+    for members in cells.values():
+        candidates = sorted({key for run in members for key in run.settings if is_setting(key)} - set(keys))
+        found.update(_differing(members, candidates))
+    return sorted(found)
 
 
 def _label(run: RunRecord, keys: tuple[str, ...]) -> str:
@@ -161,11 +175,18 @@ def analyse(runs: list[RunRecord], options: Options, skipped: list[RunRecord] | 
     groups = list(dict.fromkeys(labels[run.folder] for run in sorted(runs, key=lambda r: _label(r, keys))))
     envs = list(dict.fromkeys(run.env_id for run in runs))
     report = Report(options, keys, groups, envs, {}, runs, list(skipped or []))
+    if options.group_by is not None and (pooled := hidden_differences(runs, keys)):
+        named = ", ".join(pooled[:8]) + (f" and {len(pooled) - 8} more settings" if len(pooled) > 8 else "")
+        report.notes.append(
+            f"runs grouped together differ in {named}, which report.group_by leaves out: they are "
+            "pooled as seeds of one group; leave report.group_by out to tell them apart"
+        )
     for env_id in envs:
         for group in groups:
             members = [run for run in runs if run.env_id == env_id and labels[run.folder] == group]
             if not members:
                 continue
+            members = _one_run_per_seed(members, f"{env_id}, {group}", report)
             finals = np.array([run.returns[-1] for run in members])
             lasts = np.array([late_score(run, options.last_fraction) for run in members])
             report.cells[(env_id, group)] = Cell(
@@ -197,6 +218,28 @@ def analyse(runs: list[RunRecord], options: Options, skipped: list[RunRecord] | 
     _across_environments(report, bootstrap)
     _improvements(report, bootstrap)
     return report
+
+
+def _one_run_per_seed(members: list[RunRecord], where: str, report: Report) -> list[RunRecord]:
+    """A group's runs with each seed once: of runs sharing a seed, the one that trained
+    furthest (then a completed one, then the first found) counts; the others are left out
+    with a note, since the same seed and settings repeat one sample rather than add one."""
+    by_seed: dict[int, list[RunRecord]] = {}
+    for run in members:
+        by_seed.setdefault(run.seed, []).append(run)
+    kept = []
+    for seed, same in by_seed.items():
+        best = max(same, key=lambda run: (int(run.steps[-1]), run.status == "completed"))  # max keeps the first of ties
+        kept.append(best)
+        if len(same) > 1:
+            others = [run for run in same if run is not best]
+            report.duplicates.extend(others)
+            why = "trained furthest" if any(run.steps[-1] < best.steps[-1] for run in others) else "first found"
+            report.notes.append(
+                f"{where}: seed {seed} appears in {len(same)} runs; counted once, as {best.folder} ({why}), "
+                f"left out: {', '.join(str(run.folder) for run in others)}"
+            )
+    return kept
 
 
 def _across_environments(report: Report, bootstrap: stats.Bootstrap) -> None:

@@ -12,11 +12,14 @@ import numpy as np
 import yaml
 
 from rlrun.config import ConfigError
+from rlrun.core.folders import folder_in_use
 
 EVAL_METRIC = "eval/return_mean"
 # Keys that never tell runs apart for a report: the seed is what a group aggregates over, the
-# environment is the report's other axis, and the rest is bookkeeping or placement.
-NOT_A_SETTING = ("seed", "env", "env.id", "trial", "progress", "hydra", "resume")
+# environment is the report's other axis, and the rest only places, shows, logs or saves a run
+# without changing what it learns. Every other setting (env.kwargs.* included) does.
+NOT_A_SETTING = ("seed", "env", "env.id", "trial", "progress", "hydra", "resume", "device", "threads", "compile")
+NOT_A_SETTING_PREFIXES = ("hydra.", "hydra/", "trial.", "log.", "checkpoint.", "video.")
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class RunRecord:
     overridden: tuple[str, ...]  # the keys the run's command line set
     steps: np.ndarray  # environment steps of its evaluations, increasing
     returns: np.ndarray  # mean evaluation return at each
-    status: str  # summary.json's status; "running" without one
+    status: str  # summary.json's status; without one: running, killed or unknown (run_status)
 
     @property
     def name(self) -> str:
@@ -87,8 +90,7 @@ def load_run(folder: Path) -> RunRecord:
         )
     overrides_file = hydra_dir / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
-    summary_file = folder / "summary.json"
-    status = json.loads(summary_file.read_text()).get("status", "unknown") if summary_file.is_file() else "running"
+    status = run_status(folder)
     steps, returns = _evaluations(folder / "metrics.jsonl")
     return RunRecord(
         folder=folder,
@@ -100,6 +102,24 @@ def load_run(folder: Path) -> RunRecord:
         returns=returns,
         status=status,
     )
+
+
+def is_setting(key: str) -> bool:
+    return key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIXES)
+
+
+def run_status(folder: Path) -> str:
+    """summary.json's status; a run without one is running while a process holds its folder's
+    lock, killed when none does (SIGKILL, out of memory: it ended without writing a summary),
+    and unknown without a lock file."""
+    summary_file = folder / "summary.json"
+    if summary_file.is_file():
+        try:
+            status = json.loads(summary_file.read_text()).get("status", "unknown")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return "unknown"
+        return str(status)
+    return {True: "running", False: "killed", None: "unknown"}[folder_in_use(folder)]
 
 
 def _evaluations(path: Path) -> tuple[np.ndarray, np.ndarray]:
