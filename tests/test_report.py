@@ -295,6 +295,8 @@ def test_atari100k_reference_has_random_human_and_der_scores_for_the_26_games():
         assert reference.normaliser(env_id).algo == "human"
         random, human = reference.random(env_id).score, reference.normaliser(env_id).score
         np.testing.assert_allclose(reference.normalise(env_id, np.array([random, human])), [0.0, 1.0])
+
+
 # ----- real runs: what tells groups apart, repeated seeds, killed runs ------------------------
 SMOKE = ["experiment=smoke", "algo=sac", "env=Pendulum", "threads=1", "device=cpu", "total_steps=300", "eval.every=150"]
 
