@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("minari", reason="the offline extra: python -m pip install -c constraints.txt -e '.[offline]'")
 
-from conftest import checkpoint_file, pendulum_dataset, run_rlrun  # noqa: E402
+from conftest import checkpoint_file, episodes, pendulum_dataset, run_rlrun  # noqa: E402
 
 # Offline and online runs share the smoke sizes and these evaluation settings, so that the
 # pre-trained policy meets the same evaluation episodes in both.
@@ -69,20 +69,14 @@ def test_the_first_evaluation_is_the_offline_runs_last(offline, offline_runs, tm
 def test_the_buffer_is_fresh_by_default_and_holds_the_dataset_with_offline_data(offline_runs, tmp_path):
     fresh, mixed = tmp_path / "fresh", tmp_path / "mixed"
     assert fine_tune(offline_runs["td3_bc"], fresh).returncode == 0
-    result = fine_tune(offline_runs["td3_bc"], mixed, "finetune.offline_data=true")
+    result = fine_tune(offline_runs["td3_bc"], mixed, "finetune.offline_data=true", "algo.buffer_size=2000")
     assert result.returncode == 0, result.stderr
     fresh_buffer = torch.load(checkpoint_file(fresh, 300), weights_only=True)["loop"]["buffer"]
     mixed_buffer = torch.load(checkpoint_file(mixed, 300), weights_only=True)["loop"]["buffer"]
     assert fresh_buffer["size"] == 300  # the online steps only (WSRL)
     assert mixed_buffer["size"] == 800 + 300  # the dataset's 800 transitions, then the online ones
-    offline_obs = np.concatenate([e.observations[:-1] for e in pendulum_episodes()])
+    offline_obs = np.concatenate([episode.observations[:-1] for episode in episodes()])  # what pendulum_dataset wrote
     assert np.array_equal(mixed_buffer["obs"][:800].numpy(), offline_obs)
-
-
-def pendulum_episodes():
-    from conftest import episodes
-
-    return episodes()  # what pendulum_dataset writes
 
 
 def test_a_fine_tuned_run_evaluates_and_exports_with_the_offline_normalisation(offline_runs, tmp_path):
