@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
+
+import torch
 
 from rlrun.config import ConfigError
 from rlrun.core.saved_run import choose_checkpoint, is_run_folder, job_folders, load_agent, new_file, parse_options, unused_path
@@ -21,6 +24,7 @@ EVALUATE_OPTIONS = {
     "seed": "the run seed whose evaluation seed (seed + 10000) starts the episodes; default the run's",
     "device": "auto, cpu or cuda; default auto",
     "video": "true to write videos/eval-<step>/episode-<i>.mp4",
+    "eval.target_return": "the return a Decision Transformer (algo=dt) is asked for; default the run's",
 }
 
 
@@ -28,6 +32,13 @@ def main(folder_text: str, args: list[str]) -> None:
     """Evaluate a run folder's checkpoint (or every run of a sweep folder): print the result
     and write it to <run>/evaluations/<checkpoint>.json, a new file each time."""
     options = parse_options("evaluate", args, EVALUATE_OPTIONS)
+    target = options.get("eval.target_return")
+    if "eval.target_return" in options and (
+        not isinstance(target, (int, float)) or isinstance(target, bool) or not math.isfinite(target)
+    ):
+        raise ConfigError(
+            f"eval.target_return={target} must be a finite number: the return asked for, in the environment's units"
+        )
     folder = Path(folder_text)
     if not folder.is_dir():
         raise ConfigError(f"evaluate={folder_text}: no such folder; give a run folder such as outputs/<date>/<time>")
@@ -52,6 +63,10 @@ def main(folder_text: str, args: list[str]) -> None:
 def _evaluate_checkpoint(run_dir, checkpoint, options: dict) -> dict:
     overrides = {key: value for key, value in options.items() if key in ("eval.episodes", "eval.deterministic", "seed")}
     saved = load_agent(checkpoint, overrides, str(options.get("device") or "auto"))
+    if "eval.target_return" in options:
+        if not hasattr(saved.agent, "target_return"):
+            raise ConfigError(f"eval.target_return= is for algo=dt runs; {run_dir} is an algo={saved.plan.algo_name} run")
+        saved.agent.target_return = torch.tensor(float(options["eval.target_return"]))
     settings = saved.plan.run_config
     deterministic, episodes, seed = settings.eval.deterministic, settings.eval.episodes, settings.seed + EVAL_SEED_OFFSET
     act = lambda obs: saved.agent.act(obs, deterministic=deterministic)
@@ -79,6 +94,7 @@ def _evaluate_checkpoint(run_dir, checkpoint, options: dict) -> dict:
         "eval_seed": seed,
         "episodes": episodes,
         "deterministic": deterministic,
+        **({"target_return": float(saved.agent.target_return)} if hasattr(saved.agent, "target_return") else {}),
         "device": str(saved.agent.device),
         "return_mean": float(result.returns.mean()),
         "return_std": float(result.returns.std()),
