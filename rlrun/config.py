@@ -265,6 +265,26 @@ class EnvConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """How an online run started from an offline one (init=) goes on learning. The default is
+    WSRL's recipe (Zhou et al. 2024, "Efficient Online RL Fine-Tuning Need Not Retain Offline
+    Data"): a fresh replay buffer, first filled by the pre-trained policy, then online updates
+    without the offline data."""
+
+    warmup_steps: int = 5000
+    """Environment steps collected by the pre-trained policy (with the algorithm's own
+    exploration) before the first update; they take the place of algo.learning_starts, whose
+    uniform random actions would fill the buffer with a policy it never had (WSRL's 5000)."""
+    offline_data: bool = False
+    """true: the replay buffer starts holding the offline run's dataset and online transitions
+    join it (the older recipe, as CORL's offline-to-online scripts and WSRL's `append`
+    baseline), for comparison; false: WSRL's fresh buffer of online transitions only."""
+
+    def __post_init__(self) -> None:
+        non_negative("finetune.warmup_steps", self.warmup_steps)
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     """The Optuna trial a job evaluates; set by rlrun's Optuna sweeper, not by hand.
 
@@ -325,6 +345,14 @@ class RunConfig:
     root ($MINARI_DATASETS_PATH, else ~/.minari/datasets) or its folder on disk. The run's
     environment becomes the dataset's (evaluation only), and total_steps, eval.every, log.every
     and checkpoint.every count gradient steps. null: learn online from env."""
+    init: str | None = None
+    """The folder of an offline run (algo=td3_bc, cql or iql) whose networks an online run
+    starts from: td3_bc starts algo=td3, cql and iql start algo=sac (docs/offline.md). Its
+    dataset's observation statistics keep standardising the inputs, frozen. null: start from
+    scratch."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """How a run started from init= learns online: warm-up steps, and whether the offline
+    data stays in the replay buffer."""
     trial: TrialConfig | None = None
     """Set by rlrun's Optuna sweeper (hydra/sweeper=rlrun_optuna) for the trial this job
     reports to; None for every other run."""

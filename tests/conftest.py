@@ -176,6 +176,16 @@ def pendulum_expert_dataset(folder: Path) -> Path:
     return folder
 
 
+def pendulum_mixed_dataset(folder: Path) -> Path:
+    """10 episodes of swing_up (noise σ = 0.3, returns about −200) and 10 of the damping
+    controller (σ = 0.5, which leaves the pole hanging: returns about −1,000 to −1,900), so that
+    a return-conditioned policy has two behaviours to choose between: the Decision
+    Transformer's learning test."""
+    found = episodes(count=10, seed=100, noise=0.3, expert=True) + episodes(count=10, seed=200, noise=0.5)
+    write_dataset(str(folder), found, "Pendulum-v1", ref_min_score=-1200.0, ref_max_score=-130.0)
+    return folder
+
+
 @pytest.fixture
 def rlrun():
     return run_rlrun

@@ -16,8 +16,9 @@ cheap and safe:
   the grid's first job), so nothing is submitted;
 - every folder a command writes or reads goes under pytest's tmp_path, and a folder it needs
   (the run of `resume=<run>`, `evaluate=<run>` or `export=<run>`, the runs of `report=<folders>`,
-  the Optuna sweep of `+optuna=best`, the run of `collect=<run>`) is made by a smoke run or
-  sweep first, and a `dataset=./<folder>` by conftest.pendulum_dataset.
+  the Optuna sweep of `+optuna=best`, the run of `collect=<run>`, the offline run of
+  `init=<run>`) is made by a smoke run or sweep first, and a `dataset=./<folder>` by
+  conftest.pendulum_dataset.
 """
 
 from __future__ import annotations
@@ -50,14 +51,9 @@ KNOWN_FAILURES: dict[str, str] = {}
 # experiment's checkpoint.every).
 STOPPED_AT = 300
 OK_STATUSES = {"completed", "pruned"}  # a pruned Optuna trial ended as its study asked
-READS_A_RUN = ("resume", "evaluate", "export", "report", "collect")  # keys whose value is a run folder to read
-FOLDER_COMMANDS = (
-    "evaluate",
-    "export",
-    "report",
-    "collect",
-    "combine",
-)  # commands that read runs (or datasets) and train nothing
+READS_A_RUN = ("resume", "evaluate", "export", "report", "collect", "init")  # keys whose value is a run folder to read
+# Commands that read runs (or datasets) and train nothing.
+FOLDER_COMMANDS = ("evaluate", "export", "report", "collect", "combine")
 # Keys whose value may be a folder the docs write as ./<path>: a dataset to read or to write.
 DATASET_FOLDERS = ("dataset", "out")
 
@@ -204,6 +200,21 @@ def _optuna_sweep(folder: Path) -> None:
     assert (folder / "optuna" / "best.yaml").is_file()
 
 
+def _offline_run(algo: str):
+    """A maker of a finished offline smoke run of `algo` on a small Pendulum dataset (init=)."""
+
+    def make(folder: Path) -> None:
+        dataset = pendulum_dataset(folder.parent / f"{folder.name}-data-v0")
+        result = run_rlrun("experiment=smoke", f"algo={algo}", f"dataset={dataset}", f"hydra.run.dir={folder}")
+        assert result.returncode == 0, result.stderr
+
+    return make
+
+
+# The offline algorithm an online one starts from in the docs' init= commands.
+STARTS_FROM = {"td3": "td3_bc", "sac": "cql"}
+
+
 def _finished(folder: Path) -> None:
     """A finished smoke run in `folder`, or a two-job smoke sweep if it is a multirun folder."""
     if "multirun" in folder.parts:
@@ -231,6 +242,10 @@ def _check_folders(args: list[str]) -> None:
             for folder in map(Path, arg.split("=", 1)[1].split(",")):
                 if not folder.exists():
                     pendulum_dataset(folder)
+        if _key(arg) == "init" and not Path(arg.split("=", 1)[1]).exists():
+            algo = next(_value(a) for a in args if _key(a) == "algo")
+            offline = "iql" if "iql" in arg else STARTS_FROM[algo]
+            _copy_of(_offline_run(offline), f"offline-{offline}", Path(arg.split("=", 1)[1]))
         if _key(arg) == "report":
             for folder in arg.split("=", 1)[1].split(","):
                 if not Path(folder).exists():
@@ -320,7 +335,7 @@ def _missing_extra(command: str) -> str | None:
         "export": ("onnxscript", "export=" in command and "format=torchscript" not in command),
         "report": ("matplotlib", "report=" in command),
         "wandb": ("wandb", "log.wandb.project=" in command),
-        "offline": ("minari", "dataset=" in command or "collect=" in command or "combine=" in command),
+        "offline": ("minari", any(f"{key}=" in command for key in ("dataset", "collect", "combine", "init"))),
     }
     for extra, (module, needed) in needs.items():
         if needed and importlib.util.find_spec(module) is None:

@@ -134,6 +134,17 @@ def test_a_smoke_run_evaluates_resumes_its_statistics_and_exports(pendulum, tmp_
     assert evaluated.returncode == 0, evaluated.stderr
     written = json.loads(next((run_dir / "evaluations").glob("*.json")).read_text())
     assert written["return_mean"] == summary["eval_return_mean"]  # the same episode, the same context
+    assert written["target_return"] == pytest.approx(best, rel=1e-5)
+
+    # Asked for another return at evaluation; a target that is not a finite number is one line, nothing written.
+    asked = run_rlrun(f"evaluate={run_dir}", "eval.episodes=1", "eval.target_return=-100")
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads((run_dir / "evaluations" / "step_000000600-2.json").read_text())["target_return"] == -100.0
+    for bad in ("nan", ".nan", "high"):
+        refused = run_rlrun(f"evaluate={run_dir}", f"eval.target_return={bad}")
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "must be a finite number: the return asked for" in refused.stderr
+    assert len(list((run_dir / "evaluations").glob("*.json"))) == 2
 
 
 @pytest.mark.slow

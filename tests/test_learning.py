@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 
 import pytest
-from conftest import pendulum_expert_dataset, run_rlrun_together
+from conftest import pendulum_expert_dataset, pendulum_mixed_dataset, run_rlrun_together
 
 SEEDS = (0, 1)
 
@@ -240,3 +240,64 @@ def test_learns(tmp_path, name):
         assert summary["status"] == "completed" and summary["eval_return_mean"] == evals[-1]
         scores.append(statistics.mean(evals[-case.scored_evaluations :]))
     assert statistics.mean(scores) >= case.bar, (scores, curves)
+
+
+# Decision Transformer: 1,000 gradient steps on conftest.pendulum_mixed_dataset (10 swing-up
+# episodes, returns about −120 to −340, and 10 of a damping controller, about −1,700 to −1,950),
+# then the same 10 evaluation episodes asked for a high return (the swing-up episodes') and a low
+# one (the damping episodes'): asking for more must earn more, by the bar.
+DT_OVERRIDES = (
+    "algo=dt",
+    "total_steps=1000",
+    "algo.embed_dim=64",
+    "algo.num_layers=1",
+    "algo.context_length=10",
+    "algo.warmup_steps=100",
+    "algo.lr=1e-3",
+    "eval.every=1000",
+    "eval.episodes=2",
+    "algo.target_return=-120",
+)
+DT_TARGETS = {"high": -120.0, "low": -1850.0}
+DT_EPISODES = 10
+DT_GAP_BAR = 250.0  # the seeds' mean of (return asked high − return asked low); docs/learning-tests.md, 2026-12-07
+
+
+def target_return_gap(run_dir, seed: int) -> dict[str, float]:
+    """The run's final agent evaluated asking for each of DT_TARGETS, on the same episodes."""
+    import torch
+
+    from rlrun.core.saved_run import load_agent
+    from rlrun.envs.episodes import EVAL_SEED_OFFSET, evaluate
+    from rlrun.envs.make import make_env
+
+    saved = load_agent(sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1], {}, "cpu")
+    returns = {}
+    for name, target in DT_TARGETS.items():
+        saved.agent.target_return = torch.tensor(target)
+        env = make_env(saved.plan.run_config.env, seed + EVAL_SEED_OFFSET, training=False)
+        act = lambda obs: saved.agent.act(obs)  # noqa: E731
+        returns[name] = float(evaluate(act, env, DT_EPISODES, seed + EVAL_SEED_OFFSET, agent=saved.agent).returns.mean())
+        env.close()
+    return returns
+
+
+@pytest.mark.slow
+def test_dt_earns_more_when_asked_for_more(tmp_path, one_torch_thread):
+    pytest.importorskip("minari")
+    dataset = pendulum_mixed_dataset(tmp_path / "pendulum-mixed-v0")
+    run_dirs = [tmp_path / f"seed{seed}" for seed in SEEDS]
+    results = run_rlrun_together(
+        [
+            (*DT_OVERRIDES, f"dataset={dataset}", f"seed={seed}", "threads=1", "device=cpu", "progress=false")
+            + (f"hydra.run.dir={run_dir}",)
+            for seed, run_dir in zip(SEEDS, run_dirs)
+        ],
+        timeout=900,
+    )
+    gaps = []
+    for seed, result, run_dir in zip(SEEDS, results, run_dirs):
+        assert result.returncode == 0, result.stderr
+        returns = target_return_gap(run_dir, seed)
+        gaps.append(returns["high"] - returns["low"])
+    assert statistics.mean(gaps) >= DT_GAP_BAR, gaps

@@ -76,6 +76,13 @@ RUNS = {
         ["algo=cql", "dataset={dataset}", "algo.lagrange=true", "total_steps=1200", "checkpoint.every=400", "eval.every=600"],
         800,
     ),
+    # SAC started from a CQL run ({init}, 300 steps on the small Pendulum dataset): the frozen
+    # input normalisation in its checkpoint, warm-up by the pre-trained policy, then updates.
+    "sac-init": (
+        ["algo=sac", "env=Pendulum", "init={init}", "finetune.warmup_steps=300"]
+        + ["total_steps=1200", "checkpoint.every=400", "eval.every=600"],
+        800,
+    ),
 }
 
 # Registered algorithms whose state and update are another's: DDPG is TD3's code with its three
@@ -123,9 +130,13 @@ def test_a_killed_and_resumed_run_ends_bit_identical(tmp_path, algo):
     overrides, kill_after = RUNS[algo]
     if "env=Pong" in overrides:
         pytest.importorskip("ale_py")
-    if any("{dataset}" in a for a in overrides):
+    if any("{dataset}" in a or "{init}" in a for a in overrides):
         dataset = pendulum_dataset(tmp_path / "pendulum-scripted-v0")
-        overrides = [a.format(dataset=dataset) for a in overrides]
+        init = tmp_path / "offline"
+        if any("{init}" in a for a in overrides):
+            offline = run_rlrun("algo=cql", f"dataset={dataset}", "experiment=smoke", "total_steps=300", f"hydra.run.dir={init}")
+            assert offline.returncode == 0, offline.stderr
+        overrides = [a.format(dataset=dataset, init=init) for a in overrides]
     args = ["experiment=smoke", *overrides, "log.every=100"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     uninterrupted = start_rlrun(*args, f"hydra.run.dir={whole}")

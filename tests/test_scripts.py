@@ -180,3 +180,19 @@ def test_benchmark_offline_mode_without_d3rlpys_python_says_how_to_make_it(tmp_p
     assert error.startswith(f"benchmark.py: error: --peer-python {tmp_path / 'no-python'}: no Python with d3rlpy")
     assert "pip install -c constraints.txt d3rlpy" in error
     assert not (tmp_path / "out").exists()
+def test_finetune_gain_compares_init_with_scratch(tmp_path):
+    pytest.importorskip("minari")
+    output = subprocess.run(
+        [sys.executable, str(SCRIPTS / "finetune_gain.py"), "--seeds", "1", "--collector-steps", "300", "--episodes", "2"]
+        + ["--offline-steps", "100", "--online-steps", "300", "--eval-every", "150", "--warmup-steps", "100"]
+        + ["--learning-starts", "100", "--folder", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    table = [line.strip("|").split("|") for line in output.stdout.splitlines() if line.startswith("| ")]
+    assert [row[0].strip() for row in table[2:]] == ["0", "150", "300"]  # init= also evaluates before any online step
+    assert table[2][2].strip() == ""  # from scratch has no step-0 evaluation
+    assert "TD3 from TD3+BC (init=):" in output.stdout and "TD3 from scratch:" in output.stdout

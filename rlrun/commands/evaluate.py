@@ -4,11 +4,13 @@ written to <run>/evaluations/."""
 from __future__ import annotations
 
 import csv
+import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -27,6 +29,7 @@ EVALUATE_OPTIONS = {
     "seed": "the run seed whose evaluation seed (seed + 10000) starts the episodes; default the run's",
     "device": "auto, cpu or cuda; default auto",
     "video": "true to write videos/eval-<step>/episode-<i>.mp4",
+    "eval.target_return": "the return a Decision Transformer (algo=dt) is asked for; default the run's",
 }
 
 
@@ -36,6 +39,13 @@ def main(folder_text: str, args: list[str]) -> None:
     options = parse_options("evaluate", args, EVALUATE_OPTIONS)
     if options.get("video") not in (None, True, False):
         raise ConfigError(f"video={options['video']!r} must be true or false")
+    target = options.get("eval.target_return")
+    if "eval.target_return" in options and (
+        not isinstance(target, (int, float)) or isinstance(target, bool) or not math.isfinite(target)
+    ):
+        raise ConfigError(
+            f"eval.target_return={target} must be a finite number: the return asked for, in the environment's units"
+        )
     folder = Path(folder_text)
     if not folder.is_dir():
         raise ConfigError(f"evaluate={folder_text}: no such folder; give a run folder such as outputs/<date>/<time>")
@@ -113,6 +123,10 @@ def _run_identity(run_dir: Path) -> tuple[str, str, int | None] | None:
 def _evaluate_checkpoint(run_dir, checkpoint, options: dict, origin: OtherRun | None = None) -> dict:
     overrides = {key: value for key, value in options.items() if key in ("eval.episodes", "eval.deterministic", "seed")}
     saved = load_agent(checkpoint, overrides, str(options.get("device") or "auto"))
+    if "eval.target_return" in options:
+        if not hasattr(saved.agent, "target_return"):
+            raise ConfigError(f"eval.target_return= is for algo=dt runs; {run_dir} is an algo={saved.plan.algo_name} run")
+        saved.agent.target_return = torch.tensor(float(options["eval.target_return"]))
     settings = saved.plan.run_config
     deterministic, episodes, seed = settings.eval.deterministic, settings.eval.episodes, settings.seed + EVAL_SEED_OFFSET
     act = lambda obs: saved.agent.act(obs, deterministic=deterministic)
@@ -140,6 +154,7 @@ def _evaluate_checkpoint(run_dir, checkpoint, options: dict, origin: OtherRun | 
         "eval_seed": seed,
         "episodes": episodes,
         "deterministic": deterministic,
+        **({"target_return": float(saved.agent.target_return)} if hasattr(saved.agent, "target_return") else {}),
         "device": str(saved.agent.device),
         "return_mean": float(result.returns.mean()),
         "return_std": float(result.returns.std()),

@@ -357,6 +357,8 @@ def _check_job(cfg: DictConfig, multirun: bool):
     # Read from `cfg`: a folder may interpolate other hydra keys (${hydra.job.override_dirname}).
     if multirun:
         check_writable("hydra.sweep.dir", Path(cfg.hydra.sweep.dir))
+        if plan.run_config.init is not None:
+            plan.check_init()  # each job checks it again in its folder, where it may resume instead
         return plan
     # The run folder must be writable, and a checkpoint already in it (a rerun or resume=)
     # one this run can continue: checked before Hydra writes anything there.

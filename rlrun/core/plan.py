@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlrun.config import ConfigError, EnvConfig, RunConfig, from_mapping
+from rlrun.core.finetune import InitStart, check_init, check_init_algorithm
 from rlrun.core.registry import ALGORITHMS, OFFLINE_ALGORITHMS, get_algorithm
 from rlrun.core.resume import Resume, decide_resume
 from rlrun.envs.datasets import DatasetInfo, open_dataset
@@ -38,6 +39,7 @@ class Plan:
     warnings: tuple[str, ...] = ()  # settings that are valid but almost surely not meant
     resume: Resume | None = None  # the checkpoint this run continues from (see in_folder)
     dataset: DatasetInfo | None = None  # dataset=: what an offline run learns from (its data is read by the run)
+    init: InitStart | None = None  # init=: the offline run a new run starts from, once checked (in_folder)
 
     def in_folder(self, run_dir: Path) -> Plan:
         """This plan for the run folder `run_dir`: a checkpoint already there (resume=, a
@@ -48,7 +50,25 @@ class Plan:
         resume = decide_resume(
             run_dir, self.algo_name, settings.env, settings.total_steps, settings.seed, algo_settings, self._new_agent_state
         )
-        return dataclasses.replace(self, resume=resume)
+        # The offline run is read when the run starts from it; a resumed run has its networks and
+        # statistics in its own checkpoint, and needs the offline run only for its dataset.
+        init = None
+        if settings.init is not None and (resume is None or settings.finetune.offline_data):
+            init = self.check_init()
+        return dataclasses.replace(self, resume=resume, init=init)
+
+    def check_init(self) -> InitStart:
+        """The offline run init= names, checked against this run; ConfigError if it does not fit."""
+        settings = self.run_config
+        return check_init(
+            settings.init,
+            self.algo_name,
+            self.algo_config,
+            settings.env.id,
+            self.obs_space,
+            self.action_space,
+            settings.finetune.offline_data,
+        )
 
     def _new_agent_state(self) -> dict:
         """The state of the agent this plan builds, on the CPU: what a checkpoint it continues must fit."""
@@ -66,6 +86,8 @@ def validate(cfg: DictConfig) -> Plan:
     algo_config = from_mapping(algo_class.Config, algo_values, prefix="algo.")
     run_config = from_mapping(RunConfig, config)
     dataset = _check_offline(algo_name, run_config.dataset)
+    if run_config.init is not None:
+        check_init_algorithm(algo_name)
     if dataset is not None:
         # The dataset's environment, to evaluate on; saved as the run's env, so that
         # evaluate= and export= rebuild it too.
@@ -92,7 +114,7 @@ def validate(cfg: DictConfig) -> Plan:
         check_envpool(run_config.env, algo_name, algo_config, obs_space, action_space)
     if run_config.video.every is not None:
         check_video_support(run_config.env)
-    warnings = tuple(_never_learns(algo_config, run_config.total_steps))
+    warnings = tuple(_never_learns(algo_config, run_config))
     return Plan(
         run_config, algo_name, algo_class, algo_config, resolved, obs_space, action_space, device, warnings, dataset=dataset
     )
@@ -142,11 +164,18 @@ def _check_n_step(algo_config: Any, env: EnvConfig) -> None:
         )
 
 
-def _never_learns(algo_config: Any, total_steps: int) -> list[str]:
+def _never_learns(algo_config: Any, run_config: RunConfig) -> list[str]:
     """Settings under which the algorithm would never update within total_steps."""
     found = []
+    total_steps = run_config.total_steps
     learning_starts = getattr(algo_config, "learning_starts", None)
-    if learning_starts is not None and learning_starts >= total_steps:
+    if run_config.init is not None:  # the warm-up takes learning_starts' place
+        if run_config.finetune.warmup_steps >= total_steps:
+            found.append(
+                f"finetune.warmup_steps={run_config.finetune.warmup_steps} is not below total_steps={total_steps}: "
+                "this run never updates its networks"
+            )
+    elif learning_starts is not None and learning_starts >= total_steps:
         found.append(
             f"algo.learning_starts={learning_starts} is not below total_steps={total_steps}: this run never updates its networks"
         )

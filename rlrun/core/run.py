@@ -131,6 +131,8 @@ class Run:
         self._agent: Algorithm | None = None
         self._loop: dict[str, Stateful] = {}
         self.dataset_info = plan.dataset  # dataset=: an offline run, with no training environment
+        # init=: the pre-trained policy is evaluated at step 0, before any online step.
+        self.evaluate_at_start = plan.run_config.init is not None
         self.trial = None
         if settings.trial is not None:
             from rlrun.core.tuning import TrialReporter  # imports optuna, an optional extra
@@ -182,9 +184,9 @@ class Run:
         keep_buffers = self.settings.checkpoint.replay_buffer
         self._loop = {name: part for name, part in loop.items() if keep_buffers or not isinstance(part, ReplayBufferBase)}
         if self.resumed is None:
-            if self.training_env is None:
-                return None, 0
-            obs, _ = self.training_env.reset(seed=self.seed)
+            obs = None if self.training_env is None else self.training_env.reset(seed=self.seed)[0]
+            if self.evaluate_at_start:
+                self.evaluate(0)
             return obs, 0
         state = self.resumed
         agent.load_state_dict(state["agent"])

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from rlrun.config import ConfigError
 from rlrun.core.checkpoint import BEST, Checkpoint, load
+from rlrun.core.finetune import FineTuned
 from rlrun.core.plan import Plan, validate
 from rlrun.envs.make import check_stored_wrappers
 from rlrun.protocols import Algorithm
@@ -112,6 +113,8 @@ def load_agent(path: Path, overrides: dict[str, Any], device: str) -> SavedAgent
         node[leaf] = value
     plan = validate(OmegaConf.create(config))
     agent = plan.algo_class(plan.algo_config, plan.obs_space, plan.action_space, plan.device, plan.run_config.seed)
+    if plan.run_config.init is not None:  # started from an offline run: its statistics are in the checkpoint
+        agent = FineTuned(agent, plan.algo_name, plan.obs_space, plan.run_config.finetune, None)
     try:
         agent.load_state_dict(state["agent"])
     except (KeyError, RuntimeError) as error:

@@ -15,6 +15,7 @@ from torch import nn
 
 from rlrun.config import ConfigError, RunError
 from rlrun.core.checkpoint import load
+from rlrun.core.finetune import FineTuned
 from rlrun.core.folders import describe_write_error, strict_json
 from rlrun.core.logger import log
 from rlrun.core.plan import Plan
@@ -45,6 +46,8 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
     except OSError as error:
         raise RunError(f"cannot write in the run folder {run_dir}: {describe_write_error(error)}") from error
     agent = build_agent(plan)
+    if plan.init is not None and resumed is None:
+        agent.load_offline_start()
     del resumed  # the run holds it until the loop has restored itself
     status, error = "failed", None
     try:
@@ -75,10 +78,13 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
 
 
 def build_agent(plan: Plan) -> Algorithm:
-    """The planned algorithm on the plan's device, with the run's compile and precision switches."""
+    """The planned algorithm on the plan's device, with the run's compile and precision
+    switches; behind its offline start's input normalisation if it has one (init=)."""
     agent = plan.algo_class(plan.algo_config, plan.obs_space, plan.action_space, plan.device, plan.run_config.seed)
     if plan.run_config.compile:
         compile_networks(agent)
+    if plan.run_config.init is not None:
+        agent = FineTuned(agent, plan.algo_name, plan.obs_space, plan.run_config.finetune, plan.init)
     if plan.run_config.precision == "bfloat16":
         bfloat16_updates(agent)
     return agent

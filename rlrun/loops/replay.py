@@ -22,6 +22,7 @@ import torch
 from rlrun.blocks.buffers import Batch, ReplayBuffer, ReplayBufferBase, to_device
 from rlrun.blocks.spaces import BoxActions
 from rlrun.config import in_range, layer_sizes, non_negative, positive, replay_sizes
+from rlrun.envs.datasets import Transitions
 from rlrun.protocols import RunContext
 
 
@@ -196,13 +197,45 @@ def train_off_policy(agent: ContinuousAgent, run: RunContext, config: ReplayLoop
         agent.device,
         agent.seed,
     )
+    explore = uniform_then_policy(agent, envs, config.learning_starts)
+    learn = updates_past(agent, config, config.learning_starts)
+    train_replay(agent, run, envs, buffer, explore, learn, config.learning_starts)
+
+
+def updates_past(agent: ContinuousAgent, config: ReplayLoopConfig, learning_starts: int) -> Learn:
+    """`config.updates_per_step` gradient steps for each environment step past `learning_starts`."""
 
     def learn(buffer: ReplayBuffer, previous: int, step: int) -> dict[str, torch.Tensor]:
-        # Only the environment steps past learning_starts earn updates.
-        for _ in range((step - max(previous, config.learning_starts)) * config.updates_per_step):
+        for _ in range((step - max(previous, learning_starts)) * config.updates_per_step):
             metrics = agent.update(buffer.sample(config.batch_size))
         return metrics
 
-    train_replay(
-        agent, run, envs, buffer, uniform_then_policy(agent, envs, config.learning_starts), learn, config.learning_starts
+    return learn
+
+
+def train_from_pretrained(
+    agent: ContinuousAgent, run: RunContext, config: ReplayLoopConfig, warmup_steps: int, offline: Transitions | None
+) -> None:
+    """The replay loop of an agent started from an offline run (init=): its own policy
+    explores from the first step (no uniform random actions), and updates start after
+    `warmup_steps` environment steps (WSRL's warm-up). The buffer holds the online transitions
+    only, or, given `offline` transitions, starts holding them (actions clipped into the
+    bounds, as the offline loop stores them) with room for every online one besides."""
+    envs = make_training_envs(run, config.num_envs)
+    extra = 0 if offline is None else len(offline.rewards)
+    buffer = ReplayBuffer(
+        min(config.buffer_size, run.total_steps + extra),
+        envs.single_observation_space.shape,
+        envs.single_action_space.shape,
+        agent.device,
+        agent.seed,
     )
+    if offline is not None:
+        unit_actions = np.clip(agent.actions.to_unit(offline.actions), -1.0, 1.0).astype(np.float32)
+        buffer.add_batch(offline.obs, unit_actions, offline.rewards, offline.next_obs, offline.terminated)
+
+    def explore(obs: torch.Tensor, step: int) -> tuple[np.ndarray, Any]:
+        actions = agent.explore(obs)
+        return agent.actions.to_env(actions.cpu().numpy()), actions
+
+    train_replay(agent, run, envs, buffer, explore, updates_past(agent, config, warmup_steps), warmup_steps)
