@@ -1,0 +1,99 @@
+"""A batched group of seeds (docs/batched-seeds.md): the stacked update equals separate
+updates, and a group writes a separate run's folder for each seed."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlrun.algos.sac import SAC, SACConfig
+from rlrun.blocks.buffers import Batch
+from rlrun.blocks.stacking import SeedGroup, SeedStack
+
+OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+ACTION_SPACE = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+CPU = torch.device("cpu")
+
+
+def plain_agents(config: SACConfig, seeds: list[int]) -> list[SAC]:
+    """Each seed's agent as its separate run builds it: initialised under its own seed."""
+    agents = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        agents.append(SAC(config, OBS_SPACE, ACTION_SPACE, CPU, seed))
+    return agents
+
+
+def stacked_group(config: SACConfig, agents: list[SAC]) -> tuple[SAC, SeedGroup]:
+    seeds = [agent.seed for agent in agents]
+    stacked = SAC(config, OBS_SPACE, ACTION_SPACE, CPU, seeds[0], stack=SeedStack(seeds, CPU))
+    template = SAC(config, OBS_SPACE, ACTION_SPACE, CPU, seeds[0])
+    group = SeedGroup(stacked, template, len(seeds))
+    stacked.load_state_dict(group.layout.stack([agent.state_dict() for agent in agents]))
+    return stacked, group
+
+
+def random_batch(generator: torch.Generator, size: int) -> Batch:
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator) * 2 - 1
+
+    terminated = (torch.rand(size, generator=generator) < 0.2).float()
+    return Batch(uniform(size, 3), uniform(size, 2), uniform(size), uniform(size, 3), terminated)
+
+
+def assert_states_close(mine: dict, theirs: dict, where: str = "") -> None:
+    assert mine.keys() == theirs.keys(), where
+    for key in mine:
+        a, b = mine[key], theirs[key]
+        if isinstance(a, dict):
+            assert_states_close(a, b, f"{where}{key}.")
+        elif isinstance(a, list):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=f"{where}{key}.{i}")
+        elif isinstance(a, torch.Tensor):
+            assert a.shape == b.shape, f"{where}{key}: {a.shape} vs {b.shape}"
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{where}{key}")
+        else:
+            assert a == b, f"{where}{key}"
+
+
+def test_stacked_sac_update_equals_separate_updates() -> None:
+    """S seeds' agents stacked and updated together end where S separate agents end after
+    the same updates on the same batches with the same noise: parameters, Adam's moments,
+    the temperature and every metric, to float tolerance."""
+    config = SACConfig(hidden_sizes=(32, 32), batch_size=16, num_critics=2)
+    seeds = [3, 7, 11]
+    separate = plain_agents(config, seeds)
+    stacked, group = stacked_group(config, plain_agents(config, seeds))
+    for index, agent in enumerate(separate):  # the stack starts where the separate agents start
+        assert_states_close(group.layout.member_state(stacked.state_dict(), index), agent.state_dict())
+
+    data = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        batches = [random_batch(data, 16) for _ in seeds]
+        # Each separate agent draws its noise from the generator state its seed has in the stack.
+        noise_states = [g.get_state() for g in stacked.actor.normal_like.__self__.generators]
+        stacked_metrics = stacked.update(Batch(*(torch.stack(parts) for parts in zip(*batches))))
+        for index, (agent, batch) in enumerate(zip(separate, batches)):
+            torch.set_rng_state(noise_states[index])
+            metrics = agent.update(batch)
+            for name, value in metrics.items():
+                torch.testing.assert_close(stacked_metrics[name][index], value, rtol=1e-5, atol=1e-6, msg=name)
+    for index, agent in enumerate(separate):
+        assert_states_close(group.layout.member_state(stacked.state_dict(), index), agent.state_dict())
+    # The seeds really differ: a stack of copies of one agent would pass the checks above too.
+    assert not torch.equal(stacked.log_alpha[0], stacked.log_alpha[1])
+    assert not torch.equal(separate[0].actor.head.weight, separate[1].actor.head.weight)
+
+
+def test_a_seed_evaluates_as_its_separate_agent() -> None:
+    """A group member's evaluation action is its plain agent's, whichever seed the shared
+    template held before."""
+    config = SACConfig(hidden_sizes=(32, 32))
+    seeds = [0, 1]
+    separate = plain_agents(config, seeds)
+    _, group = stacked_group(config, plain_agents(config, seeds))
+    obs = np.array([0.1, -0.2, 0.3], np.float32)
+    for index in (0, 1, 0):
+        np.testing.assert_allclose(group.members[index].act(obs), separate[index].act(obs), rtol=1e-6)
