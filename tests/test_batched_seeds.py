@@ -3,8 +3,11 @@ updates, and a group writes a separate run's folder for each seed."""
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from rlrun.algos.sac import SAC, SACConfig
@@ -97,3 +100,53 @@ def test_a_seed_evaluates_as_its_separate_agent() -> None:
     obs = np.array([0.1, -0.2, 0.3], np.float32)
     for index in (0, 1, 0):
         np.testing.assert_allclose(group.members[index].act(obs), separate[index].act(obs), rtol=1e-6)
+
+
+def test_batched_group_writes_a_run_folder_per_seed(rlrun, tmp_path):
+    """hydra/launcher=batched trains SAC's three seeds as one group, each seed in a run folder
+    of its own that `rlrun evaluate=` reads as any run's; DDPG, which does not batch yet, runs
+    its seeds one after another, with one line saying so."""
+    sweep_dir = tmp_path / "sweep"
+    result = rlrun(
+        "-m",
+        "experiment=smoke",
+        "algo=sac,ddpg",
+        "env=Pendulum",
+        "seed=0,1,2",
+        "total_steps=300",
+        "algo.learning_starts=100",
+        "eval.every=300",
+        "checkpoint.every=150",
+        "threads=1",
+        "hydra/launcher=batched",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "seeds 0, 1, 2 of experiment=smoke algo=sac env=Pendulum total_steps=300" in output
+    assert (
+        "the 3 seeds of experiment=smoke algo=ddpg env=Pendulum total_steps=300 algo.learning_starts=100 eval.every=300 "
+        in output
+    )
+    assert "run one after another: algo=ddpg does not batch seeds yet (algorithms that do: sac)" in output
+
+    folders = {json.loads((f / "summary.json").read_text())["seed"]: f for f in sweep_dir.glob("*algo=sac*")}
+    assert sorted(folders) == [0, 1, 2]
+    returns = []
+    for seed, folder in folders.items():
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["total_steps"] == 300 and summary["seed_group"] == [0, 1, 2]
+        assert (folder / ".hydra" / "config.yaml").exists() and list(folder.glob("events.out.tfevents.*"))
+        assert f"seed={seed}" in (folder / ".hydra" / "overrides.yaml").read_text()
+        logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert any("train/alpha" in row for row in logged) and any("eval/return_mean" in row for row in logged)
+        for name in ("step_000000150.pt", "step_000000300.pt", "best.pt"):
+            assert (folder / "checkpoints" / name).exists(), name
+        evaluated = rlrun(f"evaluate={folder}", "eval.episodes=1")
+        assert evaluated.returncode == 0, evaluated.stderr
+        saved = json.loads(next((folder / "evaluations").glob("*.json")).read_text())
+        assert saved["return_mean"] == pytest.approx(summary["eval_return_mean"], rel=1e-4)
+        returns.append(summary["eval_return_mean"])
+    assert len(set(returns)) == 3  # three seeds, not three copies of one
+    ddpg = [json.loads(f.read_text()) for f in sweep_dir.glob("*algo=ddpg*/summary.json")]
+    assert len(ddpg) == 3 and all(s["status"] == "completed" and "seed_group" not in s for s in ddpg)

@@ -24,13 +24,17 @@ from rlrun.core.training import why_not_batched
 log = logging.getLogger(__name__)
 
 
+def all_but_seed(overrides: Sequence[str]) -> tuple[str, ...]:
+    """A job's overrides other than seed=, which name its configuration."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return tuple(text for text, override in zip(overrides, parsed) if override.key_or_group != "seed")
+
+
 def seed_groups(job_overrides: Sequence[Sequence[str]]) -> list[list[int]]:
     """The jobs' indices grouped by their overrides other than seed=, in first-seen order."""
-    parser = OverridesParser.create()
     groups: dict[tuple[str, ...], list[int]] = {}
     for index, overrides in enumerate(job_overrides):
-        rest = tuple(o for o, parsed in zip(overrides, parser.parse_overrides(list(overrides))) if parsed.key_or_group != "seed")
-        groups.setdefault(rest, []).append(index)
+        groups.setdefault(all_but_seed(overrides), []).append(index)
     return list(groups.values())
 
 
@@ -78,7 +82,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         ]
         failed = next((job for job in planned if job.status != JobStatus.COMPLETED), None)
         reason = str(failed._return_value) if failed is not None else why_not_batched([job._return_value for job in planned])
-        described = " ".join(filter_overrides(job_overrides[group[0]]))
+        described = " ".join(filter_overrides(all_but_seed(job_overrides[group[0]]))) or "the default configuration"
         if reason is not None:
             if len(group) > 1:
                 log.warning("batched launcher: the %d seeds of %s run one after another: %s", len(group), described, reason)
