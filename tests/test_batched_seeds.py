@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from rlrun.algos.ddpg import DDPG, DDPGConfig
 from rlrun.algos.sac import SAC, SACConfig
+from rlrun.algos.td3 import TD3, TD3Config
 from rlrun.blocks.buffers import Batch
 from rlrun.blocks.stacking import SeedGroup, SeedStack
 
@@ -19,22 +21,23 @@ ACTION_SPACE = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
 CPU = torch.device("cpu")
 
 
-def plain_agents(config: SACConfig, seeds: list[int]) -> list[SAC]:
+def plain_agents(algo: type, config: object, seeds: list[int]) -> list:
     """Each seed's agent as its separate run builds it: initialised under its own seed."""
     agents = []
     for seed in seeds:
         torch.manual_seed(seed)
-        agents.append(SAC(config, OBS_SPACE, ACTION_SPACE, CPU, seed))
+        agents.append(algo(config, OBS_SPACE, ACTION_SPACE, CPU, seed))
     return agents
 
 
-def stacked_group(config: SACConfig, agents: list[SAC]) -> tuple[SAC, SeedGroup]:
+def stacked_group(algo: type, config: object, agents: list) -> tuple[object, SeedGroup, SeedStack]:
     seeds = [agent.seed for agent in agents]
-    stacked = SAC(config, OBS_SPACE, ACTION_SPACE, CPU, seeds[0], stack=SeedStack(seeds, CPU))
-    template = SAC(config, OBS_SPACE, ACTION_SPACE, CPU, seeds[0])
+    stack = SeedStack(seeds, CPU)
+    stacked = algo(config, OBS_SPACE, ACTION_SPACE, CPU, seeds[0], stack=stack)
+    template = algo(config, OBS_SPACE, ACTION_SPACE, CPU, seeds[0])
     group = SeedGroup(stacked, template, len(seeds))
     stacked.load_state_dict(group.layout.stack([agent.state_dict() for agent in agents]))
-    return stacked, group
+    return stacked, group, stack
 
 
 def random_batch(generator: torch.Generator, size: int) -> Batch:
@@ -61,22 +64,30 @@ def assert_states_close(mine: dict, theirs: dict, where: str = "") -> None:
             assert a == b, f"{where}{key}"
 
 
-def test_stacked_sac_update_equals_separate_updates() -> None:
+@pytest.mark.parametrize(
+    ("algo", "config"),
+    [
+        (SAC, SACConfig(hidden_sizes=(32, 32), batch_size=16, num_critics=2)),
+        (TD3, TD3Config(hidden_sizes=(32, 32), batch_size=16, num_critics=2, policy_delay=2)),
+        (DDPG, DDPGConfig(hidden_sizes=(32, 32), batch_size=16)),
+    ],
+    ids=["sac", "td3", "ddpg"],
+)
+def test_stacked_update_equals_separate_updates(algo, config) -> None:
     """S seeds' agents stacked and updated together end where S separate agents end after
     the same updates on the same batches with the same noise: parameters, Adam's moments,
-    the temperature and every metric, to float tolerance."""
-    config = SACConfig(hidden_sizes=(32, 32), batch_size=16, num_critics=2)
+    SAC's temperature, TD3's delayed actor and every metric, to float tolerance."""
     seeds = [3, 7, 11]
-    separate = plain_agents(config, seeds)
-    stacked, group = stacked_group(config, plain_agents(config, seeds))
+    separate = plain_agents(algo, config, seeds)
+    stacked, group, stack = stacked_group(algo, config, plain_agents(algo, config, seeds))
     for index, agent in enumerate(separate):  # the stack starts where the separate agents start
         assert_states_close(group.layout.member_state(stacked.state_dict(), index), agent.state_dict())
 
     data = torch.Generator().manual_seed(0)
-    for _ in range(3):
+    for _ in range(4):
         batches = [random_batch(data, 16) for _ in seeds]
         # Each separate agent draws its noise from the generator state its seed has in the stack.
-        noise_states = [g.get_state() for g in stacked.actor.normal_like.__self__.generators]
+        noise_states = [g.get_state() for g in stack.generators]
         stacked_metrics = stacked.update(Batch(*(torch.stack(parts) for parts in zip(*batches))))
         for index, (agent, batch) in enumerate(zip(separate, batches)):
             torch.set_rng_state(noise_states[index])
@@ -86,8 +97,8 @@ def test_stacked_sac_update_equals_separate_updates() -> None:
     for index, agent in enumerate(separate):
         assert_states_close(group.layout.member_state(stacked.state_dict(), index), agent.state_dict())
     # The seeds really differ: a stack of copies of one agent would pass the checks above too.
-    assert not torch.equal(stacked.log_alpha[0], stacked.log_alpha[1])
-    assert not torch.equal(separate[0].actor.head.weight, separate[1].actor.head.weight)
+    first, second = (dict(agent.actor.named_parameters()) for agent in separate[:2])
+    assert not any(torch.equal(first[name], second[name]) for name in first)
 
 
 def test_a_seed_evaluates_as_its_separate_agent() -> None:
@@ -95,8 +106,8 @@ def test_a_seed_evaluates_as_its_separate_agent() -> None:
     template held before."""
     config = SACConfig(hidden_sizes=(32, 32))
     seeds = [0, 1]
-    separate = plain_agents(config, seeds)
-    _, group = stacked_group(config, plain_agents(config, seeds))
+    separate = plain_agents(SAC, config, seeds)
+    _, group, _ = stacked_group(SAC, config, plain_agents(SAC, config, seeds))
     obs = np.array([0.1, -0.2, 0.3], np.float32)
     for index in (0, 1, 0):
         np.testing.assert_allclose(group.members[index].act(obs), separate[index].act(obs), rtol=1e-6)
@@ -104,17 +115,16 @@ def test_a_seed_evaluates_as_its_separate_agent() -> None:
 
 def test_batched_group_writes_a_run_folder_per_seed(rlrun, tmp_path):
     """hydra/launcher=batched trains SAC's three seeds as one group, each seed in a run folder
-    of its own that `rlrun evaluate=` reads as any run's; DDPG, which does not batch yet, runs
+    of its own that `rlrun evaluate=` reads as any run's; PPO, which does not batch yet, runs
     its seeds one after another, with one line saying so."""
     sweep_dir = tmp_path / "sweep"
     result = rlrun(
         "-m",
         "experiment=smoke",
-        "algo=sac,ddpg",
+        "algo=sac,ppo",
         "env=Pendulum",
         "seed=0,1,2",
         "total_steps=300",
-        "algo.learning_starts=100",
         "eval.every=300",
         "checkpoint.every=150",
         "threads=1",
@@ -123,12 +133,9 @@ def test_batched_group_writes_a_run_folder_per_seed(rlrun, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
-    assert "seeds 0, 1, 2 of experiment=smoke algo=sac env=Pendulum total_steps=300" in output
-    assert (
-        "the 3 seeds of experiment=smoke algo=ddpg env=Pendulum total_steps=300 algo.learning_starts=100 eval.every=300 "
-        in output
-    )
-    assert "run one after another: algo=ddpg does not batch seeds yet (algorithms that do: sac)" in output
+    assert "seeds 0, 1, 2 of experiment=smoke algo=sac env=Pendulum total_steps=300 eval.every=300" in output
+    assert "the 3 seeds of experiment=smoke algo=ppo env=Pendulum total_steps=300 eval.every=300" in output
+    assert "run one after another: algo=ppo does not batch seeds yet (algorithms that do: sac, td3, ddpg)" in output
 
     folders = {json.loads((f / "summary.json").read_text())["seed"]: f for f in sweep_dir.glob("*algo=sac*")}
     assert sorted(folders) == [0, 1, 2]
@@ -148,5 +155,5 @@ def test_batched_group_writes_a_run_folder_per_seed(rlrun, tmp_path):
         assert saved["return_mean"] == pytest.approx(summary["eval_return_mean"], rel=1e-4)
         returns.append(summary["eval_return_mean"])
     assert len(set(returns)) == 3  # three seeds, not three copies of one
-    ddpg = [json.loads(f.read_text()) for f in sweep_dir.glob("*algo=ddpg*/summary.json")]
-    assert len(ddpg) == 3 and all(s["status"] == "completed" and "seed_group" not in s for s in ddpg)
+    ppo = [json.loads(f.read_text()) for f in sweep_dir.glob("*algo=ppo*/summary.json")]
+    assert len(ppo) == 3 and all(s["status"] == "completed" and "seed_group" not in s for s in ppo)

@@ -32,10 +32,15 @@ def hidden_layers(
     return nn.Sequential(*layers)
 
 
-def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """in → [Linear, activation] per hidden size → OutputLinear → out."""
-    torso = hidden_layers(in_dim, hidden_sizes, activation)
-    return nn.Sequential(*torso, OutputLinear(hidden_sizes[-1] if hidden_sizes else in_dim, out_dim))
+def mlp(
+    in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU, seeds: int | None = None
+) -> nn.Sequential:
+    """in → [Linear, activation] per hidden size → OutputLinear → out; with `seeds`, that many
+    stacked on a leading seed dimension, as in hidden_layers."""
+    torso = hidden_layers(in_dim, hidden_sizes, activation, seeds)
+    features = hidden_sizes[-1] if hidden_sizes else in_dim
+    output = OutputLinear(features, out_dim) if seeds is None else EnsembleLinear(seeds, features, out_dim)
+    return nn.Sequential(*torso, output)
 
 
 def in_float32(forward, x: torch.Tensor) -> torch.Tensor:
