@@ -155,5 +155,10 @@ def test_batched_group_writes_a_run_folder_per_seed(rlrun, tmp_path):
         assert saved["return_mean"] == pytest.approx(summary["eval_return_mean"], rel=1e-4)
         returns.append(summary["eval_return_mean"])
     assert len(set(returns)) == 3  # three seeds, not three copies of one
+    # A seed's checkpoint is a separate run's: resume= continues that seed alone.
+    resumed = rlrun(f"resume={folders[0]}", "total_steps=450")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step 300" in resumed.stdout + resumed.stderr
+    assert json.loads((folders[0] / "summary.json").read_text())["total_steps"] == 450
     ppo = [json.loads(f.read_text()) for f in sweep_dir.glob("*algo=ppo*/summary.json")]
     assert len(ppo) == 3 and all(s["status"] == "completed" and "seed_group" not in s for s in ppo)
