@@ -4,11 +4,13 @@ updates, and a group writes a separate run's folder for each seed."""
 from __future__ import annotations
 
 import json
+import signal
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import checkpoint_file, start_rlrun, wait_for
 
 from rlrun.algos.ddpg import DDPG, DDPGConfig
 from rlrun.algos.sac import SAC, SACConfig
@@ -162,3 +164,34 @@ def test_batched_group_writes_a_run_folder_per_seed(rlrun, tmp_path):
     assert json.loads((folders[0] / "summary.json").read_text())["total_steps"] == 450
     ppo = [json.loads(f.read_text()) for f in sweep_dir.glob("*algo=ppo*/summary.json")]
     assert len(ppo) == 3 and all(s["status"] == "completed" and "seed_group" not in s for s in ppo)
+
+
+def test_a_signal_stops_every_seed_of_a_group_with_a_checkpoint(tmp_path):
+    """SIGTERM stops a batched group after the current step: every seed writes its checkpoint
+    of that step and an interrupted summary, and the command exits with 128 + the signal."""
+    sweep_dir = tmp_path / "sweep"
+    process = start_rlrun(
+        "-m",
+        "experiment=smoke",
+        "algo=td3",
+        "env=Pendulum",
+        "seed=0,1",
+        "total_steps=100000",
+        "checkpoint.every=300",
+        "hydra/launcher=batched",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    first = sweep_dir / "0-algo=td3,checkpoint.every=300,env=Pendulum,experiment=smoke,seed=0,total_steps=100000"
+    wait_for(checkpoint_file(first, 300), process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "rerun the sweep with hydra.sweep.dir=<its folder> to continue each seed" in stderr.strip().splitlines()[-1]
+    summaries = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/summary.json"))]
+    assert [s["seed"] for s in summaries] == [0, 1]
+    step = summaries[0]["total_steps"]
+    assert 300 <= step < 100000
+    for summary, folder in zip(summaries, sorted(sweep_dir.glob("*seed=*"))):
+        assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM" and summary["total_steps"] == step
+        assert torch.load(checkpoint_file(folder, step), weights_only=True)["step"] == step

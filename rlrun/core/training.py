@@ -91,6 +91,7 @@ def why_not_batched(plans: Sequence[Plan]) -> str | None:
         ("compile=true", settings.compile),
         (f"env.backend={settings.env.backend}", settings.env.backend != "gymnasium"),
         ("algo.critic_loss=hl_gauss", getattr(algo_config, "critic_loss", "mse") != "mse"),
+        ("log.wandb.project", settings.log.wandb.project is not None),
     ]
     for setting, given in unsupported:
         if given:
