@@ -127,3 +127,35 @@ def test_buffer_memory_measures_bytes_per_transition_of_the_atari_buffers():
     assert per_transition["ReplayBuffer"] == 2 * 4 * 84 * 84 + 8 + 4 + 4  # obs, next_obs, action, reward, terminated
     for whole, frames in (("ReplayBuffer", "FrameReplayBuffer"), ("PrioritizedReplayBuffer", "PrioritizedFrameReplayBuffer")):
         assert 7.5 < per_transition[whole] / per_transition[frames] < 8.0
+
+
+def test_batched_seeds_speed_compares_a_group_with_separate_runs():
+    output = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "batched_seeds_speed.py"),
+            "--env",
+            "Pendulum",
+            "--seeds",
+            "1,2",
+            "--steps",
+            "300",
+            "--set",
+            "experiment=smoke",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    rows = [
+        line.strip("|").split("|") for line in output.stdout.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
+    assert [int(row[0]) for row in rows] == [1, 2]
+    for row in rows:
+        batched_cpu, separate_cpu, ratio = (float(cell) for cell in row[4:7])
+        assert batched_cpu > 0 and separate_cpu > 0 and ratio == pytest.approx(batched_cpu / separate_cpu, abs=0.01)
+    # A group of one seed is a separate run: the same final return.
+    batched_return, separate_return = (float(x) for x in rows[0][8].split("/"))
+    assert batched_return == separate_return
