@@ -155,7 +155,7 @@ def test_batched_seeds_speed_compares_a_group_with_separate_runs():
     assert [int(row[0]) for row in rows] == [1, 2]
     for row in rows:
         batched_cpu, separate_cpu, ratio = (float(cell) for cell in row[4:7])
-        assert batched_cpu > 0 and separate_cpu > 0 and ratio == pytest.approx(batched_cpu / separate_cpu, abs=0.01)
+        assert batched_cpu > 0 and separate_cpu > 0 and ratio == pytest.approx(batched_cpu / separate_cpu, abs=0.05)
     # A group of one seed is a separate run: the same final return.
     batched_return, separate_return = (float(x) for x in rows[0][8].split("/"))
     assert batched_return == separate_return
