@@ -11,6 +11,10 @@ the end-of-sweep report once, so the difference is training. Every run uses --th
 threads and evaluates once, at the end (one episode). The table gives, per N, wall and CPU
 seconds of both, their ratios, peak RSS, and the seeds' mean final return on each
 side. The goal of issue 27: 8 seeds in at most 0.6x the CPU time of 8 separate runs.
+
+`--update-cost` measures where most of that time goes instead: the CPU milliseconds of one
+gradient update, in this process, of a plain agent and of stacks of N agents (random
+batches of the environment's shapes, the algorithm's config with --set applied).
 """
 
 from __future__ import annotations
@@ -43,6 +47,49 @@ def final_returns(folder: Path) -> list[float]:
     return [json.loads(path.read_text())["eval_return_mean"] for path in sorted(folder.glob("**/summary.json"))]
 
 
+def update_cost(args: argparse.Namespace, updates: int = 30) -> None:
+    import torch
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from rlrun.blocks.buffers import Batch
+    from rlrun.blocks.stacking import SeedStack
+    from rlrun.core.plan import validate
+
+    torch.set_num_threads(args.threads)
+    with initialize_config_module("rlrun.configs", version_base="1.3"):
+        cfg = compose("config", overrides=[f"algo={args.algo}", f"env={args.env}", "device=cpu", *args.set])
+    plan = validate(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+    config, cpu = plan.algo_config, torch.device("cpu")
+    obs_dim, action_dim = plan.obs_space.shape[0], plan.action_space.shape[0]
+
+    def cost(agent, lead: tuple[int, ...]) -> float:
+        b = config.batch_size
+        batch = Batch(
+            torch.randn(*lead, b, obs_dim),
+            torch.rand(*lead, b, action_dim) * 2 - 1,
+            torch.randn(*lead, b),
+            torch.randn(*lead, b, obs_dim),
+            torch.zeros(*lead, b),
+        )
+        for _ in range(5):
+            agent.update(batch)
+        start = time.process_time()
+        for _ in range(updates):
+            agent.update(batch)
+        return (time.process_time() - start) / updates * 1e3
+
+    plain = cost(plan.algo_class(config, plan.obs_space, plan.action_space, cpu, 0), ())
+    print(f"{args.algo} on {args.env}, {args.threads} torch thread(s), overrides: {' '.join(args.set) or 'none'}")
+    print()
+    print("| N | stacked ms per update | per seed | N plain updates ms | ratio |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for n in [int(text) for text in args.seeds.split(",")]:
+        stacked = plan.algo_class(config, plan.obs_space, plan.action_space, cpu, 0, stack=SeedStack(range(n), cpu))
+        ms = cost(stacked, (n,))
+        print(f"| {n} | {ms:.1f} | {ms / n:.1f} | {n * plain:.1f} | {ms / (n * plain):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--algo", default="sac")
@@ -51,7 +98,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000, help="environment steps per seed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="rlrun overrides for every run")
+    parser.add_argument("--update-cost", action="store_true", help="CPU ms per update: plain vs stacked agents")
     args = parser.parse_args()
+    if args.update_cost:
+        update_cost(args)
+        return
 
     common = [
         f"algo={args.algo}",
