@@ -116,6 +116,7 @@ def test_a_seed_evaluates_as_its_separate_agent() -> None:
         np.testing.assert_allclose(group.members[index].act(obs), separate[index].act(obs), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_batched_group_writes_a_run_folder_per_seed(rlrun, tmp_path):
     """hydra/launcher=batched trains SAC's three seeds as one group, each seed in a run folder
     of its own that `rlrun evaluate=` reads as any run's; PPO, which does not batch yet, runs
@@ -169,6 +170,7 @@ def test_batched_group_writes_a_run_folder_per_seed(rlrun, tmp_path):
     assert len(ppo) == 3 and all(s["status"] == "completed" and "seed_group" not in s for s in ppo)
 
 
+@pytest.mark.slow
 def test_a_signal_stops_every_seed_of_a_group_with_a_checkpoint(tmp_path):
     """SIGTERM stops a batched group after the current step: every seed writes its checkpoint
     of that step and an interrupted summary, and the command exits with 128 + the signal."""

@@ -129,6 +129,7 @@ def test_buffer_memory_measures_bytes_per_transition_of_the_atari_buffers():
         assert 7.5 < per_transition[whole] / per_transition[frames] < 8.0
 
 
+@pytest.mark.slow
 def test_batched_seeds_speed_compares_a_group_with_separate_runs():
     output = subprocess.run(
         [
