@@ -180,6 +180,9 @@ def test_benchmark_offline_mode_without_d3rlpys_python_says_how_to_make_it(tmp_p
     assert error.startswith(f"benchmark.py: error: --peer-python {tmp_path / 'no-python'}: no Python with d3rlpy")
     assert "pip install -c constraints.txt d3rlpy" in error
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_finetune_gain_compares_init_with_scratch(tmp_path):
     pytest.importorskip("minari")
     output = subprocess.run(
@@ -196,3 +199,36 @@ def test_finetune_gain_compares_init_with_scratch(tmp_path):
     assert [row[0].strip() for row in table[2:]] == ["0", "150", "300"]  # init= also evaluates before any online step
     assert table[2][2].strip() == ""  # from scratch has no step-0 evaluation
     assert "TD3 from TD3+BC (init=):" in output.stdout and "TD3 from scratch:" in output.stdout
+
+
+@pytest.mark.slow
+def test_batched_seeds_speed_compares_a_group_with_separate_runs():
+    output = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "batched_seeds_speed.py"),
+            "--env",
+            "Pendulum",
+            "--seeds",
+            "1,2",
+            "--steps",
+            "300",
+            "--set",
+            "experiment=smoke",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert output.returncode == 0, output.stderr[-2000:]
+    rows = [
+        line.strip("|").split("|") for line in output.stdout.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
+    assert [int(row[0]) for row in rows] == [1, 2]
+    for row in rows:
+        batched_cpu, separate_cpu, ratio = (float(cell) for cell in row[4:7])
+        assert batched_cpu > 0 and separate_cpu > 0 and ratio == pytest.approx(batched_cpu / separate_cpu, abs=0.05)
+    # A group of one seed is a separate run: the same final return.
+    batched_return, separate_return = (float(x) for x in rows[0][8].split("/"))
+    assert batched_return == separate_return

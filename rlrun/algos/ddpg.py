@@ -15,6 +15,7 @@ import gymnasium as gym
 import torch
 
 from rlrun.algos.td3 import TD3, TD3Config
+from rlrun.blocks.stacking import SeedStack
 from rlrun.config import non_negative
 from rlrun.loops.replay import OffPolicyConfig
 
@@ -41,7 +42,13 @@ class DDPG(TD3):
     name = "ddpg"
 
     def __init__(
-        self, config: DDPGConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int
+        self,
+        config: DDPGConfig,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        device: torch.device,
+        seed: int,
+        stack: SeedStack | None = None,
     ) -> None:
         as_td3 = TD3Config(**dataclasses.asdict(config), num_critics=1, policy_noise=0.0, noise_clip=0.0, policy_delay=1)
-        super().__init__(as_td3, obs_space, action_space, device, seed)
+        super().__init__(as_td3, obs_space, action_space, device, seed, stack)

@@ -21,13 +21,15 @@ from torch.nn import functional as F
 
 from rlrun.blocks.buffers import Batch
 from rlrun.blocks.hl_gauss import CriticLoss, HLGauss, SupportCheck, ValueSupportConfig
-from rlrun.blocks.nets import OutputLinear, QEnsemble, hidden_layers, polyak_update
+from rlrun.blocks.nets import EnsembleLinear, OutputLinear, QEnsemble, hidden_layers, polyak_update
 from rlrun.blocks.optim import adam, gradient_step
 from rlrun.blocks.policy_modules import RescaleToBounds
 from rlrun.blocks.spaces import BoxActions, check_continuous_spaces, obs_batch
+from rlrun.blocks.stacking import SeedGroup, SeedStack
 from rlrun.blocks.state import Checkpointed
 from rlrun.config import positive
 from rlrun.loops.replay import OffPolicyConfig, train_off_policy
+from rlrun.loops.seeds import train_off_policy_seeds
 from rlrun.protocols import RunContext
 
 
@@ -81,12 +83,21 @@ class TanhGaussianActor(nn.Module):
         hidden_sizes: Sequence[int],
         activation: type[nn.Module] = nn.ReLU,
         trunk: nn.Module | None = None,
+        stack: SeedStack | None = None,
     ) -> None:
         """`trunk` maps observations to hidden_sizes[-1] features; by default an MLP of
-        `hidden_sizes` with `activation` (CrossQ passes one with batch renormalisation)."""
+        `hidden_sizes` with `activation` (CrossQ passes one with batch renormalisation).
+        With `stack`, one actor per seed stacked on a leading dimension: (S, B, obs) → (S, B, ·),
+        each seed's noise from its own generator."""
         super().__init__()
-        self.trunk = hidden_layers(obs_dim, hidden_sizes, activation) if trunk is None else trunk
-        self.head = OutputLinear(hidden_sizes[-1], 2 * action_dim)
+        seeds = None if stack is None else len(stack)
+        self.trunk = hidden_layers(obs_dim, hidden_sizes, activation, seeds) if trunk is None else trunk
+        self.head = (
+            OutputLinear(hidden_sizes[-1], 2 * action_dim)
+            if stack is None
+            else EnsembleLinear(seeds, hidden_sizes[-1], 2 * action_dim)
+        )
+        self.normal_like = torch.randn_like if stack is None else stack.normal_like
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
@@ -95,14 +106,14 @@ class TanhGaussianActor(nn.Module):
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised action in [-1, 1] and its log-probability."""
         mean, log_std = self(obs)
-        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        pre_tanh = mean + log_std.exp() * self.normal_like(mean)
         return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
 
     def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
         """`sample`'s action alone, from the same random draw; acting has no use for the
         log-probability, so it is not computed."""
         mean, log_std = self(obs)
-        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+        return torch.tanh(mean + log_std.exp() * self.normal_like(mean))
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0])
@@ -153,22 +164,35 @@ class SAC(TanhGaussianActing, Checkpointed):
     def check_spaces(config: SACConfig, obs_space: gym.Space, action_space: gym.Space) -> None:
         check_continuous_spaces("sac", obs_space, action_space)
 
-    def __init__(self, config: SACConfig, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int) -> None:
+    def __init__(
+        self,
+        config: SACConfig,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        device: torch.device,
+        seed: int,
+        stack: SeedStack | None = None,
+    ) -> None:
+        """With `stack`, the agents of a batched group's seeds stacked on a leading seed
+        dimension (docs/batched-seeds.md): the update below is the same code, every tensor
+        with a seed dimension in front."""
         self.config = config
         self.device = device
         self.seed = seed
         obs_dim, action_dim = obs_space.shape[0], action_space.shape[0]
         self.actions = BoxActions(action_space)
 
-        self.actor = TanhGaussianActor(obs_dim, action_dim, config.hidden_sizes).to(device)
+        seeds = None if stack is None else len(stack)
+        self.actor = TanhGaussianActor(obs_dim, action_dim, config.hidden_sizes, stack=stack).to(device)
         # With HL-Gauss each critic outputs the logits of its value histogram.
         self.hl_gauss = HLGauss.from_config(config).to(device) if config.critic_loss == "hl_gauss" else None
         self.support_check = SupportCheck(self.hl_gauss.v_min, self.hl_gauss.v_max) if self.hl_gauss is not None else None
         outputs = 1 if self.hl_gauss is None else config.num_bins
-        self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics, outputs).to(device)
+        self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics, outputs, seeds).to(device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        # The temperature is learnt as log α so it stays positive.
-        self.log_alpha = torch.tensor(math.log(config.init_temperature), device=device, requires_grad=True)
+        # The temperature is learnt as log α so it stays positive; one per seed when stacked.
+        shape = () if stack is None else (len(stack),)
+        self.log_alpha = torch.full(shape, math.log(config.init_temperature), device=device, requires_grad=True)
         self.target_entropy = -float(action_dim) if config.target_entropy == "auto" else config.target_entropy
 
         self.actor_optimizer = adam(self.actor.parameters(), config.lr)
@@ -177,7 +201,8 @@ class SAC(TanhGaussianActing, Checkpointed):
 
     # ----- learning -------------------------------------------------------------------------
     def q_values(self, critic_outputs: torch.Tensor) -> torch.Tensor:
-        """Q_i(s, a), shape (n, B): the critics' outputs, or with HL-Gauss their histograms' means."""
+        """Q_i(s, a), shape (n, B) ((S, n, B) stacked): the critics' outputs, or with HL-Gauss
+        their histograms' means."""
         return critic_outputs if self.hl_gauss is None else self.hl_gauss.value(critic_outputs)
 
     @torch.no_grad()
@@ -187,41 +212,44 @@ class SAC(TanhGaussianActing, Checkpointed):
         Only true terminations stop bootstrapping; a time-limit truncation still bootstraps.
         """
         next_action, next_log_prob = self.actor.sample(batch.next_obs)
-        next_q = self.q_values(self.target_critic(batch.next_obs, next_action)).min(dim=0).values
-        soft_value = next_q - self.log_alpha.exp() * next_log_prob
+        next_q = self.q_values(self.target_critic(batch.next_obs, next_action)).min(dim=-2).values
+        soft_value = next_q - self.log_alpha.exp().unsqueeze(-1) * next_log_prob
         return batch.rewards + self.config.gamma * (1.0 - batch.terminated) * soft_value
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        alpha = self.log_alpha.exp().detach()
+        """One gradient step of critics, actor and temperature. Each loss is reduced over the
+        batch (the last dimension); stacked seeds' losses are then summed: a seed's loss
+        reaches only its own parameters, so one step on the sum is each seed's own step."""
+        alpha = self.log_alpha.exp().detach().unsqueeze(-1)  # broadcasts over the batch
 
         metrics = {}
         if self.hl_gauss is None:
             # Critics: J_Q = ½ Σ_i E[(Q_i(s, a) − y)²]
             q = self.critic(batch.obs, batch.actions)
-            critic_loss = 0.5 * ((q - self.critic_target(batch)) ** 2).mean(dim=1).sum()
+            critic_loss = 0.5 * ((q - self.critic_target(batch).unsqueeze(-2)) ** 2).mean(dim=-1).sum(dim=-1)
         else:
             # Critics: J_Q = Σ_i E[−Σ_k p_k(y) log softmax(logits_i(s, a))_k], p(y) y's HL-Gauss histogram
             logits = self.critic(batch.obs, batch.actions)
             target = self.critic_target(batch)
-            critic_loss = self.hl_gauss.loss(logits, target).mean(dim=1).sum()
+            critic_loss = self.hl_gauss.loss(logits, target.unsqueeze(-2)).mean(dim=-1).sum(dim=-1)
             q = self.hl_gauss.value(logits.detach())
             metrics["train/target_outside_support"] = self.support_check(target)
-        gradient_step(self.critic_optimizer, critic_loss)
+        gradient_step(self.critic_optimizer, critic_loss.sum())
 
         # Actor: J_π = E[α log π(ã|s) − min_i Q_i(s, ã)], ã reparameterised. The critics are
         # frozen here so the backward pass skips their weight gradients.
         action, log_prob = self.actor.sample(batch.obs)
         self.critic.requires_grad_(False)
-        q_new = self.q_values(self.critic(batch.obs, action)).min(dim=0).values
+        q_new = self.q_values(self.critic(batch.obs, action)).min(dim=-2).values
         self.critic.requires_grad_(True)
-        actor_loss = (alpha * log_prob - q_new).mean()
-        gradient_step(self.actor_optimizer, actor_loss)
+        actor_loss = (alpha * log_prob - q_new).mean(dim=-1)
+        gradient_step(self.actor_optimizer, actor_loss.sum())
 
         # Temperature, learnt as log α (SB3's form): J(log α) = E[−log α · (log π(ã|s) + H̄)].
         # Its gradient has the sign of CleanRL's J(α) = E[−α (log π(ã|s) + H̄)]: α rises while
         # the policy's entropy is below the target H̄ and falls while it is above.
-        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-        gradient_step(self.alpha_optimizer, alpha_loss)
+        alpha_loss = -(self.log_alpha.unsqueeze(-1) * (log_prob.detach() + self.target_entropy)).mean(dim=-1)
+        gradient_step(self.alpha_optimizer, alpha_loss.sum())
 
         polyak_update(self.target_critic, self.critic, self.config.tau)
         return {
@@ -229,13 +257,17 @@ class SAC(TanhGaussianActing, Checkpointed):
             "losses/critic": critic_loss.detach(),
             "losses/actor": actor_loss.detach(),
             "losses/alpha": alpha_loss.detach(),
-            "train/alpha": alpha,
-            "train/q_mean": q.mean().detach(),
-            "train/entropy": -log_prob.mean().detach(),
+            "train/alpha": alpha.squeeze(-1),
+            "train/q_mean": q.detach().mean(dim=(-2, -1)),
+            "train/entropy": -log_prob.detach().mean(dim=-1),
         }
 
     def train(self, run: RunContext) -> None:
         train_off_policy(self, run, self.config)
+
+    def train_seeds(self, group: SeedGroup, runs: Sequence[RunContext]) -> None:
+        """Train a batched group of seeds, seed s in runs[s]; this is the group's stacked agent."""
+        train_off_policy_seeds(group, runs, self.config)
 
     # ----- checkpoints ----------------------------------------------------------------------
     checkpointed = ("actor", "critic", "target_critic", "log_alpha", "actor_optimizer", "critic_optimizer", "alpha_optimizer")

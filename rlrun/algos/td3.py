@@ -24,9 +24,11 @@ from rlrun.blocks.nets import QEnsemble, mlp, polyak_update
 from rlrun.blocks.optim import adam, gradient_step
 from rlrun.blocks.policy_modules import RescaleToBounds
 from rlrun.blocks.spaces import BoxActions, check_continuous_spaces, obs_batch
+from rlrun.blocks.stacking import SeedGroup, SeedStack
 from rlrun.blocks.state import Checkpointed
 from rlrun.config import non_negative, positive
 from rlrun.loops.replay import OffPolicyConfig, train_off_policy
+from rlrun.loops.seeds import train_off_policy_seeds
 from rlrun.protocols import RunContext
 
 
@@ -69,9 +71,10 @@ class TD3Config(OffPolicyConfig, ValueSupportConfig):
 class DeterministicActor(nn.Module):
     """μ(s) in [-1, 1]^|A| (TD3's and DDPG's actor): an MLP with a tanh output."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int]) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], seeds: int | None = None) -> None:
+        """With `seeds`, one actor per seed stacked on a leading dimension: (S, B, obs) → (S, B, |A|)."""
         super().__init__()
-        self.net = mlp(obs_dim, hidden_sizes, action_dim)
+        self.net = mlp(obs_dim, hidden_sizes, action_dim, seeds=seeds)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(obs))
@@ -86,32 +89,46 @@ class TD3(Checkpointed):
     def check_spaces(cls, config: TD3Config, obs_space: gym.Space, action_space: gym.Space) -> None:
         check_continuous_spaces(cls.name, obs_space, action_space)
 
-    def __init__(self, config: TD3Config, obs_space: gym.Space, action_space: gym.Space, device: torch.device, seed: int) -> None:
+    def __init__(
+        self,
+        config: TD3Config,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        device: torch.device,
+        seed: int,
+        stack: SeedStack | None = None,
+    ) -> None:
+        """With `stack`, the agents of a batched group's seeds stacked on a leading seed
+        dimension (docs/batched-seeds.md); the update below is the same code."""
         self.config = config
         self.device = device
         self.seed = seed
         obs_dim, action_dim = obs_space.shape[0], action_space.shape[0]
         self.actions = BoxActions(action_space)
 
-        self.actor = DeterministicActor(obs_dim, action_dim, config.hidden_sizes).to(device)
+        seeds = None if stack is None else len(stack)
+        # Exploration and target smoothing noise; each seed's from its own generator when stacked.
+        self.normal_like = torch.randn_like if stack is None else stack.normal_like
+        self.actor = DeterministicActor(obs_dim, action_dim, config.hidden_sizes, seeds).to(device)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         # With HL-Gauss each critic outputs the logits of its value histogram.
         self.hl_gauss = HLGauss.from_config(config).to(device) if config.critic_loss == "hl_gauss" else None
         self.support_check = SupportCheck(self.hl_gauss.v_min, self.hl_gauss.v_max) if self.hl_gauss is not None else None
         outputs = 1 if self.hl_gauss is None else config.num_bins
-        self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics, outputs).to(device)
+        self.critic = QEnsemble(obs_dim, action_dim, config.hidden_sizes, config.num_critics, outputs, seeds).to(device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.actor.parameters(), config.lr)
         self.critic_optimizer = adam(self.critic.parameters(), config.lr)
         self.critic_updates = 0
-        self.actor_loss = torch.zeros((), device=device)  # the latest, reported between delayed updates
+        # The latest actor loss (one per seed when stacked), reported between delayed updates.
+        self.actor_loss = torch.zeros(() if stack is None else (len(stack),), device=device)
 
     # ----- acting ---------------------------------------------------------------------------
     @torch.no_grad()
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
         """μ(s) + N(0, σ²), clipped to the action bounds, for a batch of observations on the device."""
         action = self.actor(obs)
-        noise = torch.randn_like(action) * self.config.exploration_noise
+        noise = self.normal_like(action) * self.config.exploration_noise
         return (action + noise).clamp(-1.0, 1.0)
 
     @torch.no_grad()
@@ -130,7 +147,7 @@ class TD3(Checkpointed):
     def smoothed_target_action(self, next_obs: torch.Tensor) -> torch.Tensor:
         """ã = clip(μ̄(s') + clip(ε, −c, c), −1, 1),  ε ~ N(0, σ̃²): target policy smoothing."""
         mean = self.target_actor(next_obs)
-        noise = (torch.randn_like(mean) * self.config.policy_noise).clamp(-self.config.noise_clip, self.config.noise_clip)
+        noise = (self.normal_like(mean) * self.config.policy_noise).clamp(-self.config.noise_clip, self.config.noise_clip)
         return (mean + noise).clamp(-1.0, 1.0)
 
     def q_values(self, critic_outputs: torch.Tensor) -> torch.Tensor:
@@ -142,31 +159,34 @@ class TD3(Checkpointed):
     def critic_target(self, batch: Batch) -> torch.Tensor:
         """y = r + γ (1 − terminated) min_i Q̄_i(s', ã); truncations still bootstrap."""
         next_outputs = self.target_critic(batch.next_obs, self.smoothed_target_action(batch.next_obs))
-        next_q = self.q_values(next_outputs).min(dim=0).values
+        next_q = self.q_values(next_outputs).min(dim=-2).values
         return batch.rewards + self.config.gamma * (1.0 - batch.terminated) * next_q
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One critic step, and every policy_delay one actor step. Each loss is reduced over
+        the batch (the last dimension); stacked seeds' losses are then summed, so one step on
+        the sum is each seed's own step."""
         metrics = {}
         if self.hl_gauss is None:
             # Critics: Σ_i E[(Q_i(s, a) − y)²]
             q = self.critic(batch.obs, batch.actions)
-            critic_loss = ((q - self.critic_target(batch)) ** 2).mean(dim=1).sum()
+            critic_loss = ((q - self.critic_target(batch).unsqueeze(-2)) ** 2).mean(dim=-1).sum(dim=-1)
         else:
             # Critics: Σ_i E[−Σ_k p_k(y) log softmax(logits_i(s, a))_k], p(y) y's HL-Gauss histogram
             logits = self.critic(batch.obs, batch.actions)
             target = self.critic_target(batch)
-            critic_loss = self.hl_gauss.loss(logits, target).mean(dim=1).sum()
+            critic_loss = self.hl_gauss.loss(logits, target.unsqueeze(-2)).mean(dim=-1).sum(dim=-1)
             q = self.hl_gauss.value(logits.detach())
             metrics["train/target_outside_support"] = self.support_check(target)
-        gradient_step(self.critic_optimizer, critic_loss)
+        gradient_step(self.critic_optimizer, critic_loss.sum())
         self.critic_updates += 1
 
         # Actor and targets every policy_delay critic updates: J = −E[Q_1(s, μ(s))].
         if self.critic_updates % self.config.policy_delay == 0:
             self.critic.requires_grad_(False)  # no critic weight gradients from the actor loss
-            actor_loss = -self.q_values(self.critic.member(0, batch.obs, self.actor(batch.obs))).mean()
+            actor_loss = -self.q_values(self.critic.member(0, batch.obs, self.actor(batch.obs))).mean(dim=-1)
             self.critic.requires_grad_(True)
-            gradient_step(self.actor_optimizer, actor_loss)
+            gradient_step(self.actor_optimizer, actor_loss.sum())
             self.actor_loss = actor_loss.detach()
             polyak_update(self.target_actor, self.actor, self.config.tau)
             polyak_update(self.target_critic, self.critic, self.config.tau)
@@ -174,11 +194,15 @@ class TD3(Checkpointed):
             **metrics,
             "losses/critic": critic_loss.detach(),
             "losses/actor": self.actor_loss,
-            "train/q_mean": q.mean().detach(),
+            "train/q_mean": q.detach().mean(dim=(-2, -1)),
         }
 
     def train(self, run: RunContext) -> None:
         train_off_policy(self, run, self.config)
+
+    def train_seeds(self, group: SeedGroup, runs: Sequence[RunContext]) -> None:
+        """Train a batched group of seeds, seed s in runs[s]; this is the group's stacked agent."""
+        train_off_policy_seeds(group, runs, self.config)
 
     # ----- checkpoints ----------------------------------------------------------------------
     checkpointed = (

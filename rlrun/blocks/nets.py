@@ -20,19 +20,27 @@ from torch.nn import functional as F
 from rlrun.config import ConfigError
 
 
-def hidden_layers(in_dim: int, hidden_sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """in → [Linear, activation] per hidden size: a torso whose output is features."""
+def hidden_layers(
+    in_dim: int, hidden_sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, seeds: int | None = None
+) -> nn.Sequential:
+    """in → [Linear, activation] per hidden size: a torso whose output is features. With
+    `seeds`, that many torsos stacked on a leading seed dimension: (S, B, in) → (S, B, out)."""
     layers: list[nn.Module] = []
     for size in hidden_sizes:
-        layers += [nn.Linear(in_dim, size), activation()]
+        layers += [nn.Linear(in_dim, size) if seeds is None else EnsembleLinear(seeds, in_dim, size), activation()]
         in_dim = size
     return nn.Sequential(*layers)
 
 
-def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """in → [Linear, activation] per hidden size → OutputLinear → out."""
-    torso = hidden_layers(in_dim, hidden_sizes, activation)
-    return nn.Sequential(*torso, OutputLinear(hidden_sizes[-1] if hidden_sizes else in_dim, out_dim))
+def mlp(
+    in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU, seeds: int | None = None
+) -> nn.Sequential:
+    """in → [Linear, activation] per hidden size → OutputLinear → out; with `seeds`, that many
+    stacked on a leading seed dimension, as in hidden_layers."""
+    torso = hidden_layers(in_dim, hidden_sizes, activation, seeds)
+    features = hidden_sizes[-1] if hidden_sizes else in_dim
+    output = OutputLinear(features, out_dim) if seeds is None else EnsembleLinear(seeds, features, out_dim)
+    return nn.Sequential(*torso, output)
 
 
 def in_float32(forward, x: torch.Tensor) -> torch.Tensor:
@@ -125,31 +133,54 @@ class EnsembleLinear(nn.Module):
         """Member `index` alone: (B, in) → (B, out)."""
         return torch.addmm(self.bias[index], x, self.weight[index])
 
+    def member_of_each(self, index: int, group: int, x: torch.Tensor) -> torch.Tensor:
+        """Member `index` of each run of `group` consecutive members (one seed's critics in a
+        seed-stacked ensemble): (S, B, in) → (S, B, out)."""
+        weight = self.weight.unflatten(0, (-1, group))[:, index]
+        return torch.baddbmm(self.bias.unflatten(0, (-1, group))[:, index], x, weight)
+
 
 class QEnsemble(nn.Module):
     """`n` state-action value functions Q_i(s, a), evaluated together; returns shape (n, B), or
-    (n, B, outputs) when each Q has `outputs` > 1 outputs (HL-Gauss logits, rlrun/blocks/hl_gauss.py)."""
+    (n, B, outputs) when each Q has `outputs` > 1 outputs (HL-Gauss logits, rlrun/blocks/hl_gauss.py).
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], n: int, outputs: int = 1) -> None:
+    With `seeds`, the ensembles of that many agents stacked seed-major as one ensemble of
+    seeds × n members: observations and actions (S, B, ·) give (S, n, B) (or (S, n, B, outputs))."""
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], n: int, outputs: int = 1, seeds: int | None = None
+    ) -> None:
         super().__init__()
         self.n = n
         self.outputs = outputs
+        self.seeds = seeds
         sizes = [obs_dim + action_dim, *hidden_sizes, outputs]
-        self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        members = n * (seeds or 1)
+        self.layers = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, action], dim=-1).expand(self.n, -1, -1)
+        x = torch.cat([obs, action], dim=-1)
+        if self.seeds is None:
+            x = x.expand(self.n, -1, -1)
+        else:  # each seed's input goes to each of its n critics: (S, B, in) → (S·n, B, in)
+            x = x.unsqueeze(1).expand(-1, self.n, -1, -1).flatten(0, 1)
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
-        return self._squeeze(in_float32(self.layers[-1], x))  # see OutputLinear
+        out = in_float32(self.layers[-1], x)  # see OutputLinear
+        return self._squeeze(out if self.seeds is None else out.unflatten(0, (self.seeds, self.n)))
 
     def member(self, index: int, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q_index(s, a) alone, shape (B,) (or (B, outputs)), at 1/n of the ensemble's cost:
-        TD3's actor loss needs only Q_1, and evaluating every member would double its critic passes."""
+        """Q_index(s, a) alone, shape (B,) (or (B, outputs); (S, B, ·) when seeds are stacked),
+        at 1/n of the ensemble's cost: TD3's actor loss needs only Q_1, and evaluating every
+        member would double its critic passes."""
         x = torch.cat([obs, action], dim=-1)
+        if self.seeds is None:
+            for layer in self.layers[:-1]:
+                x = F.relu(layer.member(index, x))
+            return self._squeeze(in_float32(partial(self.layers[-1].member, index), x))
         for layer in self.layers[:-1]:
-            x = F.relu(layer.member(index, x))
-        return self._squeeze(in_float32(partial(self.layers[-1].member, index), x))
+            x = F.relu(layer.member_of_each(index, self.n, x))
+        return self._squeeze(in_float32(partial(self.layers[-1].member_of_each, index, self.n), x))
 
     def _squeeze(self, out: torch.Tensor) -> torch.Tensor:
         return out.squeeze(-1) if self.outputs == 1 else out

@@ -34,7 +34,7 @@ class Checkpointed:
         return list(declared.items()) if isinstance(declared, Mapping) else [(name, name) for name in declared]
 
     def state_dict(self) -> dict[str, Any]:
-        return {key: _saved(_get(self, path)) for key, path in self._checkpointed_items()}
+        return {key: _saved(attribute_at(self, path)) for key, path in self._checkpointed_items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         missing = [key for key, _ in self._checkpointed_items() if key not in state]
@@ -45,11 +45,12 @@ class Checkpointed:
             )
         for key, path in self._checkpointed_items():
             parent_path, _, name = path.rpartition(".")
-            parent = _get(self, parent_path) if parent_path else self
+            parent = attribute_at(self, parent_path) if parent_path else self
             setattr(parent, name, _restored(getattr(parent, name), state[key], self.device))
 
 
-def _get(owner: object, path: str) -> Any:
+def attribute_at(owner: object, path: str) -> Any:
+    """`owner.a.b` for the dotted path "a.b"."""
     for name in path.split("."):
         owner = getattr(owner, name)
     return owner

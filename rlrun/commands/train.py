@@ -34,7 +34,7 @@ from rlrun.core.checkpoint import latest
 from rlrun.core.folders import FolderInUse, ParentWatch, check_writable, lock_run_folder, release_run_folder
 from rlrun.core.logger import library_warnings_to_log
 from rlrun.core.plan import Plan, validate
-from rlrun.core.training import execute, record_failure
+from rlrun.core.training import execute, execute_group, record_failure
 from rlrun.envs.make import check_stored_wrappers
 
 CONFIG_MODULE = "rlrun.configs"
@@ -196,6 +196,57 @@ def _train_job(cfg: DictConfig, plan: Plan | None, run_dir: Path, multirun: bool
         summary["wall_time_s"],
     )
     return summary
+
+
+def plan_group_job(cfg: DictConfig) -> Plan:
+    """A job of a batched group (hydra/launcher=batched), planned in its folder but not run:
+    the launcher trains the group's plans together with train_seed_group."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    preflight_plan = _PREFLIGHT_PLANS.get(tuple(HydraConfig.get().overrides.task))
+    plan = (preflight_plan or validate(cfg)).in_folder(run_dir)
+    if plan.run_config.log.wandb.project is not None and plan.run_config.log.wandb.group is None:
+        plan = _with_wandb_group(plan, str(HydraConfig.get().sweep.dir))
+    return plan
+
+
+def train_seed_group(plans: list[Plan], run_dirs: list[Path]) -> list[dict | None]:
+    """Train the jobs of a sweep that differ only in their seed as one batched group
+    (docs/batched-seeds.md), each in its own run folder; returns each job's summary, None
+    for a failed one (its summary.json says why), as _job does for one job."""
+    held = []
+    try:
+        for run_dir in run_dirs:
+            lock_run_folder(run_dir)
+            held.append(run_dir)
+        summaries = execute_group(plans, run_dirs)
+    except FolderInUse as error:  # a survivor of an earlier attempt still trains there
+        log.error("batched group skipped: %s", error)
+        return [None] * len(plans)
+    except Exception as error:
+        one_line = isinstance(error, (ConfigError, RunError)) and os.environ.get("HYDRA_FULL_ERROR") != "1"
+        log.error("batched group failed: %s: %s", type(error).__name__, error, exc_info=not one_line)
+        for run_dir in run_dirs:
+            record_failure(run_dir, error)
+        return [None] * len(plans)
+    finally:
+        for run_dir in held:
+            release_run_folder(run_dir)
+    if summaries[0]["status"] == "interrupted":
+        folders = ", ".join(str(run_dir) for run_dir in run_dirs)
+        _say(
+            f"rlrun: {summaries[0]['signal']} at step {summaries[0]['total_steps']}: saved a checkpoint in each of {folders}; "
+            "rerun the sweep with hydra.sweep.dir=<its folder> to continue each seed"
+        )
+        sys.exit(128 + signal.Signals[summaries[0]["signal"]])
+    for summary in summaries:
+        log.info(
+            "seed %d %s after %d steps: eval return %s",
+            summary["seed"],
+            summary["status"],
+            summary["total_steps"],
+            "none" if summary["eval_return_mean"] is None else f"{summary['eval_return_mean']:.1f}",
+        )
+    return summaries
 
 
 def _say(line: str) -> None:

@@ -22,6 +22,9 @@ ALGORITHMS: dict[str, str] = {
     "cql": "rlrun.algos.cql:CQL",
     "dt": "rlrun.algos.dt:DecisionTransformer",
 }
+# The algorithms that train a batched group of seeds in one process (their train_seeds;
+# docs/batched-seeds.md, hydra/launcher=batched).
+BATCHED_ALGORITHMS = ("sac", "td3", "ddpg")
 # The algorithms that learn from a dataset (dataset=) instead of an environment.
 OFFLINE_ALGORITHMS = ("td3_bc", "iql", "cql", "dt")
 

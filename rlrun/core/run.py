@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -238,23 +238,26 @@ class Run:
             raise StopRun("interrupted", f"stopped by {self.stop_signal} at step {step}")
 
     @contextmanager
-    def stopping_on_signals(self) -> Iterator[None]:
+    def stopping_on_signals(self, group: Sequence[Run] = ()) -> Iterator[None]:
         """SIGINT, SIGTERM and SIGHUP (a closed terminal or a dropped SSH session) ask the run to
         stop after the current step with a checkpoint (see Run.after_step); a second one stops it
         at once. SIGUSR1, and SIGUSR2 outside a scheduler, write a checkpoint after the current
         step and training goes on. Under submitit (hydra/launcher=slurm), whose handler for SIGUSR2
         (Slurm's time-limit and preemption warning) requeues the job, SIGUSR2 stops the run like
         SIGTERM, and requeue_if_asked calls that handler once the checkpoint and summary are
-        written."""
+        written. The other runs of a batched group (`group`) stop and checkpoint with this one."""
+        runs = [self, *group]
 
         def request_stop(signum: int, frame: Any) -> None:
             if self.stop_signal is not None:
                 raise KeyboardInterrupt
-            self.stop_signal = signal.Signals(signum).name
+            for run in runs:
+                run.stop_signal = signal.Signals(signum).name
             log.warning("%s: stopping after this step with a checkpoint (Ctrl-C again stops at once)", self.stop_signal)
 
         def request_checkpoint(signum: int, frame: Any) -> None:
-            self.checkpoint_signal = signal.Signals(signum).name
+            for run in runs:
+                run.checkpoint_signal = signal.Signals(signum).name
 
         # A signal ignored by whoever started us (nohup, a shell's background job) stays ignored.
         stopping = [sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlrun.blocks.stacking import SeedGroup, SeedStack
 from rlrun.config import ConfigError, RunError
 from rlrun.core.checkpoint import load
 from rlrun.core.finetune import FineTuned
 from rlrun.core.folders import describe_write_error, strict_json
 from rlrun.core.logger import log
 from rlrun.core.plan import Plan
+from rlrun.core.registry import BATCHED_ALGORITHMS
 from rlrun.core.run import DivergenceError, Run, StopRun
 from rlrun.protocols import Algorithm
 
@@ -70,11 +73,96 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
         if error is not None:
             summary["error"] = str(error)
         # Never raised from here: an error already on its way out must not be replaced.
-        closing_problems = _finish(run, run_dir, summary)
+        closing_problems = finish(run, run_dir, summary)
     if closing_problems:
         raise RunError(closing_problems[0])
     run.requeue_if_asked()
     return summary
+
+
+def why_not_batched(plans: Sequence[Plan]) -> str | None:
+    """Why these planned runs (one configuration, one run per seed) cannot train as one
+    batched group (docs/batched-seeds.md); None if they can."""
+    first, settings = plans[0], plans[0].run_config
+    algo_config = first.algo_config
+    if len(plans) < 2:
+        return "a group of one seed trains as a separate run"
+    if first.algo_name not in BATCHED_ALGORITHMS:
+        return f"algo={first.algo_name} does not batch seeds yet (algorithms that do: {', '.join(BATCHED_ALGORITHMS)})"
+    unsupported = [
+        ("precision=bfloat16", settings.precision != "float32"),
+        ("compile=true", settings.compile),
+        (f"env.backend={settings.env.backend}", settings.env.backend != "gymnasium"),
+        ("algo.critic_loss=hl_gauss", getattr(algo_config, "critic_loss", "mse") != "mse"),
+        ("log.wandb.project", settings.log.wandb.project is not None),
+    ]
+    for setting, given in unsupported:
+        if given:
+            return f"{setting} is not stacked across seeds yet"
+    if any(plan.resume is not None for plan in plans):
+        return "a seed's folder holds a checkpoint: each seed continues from its own as a separate run"
+    return None
+
+
+def execute_group(plans: Sequence[Plan], run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """Train the planned runs of a batched group (why_not_batched says None) side by side in
+    one process, each in its own folder with its own summary.json; returns the summaries.
+
+    Each seed's agent is built as its separate run builds it (under its seed), then the
+    agents are stacked into one (rlrun/blocks/stacking.py), which the algorithm's
+    train_seeds trains. A failure in any seed stops the group (every summary.json names it)."""
+    first = plans[0]
+    seeds = [plan.run_config.seed for plan in plans]
+    if first.run_config.threads is not None:
+        torch.set_num_threads(first.run_config.threads)
+    agents = []
+    for plan in plans:
+        seed_everything(plan.run_config.seed)
+        agents.append(build_agent(plan))
+    stacked = first.algo_class(
+        first.algo_config, first.obs_space, first.action_space, first.device, seeds[0], stack=SeedStack(seeds, first.device)
+    )
+    group = SeedGroup(stacked, agents[0], len(plans))
+    stacked.load_state_dict(group.layout.stack([agent.state_dict() for agent in agents]))
+    del agents
+    seed_everything(seeds[0])
+    runs: list[Run] = []
+    try:
+        for plan, run_dir in zip(plans, run_dirs):
+            runs.append(Run(plan, run_dir))
+    except OSError as error:
+        for run in runs:
+            run.close()
+        raise RunError(f"cannot write in the run folder {run_dir}: {describe_write_error(error)}") from error
+    log.info("batched group of seeds %s: one stacked %s agent", ", ".join(map(str, seeds)), first.algo_name)
+    status, error = "failed", None
+    try:
+        with runs[0].stopping_on_signals(group=runs[1:]):
+            stacked.train_seeds(group, runs)
+        status = "completed"
+    except StopRun as stop:
+        status = stop.status
+        log.info("stopped at step %d: %s", runs[0].step, stop)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except RunError as failure:
+        status, error = ("diverged" if isinstance(failure, DivergenceError) else "failed"), failure
+        raise
+    finally:
+        summaries, problems = [], []
+        for plan, run, run_dir in zip(plans, runs, run_dirs):
+            summary = {"algo": plan.algo_name, "env_id": plan.run_config.env.id, "seed": plan.run_config.seed}
+            summary.update({**run.summary(status), "seed_group": seeds})
+            if run.stop_signal is not None:
+                summary["signal"] = run.stop_signal
+            if error is not None:
+                summary["error"] = str(error)
+            problems += finish(run, run_dir, summary)
+            summaries.append(summary)
+    if problems:
+        raise RunError(problems[0])
+    return summaries
 
 
 def build_agent(plan: Plan) -> Algorithm:
@@ -148,7 +236,7 @@ def _completed_summary(plan: Plan, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _finish(run: Run, run_dir: Path, summary: dict[str, Any]) -> list[str]:
+def finish(run: Run, run_dir: Path, summary: dict[str, Any]) -> list[str]:
     """Write summary.json and close the run's environments and logs; returns what failed, one
     line each (also logged), instead of raising."""
     problems = []
