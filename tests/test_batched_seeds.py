@@ -4,7 +4,6 @@ updates, and a group writes a separate run's folder for each seed."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 
 import gymnasium as gym
@@ -159,9 +158,8 @@ def test_batched_group_writes_a_run_folder_per_seed(rlrun, tmp_path):
         assert saved["return_mean"] == pytest.approx(summary["eval_return_mean"], rel=1e-4)
         returns.append(summary["eval_return_mean"])
     assert len(set(returns)) == 3  # three seeds, not three copies of one
-    # A seed's checkpoint is a separate run's: resume= continues that seed alone. (A copy under
-    # a plain name: resume= cannot parse a sweep job folder's name, with its commas, yet.)
-    seed_run = shutil.copytree(folders[0], tmp_path / "seed0")
+    # A seed's checkpoint is a separate run's: resume= continues that seed alone, in its own folder.
+    seed_run = folders[0]
     resumed = rlrun(f"resume={seed_run}", "total_steps=450")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step 300" in resumed.stdout + resumed.stderr

@@ -2,6 +2,7 @@
 with no duplicated or missing log rows."""
 
 import json
+import shlex
 
 import pytest
 import torch
@@ -290,3 +291,21 @@ def test_a_resume_that_changes_sizes_seed_or_algorithm_is_refused_naming_the_set
     line = _refused(run_dir, "total_steps=600")
     assert f"checkpoint {checkpoint} does not fit algo=sac as configured: it lacks agent." in line
     assert _strict_json(run_dir / "summary.json")["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_sweep_job_and_a_folder_with_a_space_resume_by_their_paths(rlrun, tmp_path):
+    """A sweep job's folder name holds commas and '=' (Hydra's sweep syntax) and a user's may
+    hold a space; resume= takes either as given, or quoted the way the SIGTERM hint prints it."""
+    args = ["experiment=smoke", "algo=sac", "env=Pendulum", "threads=1", "total_steps=300"]
+    sweep = rlrun("-m", *args, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert sweep.returncode == 0, sweep.stderr
+    spaced = tmp_path / "sp ace" / "run"
+    assert rlrun(*args, f"hydra.run.dir='{spaced}'").returncode == 0
+    jobs = sorted(folder for folder in (tmp_path / "sweep").iterdir() if "," in folder.name)
+    as_printed = shlex.split(f"rlrun {shlex.quote(f'resume={spaced}')}")[1]  # what pasting the hint gives rlrun
+    for resume_arg, folder in ((f"resume={jobs[0]}", jobs[0]), (f"resume='{jobs[1]}'", jobs[1]), (as_printed, spaced)):
+        resumed = rlrun(resume_arg, "total_steps=600")
+        assert resumed.returncode == 0, resumed.stderr
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["total_steps"] == 600

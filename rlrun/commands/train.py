@@ -14,6 +14,7 @@ import difflib
 import importlib.resources
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -55,7 +56,8 @@ def main(args: list[str]) -> None:
     pass through to Hydra."""
     try:
         if all(a in MULTIRUN_FLAGS for a in args if a.startswith("-")):  # other flags take values: Hydra's to parse
-            check_overrides([a for a in args if not a.startswith("-")])
+            # resume= is rlrun's, not Hydra's: its value is a folder, commas and all (a sweep job's).
+            check_overrides([a for a in args if not a.startswith(("-", "resume="))])
         args = expand_resume(args)
     except ConfigError as error:
         print(f"rlrun: error: {error}", file=sys.stderr)
@@ -182,7 +184,7 @@ def _train_job(cfg: DictConfig, plan: Plan | None, run_dir: Path, multirun: bool
         then = (
             "a run on env.backend=envpool cannot resume"
             if plan.run_config.env.backend == "envpool"
-            else f"continue with: rlrun resume={run_dir}"
+            else f"continue with: rlrun {shlex.quote(f'resume={run_dir}')}"
         )
         _say(f"rlrun: {summary['signal']} at step {summary['total_steps']}: saved {summary['checkpoint']}; {then}")
         sys.exit(128 + signal.Signals[summary["signal"]])
@@ -300,7 +302,7 @@ def expand_resume(args: list[str]) -> list[str]:
     resumes = [a for a in args if a.startswith("resume=")]
     if not resumes:
         return args
-    folder_text = resumes[-1].split("=", 1)[1]
+    folder_text = _unquoted(resumes[-1].split("=", 1)[1])
     folder = Path(folder_text)
     if any(a in MULTIRUN_FLAGS for a in args):
         raise ConfigError("resume= continues one run; to continue a sweep, rerun its command with hydra.sweep.dir=<its folder>")
@@ -328,7 +330,23 @@ def expand_resume(args: list[str]) -> list[str]:
     saved = [o for o in saved_overrides if override_key(o) not in given_keys | {"hydra.run.dir"}]
     for override in saved:
         _check_stored_override(override, f"resume={folder_text}: {saved_file}")
-    return [*saved, *given, f"hydra.run.dir={folder}", "hydra.output_subdir=null"]
+    return [*saved, *given, f"hydra.run.dir={hydra_quoted(str(folder), 'resume=')}", "hydra.output_subdir=null"]
+
+
+def _unquoted(text: str) -> str:
+    """A value with the quotes a user put around it for Hydra ("resume='runs/a b'") taken off."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def hydra_quoted(text: str, what: str) -> str:
+    """`text` as one quoted Hydra override value, so that the commas, '=', spaces and brackets
+    of a folder name (a sweep job's, say) stay part of it instead of making a sweep or a list."""
+    for quote in ("'", '"'):
+        if quote not in text:
+            return f"{quote}{text}{quote}"
+    raise ConfigError(f"{what}{text}: a folder name with both ' and \" cannot be given to Hydra; rename the folder")
 
 
 def _check_stored_override(override: str, source: str) -> None:
