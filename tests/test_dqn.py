@@ -136,6 +136,7 @@ def test_smoke_run_on_cartpole(rlrun, tmp_path):
     assert agent.act(np.zeros(4, dtype=np.float32)) in (0, 1)
 
 
+@pytest.mark.slow
 def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")

@@ -170,6 +170,7 @@ def test_image_observations_get_one_orthogonally_initialised_cnn_under_two_linea
         assert model.torso.fc[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_smoke_run_on_pong_with_the_shared_cnn(rlrun, tmp_path):
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")

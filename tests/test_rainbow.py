@@ -217,6 +217,7 @@ def test_bad_settings_get_one_line(rlrun, tmp_path, override, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_support_that_cannot_hold_the_returns_stops_the_run_with_one_line(rlrun, tmp_path):
     # CartPole pays 1 a step: a 3-step return alone is 2.97, beyond a support ending at 1.
     run_dir = tmp_path / "run"
@@ -233,6 +234,7 @@ def test_a_support_that_cannot_hold_the_returns_stops_the_run_with_one_line(rlru
     assert (run_dir / "checkpoints" / "step_000000300.pt").is_file()  # written before the failure, kept
 
 
+@pytest.mark.slow
 def test_the_support_check_can_be_switched_off_and_stays_quiet_on_a_support_that_holds(rlrun, tmp_path):
     for name, overrides in (("off", ("algo.v_max=1", "algo.support_check=false")), ("holds", ())):
         run_dir = tmp_path / name
@@ -275,6 +277,7 @@ def test_atari100k_composes_der_settings_for_rainbow():
     assert dqn.run_config.total_steps == 100_000 and dqn.algo_config.train_every != 1  # tuned/dqn-Pong.yaml's
 
 
+@pytest.mark.slow
 def test_atari100k_runs_a_few_hundred_steps_on_boxing(rlrun, tmp_path):
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")
@@ -296,6 +299,7 @@ def test_atari100k_runs_a_few_hundred_steps_on_boxing(rlrun, tmp_path):
     assert state["agent"]["network"]["torso.fc.0.weight"].shape == (256, 576)
 
 
+@pytest.mark.slow
 def test_smoke_run_on_pong_with_the_cnn(rlrun, tmp_path):
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")
