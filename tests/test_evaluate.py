@@ -307,6 +307,7 @@ def test_bad_evaluate_and_export_inputs_get_one_line_and_write_nothing(runs, tmp
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_run_is_filed_as_that_runs_result(tmp_path):
     own = smoke_run(tmp_path / "own", "sac", "total_steps=300")
     other_seed = smoke_run(tmp_path / "seed1", "sac", "total_steps=300", "seed=1")

@@ -49,6 +49,7 @@ def fine_tune(init, run_dir, *args):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offline", list(ONLINE))
 def test_the_first_evaluation_is_the_offline_runs_last(offline, offline_runs, tmp_path):
     run_dir = tmp_path / "online"
@@ -66,6 +67,7 @@ def test_the_first_evaluation_is_the_offline_runs_last(offline, offline_runs, tm
         assert torch.equal(online_state["input_normalizer"][name], offline_state["normalizer"][name])
 
 
+@pytest.mark.slow
 def test_the_buffer_is_fresh_by_default_and_holds_the_dataset_with_offline_data(offline_runs, tmp_path):
     fresh, mixed = tmp_path / "fresh", tmp_path / "mixed"
     assert fine_tune(offline_runs["td3_bc"], fresh).returncode == 0
@@ -79,6 +81,7 @@ def test_the_buffer_is_fresh_by_default_and_holds_the_dataset_with_offline_data(
     assert np.array_equal(mixed_buffer["obs"][:800].numpy(), offline_obs)
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_run_evaluates_and_exports_with_the_offline_normalisation(offline_runs, tmp_path):
     from rlrun.core.saved_run import load_agent
 
@@ -100,6 +103,7 @@ def test_a_fine_tuned_run_evaluates_and_exports_with_the_offline_normalisation(o
 
 
 # ----- bad inputs ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bad_inputs_get_one_line_before_anything_is_written(offline_runs, pendulum, tmp_path):
     run_dir = tmp_path / "run"
     no_run = tmp_path / "no-run"

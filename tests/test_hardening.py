@@ -83,6 +83,7 @@ def test_a_second_writer_is_refused_and_a_killed_writer_leaves_no_stale_lock(tmp
 
 
 # ----- 3. a killed joblib sweep leaves no workers ----------------------------------------------
+@pytest.mark.slow
 def test_the_workers_of_a_killed_joblib_sweep_stop_with_a_checkpoint(tmp_path):
     sweep_dir = tmp_path / "sweep"
     parent = start_rlrun(

@@ -308,6 +308,7 @@ def _report(*args: str) -> tuple[list[dict], str]:
     return _rows(out / "report.csv"), (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_environment_settings_and_named_keys_tell_groups_apart_and_a_seed_counts_once(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_rlrun("-m", *SMOKE, "+env.kwargs.g=2.0,20.0", "seed=0,1", f"hydra.sweep.dir={sweep}", timeout=600)
@@ -330,6 +331,7 @@ def test_environment_settings_and_named_keys_tell_groups_apart_and_a_seed_counts
     assert f"seed 0 appears in 2 runs; counted once, as {job} (first found), left out: {copy}" in text
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_not_shown_as_running(tmp_path):
     run_dir = tmp_path / "runs" / "long"
     process = start_rlrun(*SMOKE, "total_steps=100000", f"hydra.run.dir={run_dir}")

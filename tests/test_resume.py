@@ -228,6 +228,7 @@ def _refused(run_dir, *args):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_budget_below_the_checkpoints_step_is_refused_and_the_summary_kept(tmp_path):
     run_dir = tmp_path / "run"
     process = start_rlrun(*SMOKE_SAC, "total_steps=100000", "checkpoint.every=100", f"hydra.run.dir={run_dir}")
@@ -242,6 +243,7 @@ def test_a_budget_below_the_checkpoints_step_is_refused_and_the_summary_kept(tmp
     assert _strict_json(run_dir / "summary.json") == summary
 
 
+@pytest.mark.slow
 def test_a_summary_brought_up_to_date_keeps_its_fields_and_stays_strict_json(tmp_path):
     """A run stopped after its last checkpoint (as by a signal during the final evaluation):
     the resume that finds nothing to train marks it completed and drops nothing. One
@@ -269,6 +271,7 @@ def test_summaries_map_non_finite_numbers_to_null():
     assert json.loads(text) == {"eval_return_mean": None, "returns": [1.0, None], "nested": {"x": None}}
 
 
+@pytest.mark.slow
 def test_a_resume_that_changes_sizes_seed_or_algorithm_is_refused_naming_the_setting(tmp_path):
     run_dir, td3_dir = tmp_path / "sac", tmp_path / "td3"
     assert run_rlrun(*SMOKE_SAC, "total_steps=300", f"hydra.run.dir={run_dir}").returncode == 0
