@@ -67,16 +67,24 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
         status, error = ("diverged" if isinstance(failure, DivergenceError) else "failed"), failure
         raise
     finally:
-        summary = {"algo": plan.algo_name, "env_id": settings.env.id, "seed": settings.seed, **run.summary(status)}
-        if run.stop_signal is not None:
-            summary["signal"] = run.stop_signal
-        if error is not None:
-            summary["error"] = str(error)
+        summary = run_summary(plan, run, status, error)
         # Never raised from here: an error already on its way out must not be replaced.
         closing_problems = finish(run, run_dir, summary)
     if closing_problems:
         raise RunError(closing_problems[0])
     run.requeue_if_asked()
+    return summary
+
+
+def run_summary(plan: Plan, run: Run, status: str, error: Exception | None, **extra: Any) -> dict[str, Any]:
+    """summary.json's content for a run that ended with `status`: what ran, the run's own
+    numbers, `extra`, and the signal or error that ended it."""
+    settings = plan.run_config
+    summary = {"algo": plan.algo_name, "env_id": settings.env.id, "seed": settings.seed, **run.summary(status), **extra}
+    if run.stop_signal is not None:
+        summary["signal"] = run.stop_signal
+    if error is not None:
+        summary["error"] = str(error)
     return summary
 
 
@@ -152,12 +160,7 @@ def execute_group(plans: Sequence[Plan], run_dirs: Sequence[Path]) -> list[dict[
     finally:
         summaries, problems = [], []
         for plan, run, run_dir in zip(plans, runs, run_dirs):
-            summary = {"algo": plan.algo_name, "env_id": plan.run_config.env.id, "seed": plan.run_config.seed}
-            summary.update({**run.summary(status), "seed_group": seeds})
-            if run.stop_signal is not None:
-                summary["signal"] = run.stop_signal
-            if error is not None:
-                summary["error"] = str(error)
+            summary = run_summary(plan, run, status, error, seed_group=seeds)
             problems += finish(run, run_dir, summary)
             summaries.append(summary)
     if problems:
