@@ -1,9 +1,14 @@
+import array
 import contextlib
 import os
+import pickle
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,9 +81,136 @@ def _command(args: tuple[str, ...], patch: str | None) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+# ----- rlrun commands through the fork server (tests/forkserver.py) -------------------------
+
+
+class _ForkServer:
+    """One server per test process, started on first use; it stops when this process ends."""
+
+    process: subprocess.Popen | None = None
+    folder: str | None = None
+
+    @classmethod
+    def socket_path(cls) -> str:
+        if cls.process is None or cls.process.poll() is not None:
+            cls.folder = tempfile.mkdtemp(prefix="rlrun-forkserver-")
+            path = os.path.join(cls.folder, "socket")
+            cls.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("forkserver.py")), path],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=_env(),
+                cwd=REPO,
+            )
+            assert cls.process.stdout.readline() == "ready\n", "the test fork server did not start"
+        return os.path.join(cls.folder, "socket")
+
+
+class ForkedRlrun:
+    """`rlrun args` forked from the fork server, with the part of `subprocess.Popen`'s interface
+    the tests use (pid, stdout/stderr pipes, poll, wait, communicate, signals)."""
+
+    def __init__(self, args: tuple[str, ...], stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> None:
+        self.args = [sys.executable, "-m", "rlrun.cli", *args]
+        self.returncode: int | None = None
+        given, pipes = [], []
+        for target in (stdout, stderr):
+            if target == subprocess.PIPE:
+                read, write = os.pipe()
+                pipes.append(open(read, encoding="utf-8"))  # noqa: SIM115  closed by communicate
+                given.append(write)
+            else:
+                pipes.append(None)
+                given.append(target.fileno())
+        self.stdout, self.stderr = pipes
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        payload = pickle.dumps((list(args), _env(), str(REPO)))
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.connect(_ForkServer.socket_path())
+        fds = [stdin, *given]
+        self._server.sendmsg(
+            [struct.pack("!I", len(payload)) + payload],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())],
+        )
+        os.close(stdin)
+        for fd, target in zip(given, (stdout, stderr)):
+            if target == subprocess.PIPE:
+                os.close(fd)  # the child holds its own copy: EOF once it exits
+        (self.pid,) = struct.unpack("!I", self._receive(4, None))
+
+    def _receive(self, size: int, timeout: float | None) -> bytes:
+        self._server.settimeout(timeout)
+        data = b""
+        while len(data) < size:
+            try:
+                chunk = self._server.recv(size - len(data))
+            except (TimeoutError, BlockingIOError):
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            assert chunk, "the test fork server went away"
+            data += chunk
+        return data
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            (self.returncode,) = struct.unpack("!i", self._receive(4, timeout))
+            self._server.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(timeout=0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def communicate(self, timeout: float | None = None) -> tuple[str | None, str | None]:
+        """Read both pipes to their end (a thread each, so neither fills up), then wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        read = {}
+        readers = [
+            threading.Thread(target=lambda name, pipe: read.__setitem__(name, pipe.read()), args=(name, pipe), daemon=True)
+            for name, pipe in (("stdout", self.stdout), ("stderr", self.stderr))
+            if pipe is not None and not pipe.closed
+        ]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for pipe in (self.stdout, self.stderr):
+            if pipe is not None:
+                pipe.close()
+        return read.get("stdout"), read.get("stderr")
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _fresh_processes() -> bool:
+    return os.environ.get("RLRUN_TEST_FRESH_PROCESS") == "1"
+
+
 def run_rlrun(*args: str, timeout: float = 300, patch: str | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `rlrun` entry point the way a user would, capturing its output."""
-    return subprocess.run(_command(args, patch), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
+    """Run the `rlrun` command line as a user would, capturing its output."""
+    if patch is not None or _fresh_processes():
+        return subprocess.run(_command(args, patch), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
+    process = ForkedRlrun(args)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(list(args), process.returncode, out, err)
 
 
 def run_rlrun_together(commands: list[tuple[str, ...]], timeout: float = 600) -> list[subprocess.CompletedProcess]:
@@ -89,7 +221,10 @@ def run_rlrun_together(commands: list[tuple[str, ...]], timeout: float = 600) ->
         started = []
         for args in commands:
             out, err = (stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2))
-            process = subprocess.Popen(_command(args, None), stdout=out, stderr=err, text=True, env=_env(), cwd=REPO)
+            if _fresh_processes():
+                process = subprocess.Popen(_command(args, None), stdout=out, stderr=err, text=True, env=_env(), cwd=REPO)
+            else:
+                process = ForkedRlrun(args, stdout=out, stderr=err)
             stack.callback(process.kill)  # a no-op once it has exited; stops the others if one times out
             started.append((args, out, err, process))
         deadline = time.monotonic() + timeout
@@ -106,11 +241,13 @@ def _default_interrupt_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen:
+def start_rlrun(*args: str, patch: str | None = None) -> subprocess.Popen | ForkedRlrun:
     """Start `rlrun` in the background (to be signalled or killed); stdout/stderr are piped.
     SIGINT and SIGHUP are handled as in a terminal even when the tests run as a shell's
     background job or under nohup (which start children with them ignored, and rlrun keeps
-    an ignored signal ignored)."""
+    an ignored signal ignored); a forked command starts with them so as well."""
+    if patch is None and not _fresh_processes():
+        return ForkedRlrun(args)
     return subprocess.Popen(
         _command(args, patch),
         stdout=subprocess.PIPE,

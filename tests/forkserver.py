@@ -1,0 +1,98 @@
+"""A fork server for the tests' `rlrun` commands.
+
+Most of a short rlrun run's time is spent importing torch, Hydra and Gymnasium, and the suite
+starts hundreds of them. This server imports `rlrun.cli` once, then forks a child for each
+command: the child takes the caller's stdout, stderr, working folder and environment, and
+runs `rlrun.cli.main()` as the installed `rlrun` script does, so it exits, flushes and runs its
+atexit handlers like any process. The client is `ForkedRlrun` in tests/conftest.py;
+`RLRUN_TEST_FRESH_PROCESS=1` turns the server off and starts a fresh Python for every command.
+
+Protocol over a Unix socket, one connection per command: the client sends a pickled
+(args, env, cwd) with three file descriptors (stdin, stdout, stderr) attached; the server
+answers the child's pid, and its exit status (as subprocess reports it: -N for signal N) when
+it ends. Only the tests talk to it; it trusts its caller like `subprocess` does.
+"""
+
+import array
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import sys
+
+import rlrun.cli  # noqa: F401  the expensive part, paid once per server
+
+HEADER = struct.Struct("!I")
+
+
+def receive_request(connection: socket.socket) -> tuple[tuple, list[int]]:
+    fds = array.array("i")
+    data, ancillary, _, _ = connection.recvmsg(1 << 20, socket.CMSG_SPACE(3 * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    (size,) = HEADER.unpack_from(data)
+    while len(data) < HEADER.size + size:
+        data += connection.recv(1 << 20)
+    return pickle.loads(data[HEADER.size : HEADER.size + size]), list(fds)
+
+
+def run_child(args: list[str], env: dict, cwd: str, fds: list[int]) -> None:
+    """In the forked child: become `rlrun args` started from a shell in `cwd`."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["rlrun", *args]
+    from rlrun.cli import main
+
+    sys.exit(main())
+
+
+def serve(path: str) -> None:
+    parent = os.getppid()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    waiting: dict[int, socket.socket] = {}  # child pid -> the connection its status goes to
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    while os.getppid() == parent:  # the test process that started this server has gone: stop
+        for _ in selector.select(timeout=0.05):
+            connection, _ = listener.accept()
+            (args, env, cwd), fds = receive_request(connection)
+            pid = os.fork()
+            if pid == 0:
+                selector.close()
+                listener.close()
+                connection.close()
+                for other in waiting.values():
+                    other.close()
+                run_child(args, env, cwd, fds)  # exits through SystemExit, never returns here
+            for fd in fds:
+                os.close(fd)
+            connection.sendall(HEADER.pack(pid))
+            waiting[pid] = connection
+        while waiting:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            connection = waiting.pop(pid, None)
+            if connection is not None:
+                try:
+                    connection.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
+                except OSError:
+                    pass  # the client stopped listening
+                connection.close()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
