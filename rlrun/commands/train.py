@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import hydra
-import yaml
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -35,6 +34,7 @@ from rlrun.core.checkpoint import latest
 from rlrun.core.folders import FolderInUse, ParentWatch, check_writable, lock_run_folder, release_run_folder
 from rlrun.core.logger import library_warnings_to_log
 from rlrun.core.plan import Plan, validate
+from rlrun.core.saved_run import read_stored_yaml
 from rlrun.core.training import execute, execute_group, record_failure
 from rlrun.envs.make import check_stored_wrappers
 
@@ -319,10 +319,9 @@ def expand_resume(args: list[str]) -> list[str]:
     given = [a for a in args if not a.startswith("resume=")]
     given_keys = {override_key(a) for a in given}
     try:
-        saved_overrides = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or []
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise ConfigError(f"resume={folder_text}: {saved_file} is damaged ({reason}); it lists the run's overrides") from None
+        saved_overrides = read_stored_yaml(saved_file) or []
+    except ConfigError as error:
+        raise ConfigError(f"resume={folder_text}: {error}") from None
     if not isinstance(saved_overrides, list) or not all(isinstance(o, str) for o in saved_overrides):
         raise ConfigError(
             f"resume={folder_text}: {saved_file} is damaged (not a list of overrides); it lists the run's overrides"
