@@ -167,8 +167,12 @@ def read_stored_yaml(path: Path) -> Any:
             f"{path} holds the YAML tag {named}; rlrun reads only plain values from a run folder (a tag can build a "
             "Python object and run code): refused"
         ) from None
+    except yaml.MarkedYAMLError as error:
+        where = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
+        raise ConfigError(f"{path} is damaged (not YAML: {error.problem or error.context}{where})") from None
     except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:  # ValueError: not UTF-8
-        raise ConfigError(f"{path} is damaged ({_first_line(str(error)) or type(error).__name__})") from None
+        reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else _first_line(str(error))
+        raise ConfigError(f"{path} is damaged ({reason or type(error).__name__})") from None
 
 
 def _first_line(text: str) -> str:
