@@ -149,10 +149,10 @@ def full_disk(tmp_path):
 
 
 def fill(folder: Path) -> None:
-    with open(folder / "filler", "wb", buffering=0) as file:
-        with contextlib.suppress(OSError):  # No space left on device: full
-            while True:
-                file.write(b"x" * 512)
+    # Unbuffered, and stopped by the first No space left on device.
+    with open(folder / "filler", "wb", buffering=0) as file, contextlib.suppress(OSError):
+        while True:
+            file.write(b"x" * 512)
 
 
 @pytest.mark.slow
