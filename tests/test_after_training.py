@@ -102,6 +102,7 @@ def run_copy(trained_run, tmp_path):
 # ----- writes that fail: one line, no temporary or empty file, nothing lost ------------------
 WRITES = {
     "evaluate": (["eval.episodes=2"], "cannot write the evaluation's result"),
+    "evaluate-video": (["eval.episodes=1", "video=true"], "cannot write the video"),  # ffmpeg's writes fail quietly
     "export-onnx": (["format=onnx"], "cannot write the exported policy"),
     "export-torchscript": (["format=torchscript"], "cannot write the exported policy"),
 }
@@ -112,8 +113,7 @@ WRITES = {
 def test_a_file_size_limit_gets_one_line_and_leaves_no_file(run_copy, case):
     options, words = WRITES[case]
     command = case.split("-")[0]
-    if case == "export-onnx":
-        pytest.importorskip("onnxscript")
+    pytest.importorskip({"export-onnx": "onnxscript", "evaluate-video": "moviepy"}.get(case, "torch"))
     before = snapshot(run_copy)
     # Smaller than the evaluation's JSON and than either policy file.
     result = run_limited(f"{command}={run_copy}", *options, file_size=200)
@@ -160,8 +160,7 @@ def fill(folder: Path) -> None:
 def test_a_full_disk_gets_one_line_and_leaves_no_file(run_copy, full_disk, case):
     options, words = WRITES[case]
     command = case.split("-")[0]
-    if case == "export-onnx":
-        pytest.importorskip("onnxscript")
+    pytest.importorskip({"export-onnx": "onnxscript", "evaluate-video": "moviepy"}.get(case, "torch"))
     fill(full_disk)
     result = run_rlrun(f"{command}={run_copy}", *options, f"out={full_disk / 'results'}")
     line = one_line_error(result, 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlrun.config import ConfigError, RunError
 from rlrun.core.checkpoint import latest, load
-from rlrun.core.folders import WriteFailed, check_writable, strict_json
+from rlrun.core.folders import WriteFailed, check_writable, describe_write_error, strict_json
 from rlrun.core.saved_run import (
     choose_checkpoint,
     is_run_folder,
@@ -30,7 +31,7 @@ from rlrun.core.saved_run import (
 )
 from rlrun.envs.episodes import EVAL_SEED_OFFSET, evaluate
 from rlrun.envs.make import make_env
-from rlrun.envs.video import check_video_support, record_episodes
+from rlrun.envs.video import IncompleteVideo, check_video_support, record_episodes
 
 EVALUATE_OPTIONS = {
     "which": "last, best, a step number or a .pt path; default last",
@@ -183,7 +184,12 @@ def _evaluate_checkpoint(run_dir: Path, checkpoint: Path, options: dict, origin:
     if options.get("video"):
         check_video_support(settings.env)
         folder = unused_path(into / "videos", f"eval-{step}")
-        files, result = record_episodes(settings.env, act, folder, episodes, seed, agent=saved.agent)
+        try:
+            files, result = record_episodes(settings.env, act, folder, episodes, seed, agent=saved.agent)
+        except IncompleteVideo as error:
+            reason = describe_write_error(error, error.path)
+            shutil.rmtree(folder, ignore_errors=True)  # a folder of its own, made for these episodes
+            raise WriteFailed(f"cannot write the video {error.final}: {reason}") from error
         videos = [str(path) for path in files]
     else:
         env = make_env(settings.env, seed, training=False)

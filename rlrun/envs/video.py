@@ -67,16 +67,60 @@ def record_episodes(
         disable_logger=True,
     )
     try:
-        result = evaluate(act, recorded, episodes, seed, agent=agent)
-    finally:
-        recorded.close()
+        try:
+            result = evaluate(act, recorded, episodes, seed, agent=agent)
+        finally:
+            recorded.close()
+    except OSError as error:  # moviepy's, when ffmpeg fails to write (the environment's own are EnvironmentFailures)
+        started = sorted(folder.glob("recording-episode-*.mp4"), key=lambda path: path.stat().st_mtime)
+        written = started[-1] if started else folder / "recording-episode-0.mp4"
+        raise IncompleteVideo(written, folder / written.name.removeprefix("recording-"), error) from error
     files = []
     for episode in range(episodes):
         written = folder / f"recording-episode-{episode}.mp4"
         final = folder / f"episode-{episode}.mp4"
+        # ffmpeg ends quietly when its writes fail (a full disk, the file-size limit), and
+        # moviepy does not ask how it ended: a file cut short is found here.
+        if not complete_mp4(written):
+            raise IncompleteVideo(written, final, "its last box is missing")
         os.replace(written, final)
         files.append(final)
     return files, result
+
+
+class IncompleteVideo(RuntimeError):
+    """A video that ffmpeg did not finish writing: `path` is cut short (left for the caller to
+    describe and remove), `final` the name it was to have."""
+
+    def __init__(self, path: Path, final: Path, cause: object) -> None:
+        super().__init__(f"{path} is cut short ({cause})")
+        self.path, self.final = path, final
+
+
+def complete_mp4(path: Path) -> bool:
+    """Whether the MP4 file's top-level boxes (4-byte size, 4-byte type; size 1: an 8-byte size
+    follows) fill the file exactly and include `moov`, the index ffmpeg writes last."""
+    try:
+        end = path.stat().st_size
+        with open(path, "rb") as file:
+            position, types = 0, set()
+            while position < end:
+                file.seek(position)
+                header = file.read(16)
+                if len(header) < 8:
+                    return False
+                size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if size == 1 and len(header) == 16:
+                    size = int.from_bytes(header[8:16], "big")
+                elif size == 0:  # to the end of the file
+                    size = end - position
+                if size < 8:
+                    return False
+                types.add(kind)
+                position += size
+    except OSError:
+        return False
+    return position == end and b"moov" in types
 
 
 def read_frames(path: Path) -> np.ndarray:
