@@ -76,9 +76,9 @@ def _command(args: tuple[str, ...], patch: str | None) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def run_rlrun(*args: str, timeout: float = 300, patch: str | None = None) -> subprocess.CompletedProcess:
+def run_rlrun(*args: str, timeout: float = 300, patch: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run the installed `rlrun` entry point the way a user would, capturing its output."""
-    return subprocess.run(_command(args, patch), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
+    return subprocess.run(_command(args, patch), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd)
 
 
 def run_rlrun_together(commands: list[tuple[str, ...]], timeout: float = 600) -> list[subprocess.CompletedProcess]:

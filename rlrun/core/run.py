@@ -28,7 +28,7 @@ from rlrun.core.plan import Plan
 from rlrun.envs.datasets import Transitions, load_transitions
 from rlrun.envs.episodes import EVAL_SEED_OFFSET, evaluate
 from rlrun.envs.make import env_state, make_env, make_vector_env, restore_env
-from rlrun.envs.video import IncompleteVideo, read_frames, record_episodes
+from rlrun.envs.video import IncompleteVideo, read_frames, record_episodes, video_fps
 from rlrun.protocols import Algorithm, Stateful
 
 
@@ -330,8 +330,7 @@ class Run:
                 reason = describe_write_error(error, error.path)
                 error.path.unlink(missing_ok=True)
                 raise WriteFailed(f"cannot write the video {error.final}: {reason}") from error
-            fps = self.eval_env.metadata.get("render_fps") or 30
-            self.logger.video(step, "eval/video", read_frames(files[0]), fps)
+            self.logger.video(step, "eval/video", read_frames(files[0]), video_fps(self.settings.env, self.eval_env))
         log.info("step %d: video %s (return %.1f)", step, files[0], result.returns[0])
 
     def checkpoint(self, step: int) -> None:

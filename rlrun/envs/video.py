@@ -14,10 +14,13 @@ import numpy as np
 
 from rlrun.config import ConfigError, EnvConfig
 from rlrun.envs.episodes import Evaluation, evaluate
-from rlrun.envs.ids import choose_mujoco_backend, is_mujoco
+from rlrun.envs.ids import choose_mujoco_backend, is_atari_game, is_dmc_id, is_mujoco, registered_id
 from rlrun.envs.make import make_env
 
 VIDEO_INSTALL = "python -m pip install -c constraints.txt -e '.[video]'"
+# The Atari 2600's frame rate (NTSC), which ALE emulates frame by frame. ale-py declares
+# render_fps 30 for every game and frameskip, so its metadata cannot be used.
+ATARI_FRAMES_PER_SECOND = 60
 
 
 def check_video_support(env: EnvConfig) -> None:
@@ -51,19 +54,19 @@ def record_episodes(
     folder: Path,
     episodes: int,
     seed: int,
-    fps: int | None = None,
     agent: object = None,
 ) -> tuple[list[Path], Evaluation]:
     """Play `episodes` episodes of `act` on a fresh environment seeded `seed`, as `evaluate`
     does, and write each to `folder/episode-<i>.mp4`; returns the files and the evaluation.
     Files already in `folder` (a resumed run recording the same step again) are replaced;
     `agent`, if it is EpisodeAware, is told where episodes start and their rewards."""
+    made = make_env(env, seed, training=False, render_mode="rgb_array")
     recorded = gym.wrappers.RecordVideo(
-        make_env(env, seed, training=False, render_mode="rgb_array"),
+        made,
         str(folder),
         episode_trigger=lambda episode: episode < episodes,
         name_prefix="recording",
-        fps=fps,
+        fps=video_fps(env, made),
         disable_logger=True,
     )
     try:
@@ -121,6 +124,23 @@ def complete_mp4(path: Path) -> bool:
     except OSError:
         return False
     return position == end and b"moov" in types
+
+
+def video_fps(env: EnvConfig, made: gym.Env) -> float:
+    """The frame rate at which a recording of `made` (one frame per agent step) plays in real
+    time: the environment's frames per second over the frames one agent step spans (the
+    Atari frame skip, env.action_repeat). Gymnasium's RecordVideo takes the declared
+    render_fps as it is, which on a frame-skipping Atari game plays too fast."""
+    env_id = registered_id(env.id)
+    if is_atari_game(env_id):
+        return ATARI_FRAMES_PER_SECOND / env.atari.frame_skip
+    control_timestep = getattr(getattr(made.unwrapped, "_env", None), "control_timestep", None)
+    if is_dmc_id(env_id) and callable(control_timestep):
+        # Shimmy declares control_timestep × 1000 as render_fps: the period in ms, not a rate.
+        per_second = 1 / control_timestep()
+    else:
+        per_second = made.metadata.get("render_fps") or 30
+    return per_second / env.action_repeat
 
 
 def read_frames(path: Path) -> np.ndarray:
