@@ -111,7 +111,7 @@ class ForkedRlrun:
     """`rlrun args` forked from the fork server, with the part of `subprocess.Popen`'s interface
     the tests use (pid, stdout/stderr pipes, poll, wait, communicate, signals)."""
 
-    def __init__(self, args: tuple[str, ...], stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> None:
+    def __init__(self, args: tuple[str, ...], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd: Path = REPO) -> None:
         self.args = [sys.executable, "-m", "rlrun.cli", *args]
         self.returncode: int | None = None
         given, pipes = [], []
@@ -125,7 +125,7 @@ class ForkedRlrun:
                 given.append(target.fileno())
         self.stdout, self.stderr = pipes
         stdin = os.open(os.devnull, os.O_RDONLY)
-        payload = pickle.dumps((list(args), _env(), str(REPO)))
+        payload = pickle.dumps((list(args), _env(), str(cwd)))
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.connect(_ForkServer.socket_path())
         fds = [stdin, *given]
@@ -199,11 +199,11 @@ def _fresh_processes() -> bool:
     return os.environ.get("RLRUN_TEST_FRESH_PROCESS") == "1"
 
 
-def run_rlrun(*args: str, timeout: float = 300, patch: str | None = None) -> subprocess.CompletedProcess:
-    """Run the `rlrun` command line as a user would, capturing its output."""
+def run_rlrun(*args: str, timeout: float = 300, patch: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run the `rlrun` command line as a user would (from `cwd`), capturing its output."""
     if patch is not None or _fresh_processes():
-        return subprocess.run(_command(args, patch), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
-    process = ForkedRlrun(args)
+        return subprocess.run(_command(args, patch), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd)
+    process = ForkedRlrun(args, cwd=cwd)
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

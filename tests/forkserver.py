@@ -14,6 +14,7 @@ it ends. Only the tests talk to it; it trusts its caller like `subprocess` does.
 """
 
 import array
+import contextlib
 import os
 import pickle
 import selectors
@@ -87,10 +88,8 @@ def serve(path: str) -> None:
                 break
             connection = waiting.pop(pid, None)
             if connection is not None:
-                try:
+                with contextlib.suppress(OSError):  # the client may have stopped listening
                     connection.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
-                except OSError:
-                    pass  # the client stopped listening
                 connection.close()
 
 

@@ -151,6 +151,39 @@ def test_mujoco_renders_headless(tmp_path):
     assert frames.std(axis=0).max() > 0
 
 
+def test_a_video_plays_at_the_speed_of_the_episode(tmp_path):
+    from moviepy import VideoFileClip
+
+    from rlrun.envs.video import record_episodes
+
+    # Pendulum declares render_fps 30; two environment steps per agent step → 15 frames a second.
+    env = EnvConfig(id="Pendulum-v1", total_steps=1000, action_repeat=2)
+    files, result = record_episodes(env, lambda obs: np.array([0.5], dtype=np.float32), tmp_path / "v", 1, seed=0)
+    with VideoFileClip(str(files[0]), audio=False) as clip:
+        assert clip.fps == 15
+        assert clip.duration == pytest.approx(result.lengths[0] / 15, abs=0.1)  # 200 steps of 1/30 s: 6.7 s
+
+
+def test_an_atari_video_counts_the_skipped_frames():
+    pytest.importorskip("ale_py", reason="needs the Atari extra")
+    from rlrun.envs.make import make_env
+    from rlrun.envs.video import ATARI_FRAMES_PER_SECOND, video_fps
+
+    env = EnvConfig(id="ALE/Pong-v5", total_steps=1000)
+    made = make_env(env, 0, training=False, render_mode="rgb_array")
+    try:
+        made.reset(seed=0)
+        ale = made.unwrapped.ale
+        before = ale.getEpisodeFrameNumber()
+        made.step(0)
+        # one recorded frame per agent step, which spans frame_skip emulator frames of 1/60 s
+        assert ale.getEpisodeFrameNumber() - before == env.atari.frame_skip == 4
+        assert made.metadata["render_fps"] == 30  # what ale-py declares, and RecordVideo would use: twice as fast
+        assert video_fps(env, made) == ATARI_FRAMES_PER_SECOND / 4 == 15
+    finally:
+        made.close()
+
+
 @pytest.mark.slow
 def test_videos_during_training_leave_learning_unchanged(runs, tmp_path):
     with_video = smoke_run(tmp_path, "sac", "video.every=300")

@@ -265,6 +265,7 @@ def test_an_environment_that_fails_to_construct_or_import_is_a_config_error(tmp_
     for env_id, words in [
         ("tests.crashing_env:BrokenConstructor-v0", "BrokenConstructor-v0 raised ValueError when made: licence file not found"),
         ("tests.raising_module:Anything-v0", "importing 'tests.raising_module' raised RuntimeError: this module is broken"),
+        ("tests.exiting_module:Anything-v0", "importing 'tests.exiting_module' called sys.exit(0); a module that registers"),
         (":Foo-v0", "'' is not an importable module name"),
         (".relative:Foo-v0", "'.relative' is not an importable module name"),
     ]:

@@ -133,7 +133,7 @@ def test_a_synthetic_sweep_end_to_end(tmp_path):
 
 
 def test_figures_have_a_line_per_group_and_reference(tmp_path):
-    runs, skipped = load_runs([str(synthetic_sweep(tmp_path / "sweep"))])
+    runs, skipped, _ = load_runs([str(synthetic_sweep(tmp_path / "sweep"))])
     report = analyse(runs, Options(reference=load_reference("rl-zoo"), resamples=200), skipped)
     assert report.groups == ["algo=ppo", "algo=sac", "algo=td3"]
     for env_id in ("HalfCheetah-v5", "Hopper-v5"):
@@ -152,7 +152,7 @@ def test_curves_interpolate_between_evaluations_and_stop_at_the_shortest_run(tmp
     evaluation, so the curve ends where the shortest run ends, and a note says so."""
     fake_run(tmp_path / "a", "sac", "Hopper", 0, [1000, 3000, 5000], [0.0, 300.0, 500.0])
     fake_run(tmp_path / "b", "sac", "Hopper", 1, [2000, 4000], [100.0, 200.0], status=None)
-    runs, _ = load_runs([str(tmp_path / "a"), str(tmp_path / "b")])
+    runs, _, _ = load_runs([str(tmp_path / "a"), str(tmp_path / "b")])
     report = analyse(runs, Options(resamples=100))
     cell = report.cells[("Hopper-v5", "algo=sac")]
     np.testing.assert_array_equal(cell.curve.steps, [2000, 3000, 4000])
@@ -175,7 +175,7 @@ def test_groups_are_what_differs_other_than_the_seed(tmp_path):
                 [float(seed)],
                 overrides=["algo=sac", f"algo.lr={lr}", f"seed={seed}"],
             )
-    runs, _ = load_runs([str(tmp_path)])
+    runs, _, _ = load_runs([str(tmp_path)])
     for run in runs:  # the config holds what the override set
         run.settings["algo.lr"] = float(run.folder.name[2:].split("-")[0])
     assert analyse(runs, Options(resamples=10)).groups == ["algo=sac algo.lr=0.0003", "algo=sac algo.lr=0.001"]
@@ -186,7 +186,7 @@ def test_a_seed_run_twice_counts_once_as_its_furthest_trained_run(tmp_path):
     fake_run(tmp_path / "short", "sac", "Hopper", 0, [100], [5.0], status="interrupted")
     fake_run(tmp_path / "long", "sac", "Hopper", 0, [100, 200], [1.0, 2.0])
     fake_run(tmp_path / "other", "sac", "Hopper", 1, [100, 200], [3.0, 4.0])
-    runs, _ = load_runs([str(tmp_path)])
+    runs, _, _ = load_runs([str(tmp_path)])
     report = analyse(runs, Options(resamples=10))
     cell = report.cells[("Hopper-v5", "algo=sac")]
     assert sorted(run.name for run in cell.runs) == ["long", "other"] and list(cell.finals) == [2.0, 4.0]

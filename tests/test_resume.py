@@ -312,3 +312,45 @@ def test_a_sweep_job_and_a_folder_with_a_space_resume_by_their_paths(rlrun, tmp_
         assert resumed.returncode == 0, resumed.stderr
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["total_steps"] == 600
+
+
+USER_GROUP = """# @package _global_
+defaults:
+  - override /algo: td3
+algo:
+  lr: 0.002
+"""
+
+
+@pytest.mark.slow
+def test_a_run_composed_with_a_config_group_of_the_users_resumes(tmp_path):
+    """The documented rerun of an Optuna study's best config (docs/sweeps.md): a config group
+    in a folder of the user's, found through hydra.searchpath relative to where the run started.
+    resume= from another folder composes the same config and continues."""
+    (tmp_path / "configs" / "mine").mkdir(parents=True)
+    (tmp_path / "configs" / "mine" / "fast.yaml").write_text(USER_GROUP)
+    run_dir = tmp_path / "run"
+    args = ["experiment=smoke", "env=Pendulum", "threads=1", "total_steps=300", f"hydra.run.dir={run_dir}"]
+    first = run_rlrun(*args, "hydra.searchpath=[file://configs]", "+mine=fast", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+
+    resumed = run_rlrun(f"resume={run_dir}", "total_steps=600")  # from the repository, not tmp_path
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["total_steps"] == 600
+    config = torch.load(checkpoint_file(run_dir, 600), weights_only=True)["config"]
+    assert config["algo"]["name"] == "td3" and config["algo"]["lr"] == 0.002
+
+    # Without its configs the run cannot be composed again: one line naming the folder.
+    (tmp_path / "configs").rename(tmp_path / "moved")
+    missing = run_rlrun(f"resume={run_dir}", "total_steps=900")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"rlrun: error: resume={run_dir}: the run composed its config with configs from file://configs, and "
+        f"{tmp_path / 'configs'} is no folder now; give the folder that holds them: "
+        f"rlrun 'hydra.searchpath=[file://<folder>]' resume={run_dir}"
+    ]
+    # ...which the command line gives
+    moved = run_rlrun(f"hydra.searchpath=[file://{tmp_path / 'moved'}]", f"resume={run_dir}", "total_steps=900")
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["total_steps"] == 900

@@ -145,3 +145,43 @@ def test_resume_refuses_stored_overrides_that_would_run_code(trained_run, tmp_pa
     overrides_file.write_text(yaml.safe_dump([*overrides[:-1], "+hydra.callbacks.x._target_=os.getpid"]))
     result = run_rlrun(f"resume={folder}", "total_steps=600")
     assert result.returncode == 2 and "sets hydra.callbacks.x._target_, which would run code" in result.stderr
+
+
+@pytest.mark.slow
+def test_resume_refuses_configs_of_a_stored_searchpath_that_would_run_code(tmp_path):
+    """A run folder's .hydra/hydra.yaml names the config folders the run searched
+    (hydra.searchpath), which resume= searches again: their files are as untrusted as the
+    stored overrides."""
+    marker = tmp_path / "ran"
+    configs = tmp_path / "configs"
+    (configs / "mine").mkdir(parents=True)
+    (configs / "hydra" / "job_logging").mkdir(parents=True)
+    mine = configs / "mine" / "plain.yaml"
+    mine.write_text("# @package _global_\nalgo:\n  lr: 0.002\n")
+    run_dir = tmp_path / "run"
+    first = run_rlrun(*SAC_PENDULUM, f"hydra.searchpath=[file://{configs}]", "+mine=plain", f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr
+    summary_before = (run_dir / "summary.json").read_text()
+
+    shell = {"_target_": "os.system", "_args_": [f"touch {marker}"]}
+    # dictConfig calls what a handler's "()" names
+    logging_config = {
+        "version": 1,
+        "handlers": {"x": {"()": "os.system", "command": f"touch {marker}"}},
+        "root": {"handlers": ["x"]},
+    }
+    (configs / "hydra" / "job_logging" / "evil.yaml").write_text(yaml.safe_dump(logging_config))
+    cases = [
+        ({"hydra": {"callbacks": {"x": shell}}}, f"{mine} sets Hydra's own settings, which may run code"),
+        ({"defaults": [{"override /hydra/job_logging": "evil"}]}, "job_logging/evil.yaml sets Hydra's own settings"),
+        ({"env": {"wrappers": [payload(marker)]}}, "has a _target_ inside its arguments (min_reward._target_)"),
+        ({"algo": {"lr": shell}}, f"{mine} names a _target_ (algo.lr._target_)"),
+    ]
+    for content, words in cases:
+        mine.write_text("# @package _global_\n" + yaml.safe_dump(content))
+        result = run_rlrun(f"resume={run_dir}", "total_steps=600")
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rlrun: error: ") and words in lines[0], lines
+        assert not marker.exists()
+        assert (run_dir / "summary.json").read_text() == summary_before

@@ -4,7 +4,9 @@ written to <run>/evaluations/."""
 from __future__ import annotations
 
 import csv
+import io
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -14,13 +16,22 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlrun.config import ConfigError
+from rlrun.config import ConfigError, RunError
 from rlrun.core.checkpoint import latest, load
-from rlrun.core.folders import strict_json
-from rlrun.core.saved_run import choose_checkpoint, is_run_folder, job_folders, load_agent, new_file, parse_options, unused_path
+from rlrun.core.folders import WriteFailed, check_writable, describe_write_error, strict_json
+from rlrun.core.saved_run import (
+    choose_checkpoint,
+    is_run_folder,
+    job_folders,
+    load_agent,
+    parse_options,
+    read_stored_yaml,
+    unused_path,
+    write_new_file,
+)
 from rlrun.envs.episodes import EVAL_SEED_OFFSET, evaluate
 from rlrun.envs.make import make_env
-from rlrun.envs.video import check_video_support, record_episodes
+from rlrun.envs.video import IncompleteVideo, check_video_support, record_episodes
 
 EVALUATE_OPTIONS = {
     "which": "last, best, a step number or a .pt path; default last",
@@ -30,6 +41,7 @@ EVALUATE_OPTIONS = {
     "device": "auto, cpu or cuda; default auto",
     "video": "true to write videos/eval-<step>/episode-<i>.mp4",
     "eval.target_return": "the return a Decision Transformer (algo=dt) is asked for; default the run's",
+    "out": "a folder that takes the run folder's place for what this writes (evaluations/, videos/; a sweep: <out>/<job>/)",
 }
 
 
@@ -49,24 +61,56 @@ def main(folder_text: str, args: list[str]) -> None:
     folder = Path(folder_text)
     if not folder.is_dir():
         raise ConfigError(f"evaluate={folder_text}: no such folder; give a run folder such as outputs/<date>/<time>")
+    out = Path(str(options["out"])) if options.get("out") is not None else None
+    if "out" in options and out is None:
+        raise ConfigError("out= needs a folder, e.g. out=./evaluations")
     if is_run_folder(folder):
+        into = out or folder
+        check_writable("out", into / "evaluations", given=False)
         checkpoint = choose_checkpoint("evaluate", folder, options.get("which"))
         origin = other_run(folder, checkpoint)
-        result = _evaluate_checkpoint(folder, checkpoint, options, origin)
+        result = _evaluate_checkpoint(folder, checkpoint, options, origin, into)
         print(_describe(result))
         return
     jobs = job_folders(folder)
     if not jobs:
         raise ConfigError(f"evaluate={folder_text} is neither a run folder nor a sweep folder (no checkpoints/, no */.hydra/)")
-    checkpoints = [(job, choose_checkpoint("evaluate", job, options.get("which"))) for job in jobs]
-    origins = [other_run(job, checkpoint) for job, checkpoint in checkpoints]  # every refusal before any episode
+    into = {job: out / job.name if out else job for job in jobs}
+    for path in [out or folder, *into.values()]:  # every folder checked before any episode
+        check_writable("out", path / "evaluations", given=False)
+    # A job without the checkpoint asked for is one failed row; a checkpoint of another
+    # algorithm (which=<path>) is refused for the whole sweep before any episode.
+    chosen: dict[Path, tuple[Path, OtherRun | None] | ConfigError] = {}
+    for job in jobs:
+        try:
+            checkpoint = choose_checkpoint("evaluate", job, options.get("which"))
+        except ConfigError as error:
+            chosen[job] = error
+            continue
+        chosen[job] = (checkpoint, other_run(job, checkpoint))
+    if all(isinstance(choice, ConfigError) for choice in chosen.values()):
+        raise next(iter(chosen.values()))
     started = time.strftime("%Y-%m-%d_%H-%M-%S")
-    rows = []
-    for (job, checkpoint), origin in zip(checkpoints, origins):
-        result = _evaluate_checkpoint(job, checkpoint, options, origin)
+    rows, failed = [], []
+    for job, choice in chosen.items():
+        try:
+            if isinstance(choice, ConfigError):
+                raise choice
+            checkpoint, origin = choice
+            result = _evaluate_checkpoint(job, checkpoint, options, origin, into[job])
+        except WriteFailed:  # a full disk fails every job after it too
+            raise
+        except (ConfigError, RunError) as error:  # an environment that fails, a damaged checkpoint: the next job
+            print(f"{job.name}: not evaluated: {error}")
+            rows.append({"job": job.name, "error": str(error)})
+            failed.append(f"{job.name}: {error}")
+            continue
         print(f"{job.name}: {_describe(result)}")
         rows.append({"job": job.name, **{k: v for k, v in result.items() if not isinstance(v, list)}})
-    _write_table(folder, started, rows)
+    table = _write_table((out or folder) / "evaluations", started, rows)
+    if failed:
+        more = f"; and {len(failed) - 1} more" if len(failed) > 1 else ""
+        raise RunError(f"{len(failed)} of {len(jobs)} jobs not evaluated ({failed[0]}{more}); the table {table} lists each")
 
 
 @dataclass(frozen=True)
@@ -113,14 +157,18 @@ def _run_identity(run_dir: Path) -> tuple[str, str, int | None] | None:
         config = header["config"] if isinstance(header["config"], dict) else {}
         return header["algo"], header["env_id"], config.get("seed")
     config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        return None
     try:
-        config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
+        config = OmegaConf.to_container(OmegaConf.create(read_stored_yaml(config_file)), resolve=True)
         return str(config["algo"]["name"]), str(config["env"]["id"]), config.get("seed")
-    except (OSError, KeyError, TypeError, OmegaConfBaseException):
+    except (KeyError, TypeError, ValueError, OmegaConfBaseException):
         return None
 
 
-def _evaluate_checkpoint(run_dir, checkpoint, options: dict, origin: OtherRun | None = None) -> dict:
+def _evaluate_checkpoint(run_dir: Path, checkpoint: Path, options: dict, origin: OtherRun | None, into: Path) -> dict:
+    """Evaluate `checkpoint` of `run_dir`; the result goes to `into`/evaluations/ and the videos
+    to `into`/videos/ (`into`: the run folder, or the folder out= gave)."""
     overrides = {key: value for key, value in options.items() if key in ("eval.episodes", "eval.deterministic", "seed")}
     saved = load_agent(checkpoint, overrides, str(options.get("device") or "auto"))
     if "eval.target_return" in options:
@@ -135,8 +183,13 @@ def _evaluate_checkpoint(run_dir, checkpoint, options: dict, origin: OtherRun | 
     videos: list[str] = []
     if options.get("video"):
         check_video_support(settings.env)
-        folder = unused_path(run_dir / "videos", f"eval-{step}")
-        files, result = record_episodes(settings.env, act, folder, episodes, seed, agent=saved.agent)
+        folder = unused_path(into / "videos", f"eval-{step}")
+        try:
+            files, result = record_episodes(settings.env, act, folder, episodes, seed, agent=saved.agent)
+        except IncompleteVideo as error:
+            reason = describe_write_error(error, error.path)
+            shutil.rmtree(folder, ignore_errors=True)  # a folder of its own, made for these episodes
+            raise WriteFailed(f"cannot write the video {error.final}: {reason}") from error
         videos = [str(path) for path in files]
     else:
         env = make_env(settings.env, seed, training=False)
@@ -171,8 +224,7 @@ def _evaluate_checkpoint(run_dir, checkpoint, options: dict, origin: OtherRun | 
     # A sweep job's folder name can be most of the file system's 255 bytes: the file name keeps
     # its start (the job number), the result the whole path.
     stem = checkpoint.stem if origin is None else f"other-{origin.name[:100]}-{checkpoint.stem}"
-    path = new_file(run_dir / "evaluations", stem, ".json")
-    path.write_text(strict_json(summary))
+    path = write_new_file(into / "evaluations", stem, ".json", strict_json(summary).encode(), "the evaluation's result")
     summary["written"] = str(path)
     return summary
 
@@ -185,11 +237,14 @@ def _describe(result: dict) -> str:
     )
 
 
-def _write_table(sweep_dir, started: str, rows: list[dict]) -> None:
-    path = new_file(sweep_dir / "evaluations", f"sweep-{started}", ".csv")
-    columns = ["job", "step", "return_mean", "return_std", "length_mean", "episodes", "deterministic", "checkpoint", "written"]
-    with open(path, "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+def _write_table(folder: Path, started: str, rows: list[dict]) -> Path:
+    columns = [
+        "job", "step", "return_mean", "return_std", "length_mean", "episodes", "deterministic", "checkpoint", "written", "error",
+    ]  # fmt: skip
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = write_new_file(folder, f"sweep-{started}", ".csv", text.getvalue().encode(), "the evaluation table")
     print(f"evaluation table: {path}")
+    return path

@@ -5,9 +5,9 @@ rescaling inside), with a JSON file that describes its input and output."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from rlrun.config import ConfigError
+from rlrun.core.folders import Content, check_writable, write_files
 from rlrun.core.saved_run import SavedAgent, choose_checkpoint, is_run_folder, load_agent, parse_options
 
 EXPORT_INSTALL = "python -m pip install -c constraints.txt -e '.[export]'"
@@ -24,6 +25,7 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".ts.pt"}
 EXPORT_OPTIONS = {
     "which": "last, best, a step number or a .pt path; default last",
     "format": "onnx or torchscript; default onnx",
+    "out": "a folder that takes the run folder's place for what this writes (<out>/export/ instead of <run>/export/)",
 }
 
 
@@ -37,17 +39,21 @@ def main(folder_text: str, args: list[str]) -> None:
         raise ConfigError(
             f"export={folder_text} is not a run folder (no checkpoints/); give a run folder such as outputs/<date>/<time>"
         )
+    if "out" in options and options["out"] is None:
+        raise ConfigError("out= needs a folder, e.g. out=./exports")
+    into = Path(str(options["out"])) if options.get("out") is not None else folder
+    check_writable("out", into / "export", given=False)
     if fmt == "onnx":
         _import_onnx()
     checkpoint = choose_checkpoint("export", folder, options.get("which"))
     saved = load_agent(checkpoint, {}, "cpu")
-    path, description = export_policy(saved, folder / "export", fmt)
+    path, description = export_policy(saved, into / "export", fmt)
     print(f"exported {saved.plan.algo_name} on {saved.plan.run_config.env.id} ({checkpoint}) → {path} and {description}")
 
 
 def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path]:
     """Write the policy of `saved` as `folder/policy-<checkpoint><suffix>` and its description
-    `policy-<checkpoint>.<format>.json`; both through temporary files."""
+    `policy-<checkpoint>.<format>.json`; both through temporary files, moved into place together."""
     module = copy.deepcopy(saved.agent.policy_module()).cpu().eval().requires_grad_(False)
     obs_space, action_space = saved.plan.obs_space, saved.plan.action_space
     example = torch.as_tensor(np.stack([obs_space.sample() for _ in range(2)]))
@@ -55,32 +61,30 @@ def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path
         example = example.float()
     # A policy that reads more than the observation (Decision Transformer's context) names its inputs.
     inputs = saved.agent.export_example(2) if hasattr(saved.agent, "export_example") else {"obs": example}
-    folder.mkdir(parents=True, exist_ok=True)
     stem = f"policy-{saved.checkpoint.stem}"
     path = folder / f"{stem}{FORMATS[fmt]}"
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        if fmt == "onnx":
-            # The exporter reports every operator library it skips and its own deprecations.
-            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                batch = torch.export.Dim("batch")
-                onnx_program = torch.onnx.export(
-                    module,
-                    tuple(inputs.values()),
-                    input_names=list(inputs),
-                    output_names=["action"],
-                    dynamic_shapes=tuple({0: batch} for _ in inputs),
-                    dynamo=True,
-                    verbose=False,
-                )
-            onnx_program.save(str(temporary))
-        else:
-            torch.jit.save(torch.jit.trace(module, tuple(inputs.values())), str(temporary))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    policy: Content
+    if fmt == "onnx":
+        # The exporter reports every operator library it skips and its own deprecations.
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch = torch.export.Dim("batch")
+            onnx_program = torch.onnx.export(
+                module,
+                tuple(inputs.values()),
+                input_names=list(inputs),
+                output_names=["action"],
+                dynamic_shapes=tuple({0: batch} for _ in inputs),
+                dynamo=True,
+                verbose=False,
+            )
+        policy = lambda temporary: onnx_program.save(str(temporary))
+    else:
+        # Into memory first: TorchScript's C++ file writer aborts the process when a write fails.
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.trace(module, tuple(inputs.values())), buffer)
+        policy = buffer.getvalue()
     description = folder / f"{stem}.{fmt}.json"  # one per format: exporting the other one keeps this
     info = {
         "format": fmt,
@@ -93,9 +97,7 @@ def export_policy(saved: SavedAgent, folder: Path, fmt: str) -> tuple[Path, Path
         "output": {"name": "action", **_describe_actions(action_space)},
         "note": "deterministic policy: observation normalisation and action rescaling are inside the file",
     }
-    temporary = description.with_name(description.name + ".tmp")
-    temporary.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(temporary, description)
+    write_files({path: policy, description: (json.dumps(info, indent=2) + "\n").encode()}, "the exported policy")
     return path, description
 
 

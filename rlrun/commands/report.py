@@ -6,14 +6,15 @@ from __future__ import annotations
 import base64
 import html
 import importlib.util
+import io
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rlrun.config import ConfigError, at_most
-from rlrun.core.folders import check_writable
+from rlrun.config import ConfigError, RunError, at_most
+from rlrun.core.folders import check_writable, write_files
 from rlrun.core.saved_run import parse_options
 from rlrun.report.references import load_reference
 from rlrun.report.runs import load_runs
@@ -95,33 +96,42 @@ def make_report(folders: list[str], options, out: Path, report_format: str = "md
     fails. Returns report.md's text."""
     from rlrun.report.analysis import analyse  # needs the report extra (scipy), checked first
 
-    runs, skipped = load_runs(folders)
-    report = analyse(runs, options, skipped)
+    runs, skipped, unreadable = load_runs(folders)
+    report = analyse(runs, options, skipped, unreadable)
     check_writable("report.out", out)
     return write(report, out, folders, report_format)
 
 
 def write(report, out: Path, folders: list[str], report_format: str = "md") -> str:
+    """Make every file of the report in memory, then write them together (write_files): a
+    write that fails leaves the earlier report as it was."""
     from rlrun.report.plots import curves_figure, profile_figure  # needs the report extra (matplotlib)
-
-    out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("curves-*.png"), *(out / name for name in WRITTEN)]:
-        old.unlink(missing_ok=True)  # a report is remade whole: nothing of an earlier one stays behind
-    images = {}
-    for env_id in report.envs:
-        name = f"curves-{_file_part(env_id)}.png"
-        curves_figure(report, env_id).savefig(out / name, dpi=110)
-        images[env_id] = name
-    if report.profiles:
-        profile_figure(report).savefig(out / "profile.png", dpi=110)
-    table(report).to_csv(out / "report.csv", index=False, float_format="%.8g")
     from rlrun.report.studies import study_sections  # imports optuna when a study is there
 
+    files: dict[str, bytes] = {}
+    images = {}
+    for env_id in report.envs:
+        images[env_id] = f"curves-{_file_part(env_id)}.png"
+        files[images[env_id]] = _png(curves_figure(report, env_id))
+    if report.profiles:
+        files["profile.png"] = _png(profile_figure(report))
+    files["report.csv"] = table(report).to_csv(index=False, float_format="%.8g").encode()
     text = markdown(report, folders, images, study_sections(report.runs + report.skipped))
-    (out / "report.md").write_text(text, encoding="utf-8")
+    files["report.md"] = text.encode()
     if report_format == "html":
-        (out / "report.html").write_text(to_html(text, out), encoding="utf-8")
+        files["report.html"] = to_html(text, files).encode()
+    write_files({out / name: data for name, data in files.items()}, "the report's file")
+    # A report is remade whole: nothing of an earlier one stays behind.
+    for old in [*out.glob("curves-*.png"), *(out / name for name in WRITTEN)]:
+        if old.name not in files:
+            old.unlink(missing_ok=True)
     return text
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
 
 
 def _file_part(env_id: str) -> str:
@@ -272,8 +282,9 @@ def _without_images(text: str) -> str:
     return re.sub(r"\n!\[[^\]]*\]\([^)]*\)\n\n?", "\n", text).rstrip()  # the figure and its blank line
 
 
-def to_html(text: str, folder: Path) -> str:
-    """report.md as one self-contained HTML page: the figures inlined as data URIs."""
+def to_html(text: str, images: dict[str, bytes]) -> str:
+    """report.md as one self-contained HTML page: the figures (`images`: PNG bytes by file
+    name) inlined as data URIs."""
     body, table_rows, items = [], [], []
 
     def inline(value: str) -> str:
@@ -307,7 +318,7 @@ def to_html(text: str, folder: Path) -> str:
             level = len(heading.group(1))
             body.append(f"<h{level}>{inline(heading.group(2))}</h{level}>")
         elif image := re.match(r"!\[(.*)\]\((.*)\)", line):
-            data = base64.b64encode((folder / image.group(2)).read_bytes()).decode("ascii")
+            data = base64.b64encode(images[image.group(2)]).decode("ascii")
             body.append(f'<img alt="{inline(image.group(1))}" src="data:image/png;base64,{data}">')
         elif line.strip():
             body.append(f"<p>{inline(line)}</p>")
@@ -330,7 +341,7 @@ def sweep_report(sweep_dir: Path) -> None:
         check_extra()
         _, options = parse([])
         text = make_report([str(sweep_dir)], options, sweep_dir / "report")
-    except ConfigError as error:
+    except (ConfigError, RunError) as error:  # RunError: a write that failed
         print(f"rlrun: no report: {error}", file=sys.stderr)
         return
     except Exception as error:  # noqa: BLE001 - a report must not fail a sweep that trained fine

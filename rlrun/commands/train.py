@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import hydra
-import yaml
 from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -35,8 +35,9 @@ from rlrun.core.checkpoint import latest
 from rlrun.core.folders import FolderInUse, ParentWatch, check_writable, lock_run_folder, release_run_folder
 from rlrun.core.logger import library_warnings_to_log
 from rlrun.core.plan import Plan, validate
+from rlrun.core.saved_run import read_stored_yaml
 from rlrun.core.training import execute, execute_group, record_failure
-from rlrun.envs.make import check_stored_wrappers
+from rlrun.envs.make import check_stored_wrappers, nested_target
 
 CONFIG_MODULE = "rlrun.configs"
 SLURM_INSTALL = "python -m pip install -c constraints.txt -e '.[slurm]'"
@@ -319,10 +320,9 @@ def expand_resume(args: list[str]) -> list[str]:
     given = [a for a in args if not a.startswith("resume=")]
     given_keys = {override_key(a) for a in given}
     try:
-        saved_overrides = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or []
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise ConfigError(f"resume={folder_text}: {saved_file} is damaged ({reason}); it lists the run's overrides") from None
+        saved_overrides = read_stored_yaml(saved_file) or []
+    except ConfigError as error:
+        raise ConfigError(f"resume={folder_text}: {error}") from None
     if not isinstance(saved_overrides, list) or not all(isinstance(o, str) for o in saved_overrides):
         raise ConfigError(
             f"resume={folder_text}: {saved_file} is damaged (not a list of overrides); it lists the run's overrides"
@@ -330,7 +330,97 @@ def expand_resume(args: list[str]) -> list[str]:
     saved = [o for o in saved_overrides if override_key(o) not in given_keys | {"hydra.run.dir"}]
     for override in saved:
         _check_stored_override(override, f"resume={folder_text}: {saved_file}")
-    return [*saved, *given, f"hydra.run.dir={hydra_quoted(str(folder), 'resume=')}", "hydra.output_subdir=null"]
+    # A run composed from config folders of the user's (an Optuna study's best config) needs
+    # them again; a searchpath on the command line replaces the stored one.
+    folders = [] if "hydra.searchpath" in given_keys else _stored_searchpath(folder, f"resume={folder_text}")
+    searchpath = [f"hydra.searchpath=[{','.join(hydra_quoted(f'file://{f}', 'resume=') for f in folders)}]"] if folders else []
+    expanded = [*searchpath, *saved, *given, f"hydra.run.dir={hydra_quoted(str(folder), 'resume=')}", "hydra.output_subdir=null"]
+    if folders:
+        _check_searchpath_configs(expanded, folders, given_keys, f"resume={folder_text}")
+    return expanded
+
+
+def _stored_searchpath(folder: Path, what: str) -> list[Path]:
+    """The config folders a run folder's run searched besides rlrun's own (its
+    `hydra.searchpath`, among the Hydra overrides in .hydra/hydra.yaml), as absolute paths:
+    a relative one is relative to the folder the run started in."""
+    hydra_file = folder / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():  # a folder made by hand with overrides.yaml alone: nothing to carry
+        return []
+    damaged = f"{what}: {hydra_file} is damaged"
+    stored = read_stored_yaml(hydra_file)
+    try:
+        hydra_overrides = stored["hydra"]["overrides"]["hydra"]
+        started_in = Path(stored["hydra"]["runtime"]["cwd"])
+    except (KeyError, TypeError) as error:
+        raise ConfigError(f"{damaged} ({type(error).__name__}); it holds the run's Hydra settings") from None
+    if not isinstance(hydra_overrides, list) or not all(isinstance(o, str) for o in hydra_overrides):
+        raise ConfigError(f"{damaged} (hydra.overrides.hydra is not a list of overrides)")
+    given = [o for o in hydra_overrides if override_key(o) == "hydra.searchpath"]
+    if not given:
+        return []
+    try:
+        entries = OverridesParser.create().parse_overrides(given[-1:])[0].value()
+    except OverrideParseException:
+        raise ConfigError(f"{damaged} (cannot parse {given[-1][:80]})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(f"{damaged} (hydra.searchpath is not a list of folders)")
+    folders = []
+    for entry in entries:
+        scheme, separator, path = entry.partition("://")
+        if separator and scheme != "file":  # pkg://: an installed package's configs, found as at the start
+            raise ConfigError(
+                f"{what}: the run searched configs in {entry}; resume= carries file:// folders only: "
+                f"give hydra.searchpath=[...] with resume= on the command line"
+            )
+        found = started_in / (path if separator else entry)
+        if not found.is_dir():
+            raise ConfigError(
+                f"{what}: the run composed its config with configs from {entry}, and {found} is no folder now; "
+                "give the folder that holds them: rlrun 'hydra.searchpath=[file://<folder>]' "
+                f"{shlex.quote(f'resume={folder}')}"
+            )
+        folders.append(found.resolve())
+    return folders
+
+
+def _check_searchpath_configs(overrides: list[str], folders: list[Path], given_keys: set[str], what: str) -> None:
+    """Config files that a stored searchpath brings in are as untrusted as the stored
+    overrides: they may set values, and env.wrappers as check_stored_wrappers allows, but not
+    Hydra's own settings (callbacks, logging, launcher) nor any other `_target_`."""
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        try:
+            defaults = GlobalHydra.instance().hydra.config_loader.compute_defaults_list("config", overrides, RunMode.RUN)
+        except HydraException:
+            return  # the composition itself fails and reports it; nothing gets built
+    for default in defaults.defaults:
+        if default.config_path is None:
+            continue
+        name = default.config_path if default.config_path.endswith((".yaml", ".yml")) else f"{default.config_path}.yaml"
+        for config_file in (folder / name for folder in folders):
+            if config_file.is_file():
+                _check_searchpath_config(config_file, default.package or "", given_keys, what)
+
+
+def _check_searchpath_config(config_file: Path, package: str, given_keys: set[str], what: str) -> None:
+    source = f"{what}: {config_file}"
+    content = read_stored_yaml(config_file) or {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{source} is not a config (a mapping of settings)")
+    content = {key: value for key, value in content.items() if key != "defaults"}
+    for part in reversed([p for p in package.split(".") if p]):
+        content = {part: content}
+    if "hydra" in content:
+        raise ConfigError(
+            f"{source} sets Hydra's own settings, which may run code; refused (give it on the command line if you trust it)"
+        )
+    env = content.get("env") if isinstance(content.get("env"), dict) else {}
+    if "wrappers" in env and "env.wrappers" not in given_keys:
+        check_stored_wrappers(env["wrappers"], source)
+    rest = {**content, "env": {key: value for key, value in env.items() if key != "wrappers"}}
+    found = "_target_" if "_target_" in rest else nested_target(rest)
+    if found is not None:
+        raise ConfigError(f"{source} names a _target_ ({found}); a stored config may not make rlrun call code")
 
 
 def _unquoted(text: str) -> str:

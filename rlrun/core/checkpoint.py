@@ -3,7 +3,6 @@ everything a run needs to continue exactly where it was."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 import rlrun
 from rlrun.config import ConfigError, RunError
-from rlrun.core.folders import describe_write_error
+from rlrun.core.folders import write_files
 
 FORMAT_VERSION = 2
 
@@ -78,29 +77,23 @@ class Checkpointer:
         return self._write(self.directory / BEST, step, agent, {}, run)
 
     def _write(self, path: Path, step: int, agent: dict[str, Any], loop: dict[str, Any], run: RunState) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".pt.tmp")
+        state = Checkpoint(
+            format=FORMAT_VERSION,
+            rlrun_version=rlrun.__version__,
+            algo=self.algo,
+            env_id=self.env_id,
+            step=step,
+            config=self.config,
+            agent=agent,
+            loop=loop,
+            run=run,
+        )
         try:
-            state = Checkpoint(
-                format=FORMAT_VERSION,
-                rlrun_version=rlrun.__version__,
-                algo=self.algo,
-                env_id=self.env_id,
-                step=step,
-                config=self.config,
-                agent=agent,
-                loop=loop,
-                run=run,
-            )
-            torch.save(state, temporary)
-            os.replace(temporary, path)
-        except (OSError, RuntimeError) as error:
-            # torch.save reports a full disk or a file-size limit as a RuntimeError from its zip writer.
-            reason = describe_write_error(error, temporary)
-            temporary.unlink(missing_ok=True)
+            write_files({path: lambda temporary: torch.save(state, temporary)}, "checkpoint")
+        except RunError as error:
             previous = latest(self.directory.parent)
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-            raise RunError(f"cannot write checkpoint {path}: {reason}; {kept}") from error
+            raise RunError(f"{error}; {kept}") from error.__cause__
         return path
 
 

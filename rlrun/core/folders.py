@@ -10,6 +10,7 @@ killed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -21,10 +22,11 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rlrun.config import ConfigError
+from rlrun.config import ConfigError, RunError
 
 LOCK_FILE = ".rlrun.lock"
 NAME_MAX = 255  # bytes in a file or folder name on most file systems
@@ -112,19 +114,55 @@ class ParentWatch:
             os._exit(128 + signal.SIGTERM)
 
 
-def check_writable(key: str, folder: Path) -> None:
-    """`folder` (named by the config key `key`) can be created and written; ConfigError if not."""
+def check_writable(key: str, folder: Path, given: bool = True) -> None:
+    """`folder` (named by the config key `key`, or its default when not `given`) can be
+    created and written; ConfigError if not."""
     check_name_lengths(key, folder)
+    named = f"{key}={folder}" if given else str(folder)
     existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
     if not existing.is_dir():
-        raise ConfigError(f"{key}={folder} cannot be created: {existing} is a file; choose another folder with {key}=<folder>")
+        raise ConfigError(f"{named} cannot be created: {existing} is a file; choose another folder with {key}=<folder>")
     try:  # a real probe: os.access says yes to root even on read-only file systems
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as error:
         raise ConfigError(
-            f"{key}={folder} is not writable ({error.strerror} when creating a file in {existing}); "
-            f"choose another folder with {key}=<folder>"
+            f"{named} is not writable ({error.strerror} when creating a file in {existing}); "
+            f"{'choose another folder' if given else 'write elsewhere'} with {key}=<folder>"
         ) from None
+
+
+class WriteFailed(RunError):
+    """A file could not be written (a full disk, the file-size limit, a read-only folder)."""
+
+
+# What write_files writes: the bytes, or a function that writes the file at the path it is given.
+Content = bytes | Callable[[Path], None]
+
+
+def write_files(files: Mapping[Path, Content], what: str) -> None:
+    """Write each file to a temporary one beside it (`<name>.tmp`), then move them all into
+    place: a write that fails (a full disk, the file-size limit, a read-only folder) leaves no
+    temporary, empty or partial file, and every file that was there before as it was. Raises
+    WriteFailed, "cannot write <what> <file>: <the OS's reason>"."""
+    temporaries: list[Path] = []
+    path = next(iter(files), Path())
+    try:
+        for path, content in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporaries.append(path.with_name(path.name + ".tmp"))
+            if callable(content):
+                content(temporaries[-1])
+            else:
+                temporaries[-1].write_bytes(content)
+        for path, temporary in zip(files, temporaries):
+            os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a full disk or a file-size limit as a RuntimeError from its zip writer.
+        reason = describe_write_error(error, temporaries[-1] if temporaries else None)
+        for temporary in temporaries:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+        raise WriteFailed(f"cannot write {what} {path}: {reason}") from error
 
 
 def check_name_lengths(key: str, folder: Path) -> None:
@@ -166,17 +204,19 @@ def describe_write_error(error: BaseException, path: Path | None = None) -> str:
     """A short reason for a failed write of `path`: the OS's words (No space left on device,
     File too large, Read-only file system). torch.save wraps them in a RuntimeError whose
     text often has no errno ("unexpected pos ..."), so the likely causes are checked."""
+    size_limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    size_hint = f" (the file-size limit, ulimit -f, is {size_limit} bytes)" if size_limit != resource.RLIM_INFINITY else ""
     if isinstance(error, OSError):
-        return error.strerror or errno.errorcode.get(error.errno or 0, str(error))
+        reason = error.strerror or errno.errorcode.get(error.errno or 0, str(error))
+        return reason + size_hint if error.errno == errno.EFBIG else reason
     text = str(error)
     for code in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO):
         if os.strerror(code) in text:
-            return os.strerror(code)
+            return os.strerror(code) + (size_hint if code == errno.EFBIG else "")
     if path is not None:
-        size_limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
         written = path.stat().st_size if path.exists() else 0
-        if size_limit != resource.RLIM_INFINITY and written >= size_limit - (1 << 16):
-            return f"{os.strerror(errno.EFBIG)} (the file-size limit, ulimit -f, is {size_limit} bytes)"
+        if size_hint and written >= size_limit - (1 << 16):
+            return os.strerror(errno.EFBIG) + size_hint
         if shutil.disk_usage(path.parent).free < (1 << 20):
             return os.strerror(errno.ENOSPC)
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__

@@ -97,6 +97,16 @@ def _misfit(saved: Any, built: Any, where: str) -> str | None:
         if saved.shape != built.shape:
             return f"{where} has shape {list(saved.shape)} in it, {list(built.shape)} now"
         return None
+    if isinstance(built, (list, tuple)):  # an optimiser's moments, one tensor per parameter
+        if not isinstance(saved, (list, tuple)):
+            return f"{where} is not a list in it"
+        if len(saved) != len(built):
+            return f"{where} has {len(saved)} entries in it, {len(built)} now"
+        for index, (saved_item, built_item) in enumerate(zip(saved, built, strict=True)):
+            found = _misfit(saved_item, built_item, f"{where}.{index}")
+            if found is not None:
+                return found
+        return None
     if isinstance(built, Mapping):
         if not isinstance(saved, Mapping):
             return f"{where} is not a group in it"

@@ -22,12 +22,13 @@ import torch
 from rlrun.blocks.buffers import ReplayBufferBase
 from rlrun.config import RunError
 from rlrun.core.checkpoint import BEST, Checkpoint, Checkpointer, RunState, load, restore_rng_state, rng_state
+from rlrun.core.folders import WriteFailed, describe_write_error
 from rlrun.core.logger import RunLogger, log
 from rlrun.core.plan import Plan
 from rlrun.envs.datasets import Transitions, load_transitions
 from rlrun.envs.episodes import EVAL_SEED_OFFSET, evaluate
 from rlrun.envs.make import env_state, make_env, make_vector_env, restore_env
-from rlrun.envs.video import read_frames, record_episodes
+from rlrun.envs.video import IncompleteVideo, read_frames, record_episodes, video_fps
 from rlrun.protocols import Algorithm, Stateful
 
 
@@ -316,16 +317,20 @@ class Run:
         random numbers, so training goes on exactly as without the video."""
         with self.clock.pause():
             folder = self.run_dir / "videos" / f"step-{step}"
-            files, result = record_episodes(
-                self.settings.env,
-                lambda obs: self._agent.act(obs, deterministic=True),
-                folder,
-                1,
-                self.seed + EVAL_SEED_OFFSET,
-                agent=self._agent,
-            )
-            fps = self.eval_env.metadata.get("render_fps") or 30
-            self.logger.video(step, "eval/video", read_frames(files[0]), fps)
+            try:
+                files, result = record_episodes(
+                    self.settings.env,
+                    lambda obs: self._agent.act(obs, deterministic=True),
+                    folder,
+                    1,
+                    self.seed + EVAL_SEED_OFFSET,
+                    agent=self._agent,
+                )
+            except IncompleteVideo as error:
+                reason = describe_write_error(error, error.path)
+                error.path.unlink(missing_ok=True)
+                raise WriteFailed(f"cannot write the video {error.final}: {reason}") from error
+            self.logger.video(step, "eval/video", read_frames(files[0]), video_fps(self.settings.env, self.eval_env))
         log.info("step %d: video %s (return %.1f)", step, files[0], result.returns[0])
 
     def checkpoint(self, step: int) -> None:

@@ -12,10 +12,12 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from rlrun.config import ConfigError
 from rlrun.core.checkpoint import BEST, Checkpoint, load
 from rlrun.core.finetune import FineTuned
+from rlrun.core.folders import WriteFailed, describe_write_error, write_files
 from rlrun.core.plan import Plan, validate
 from rlrun.envs.make import check_stored_wrappers
 from rlrun.protocols import Algorithm
@@ -123,17 +125,58 @@ def load_agent(path: Path, overrides: dict[str, Any], device: str) -> SavedAgent
     return SavedAgent(plan, agent, path, state)
 
 
-def new_file(folder: Path, stem: str, suffix: str) -> Path:
-    """`folder/<stem><suffix>`, or `<stem>-2<suffix>`, ...: a name that nothing has yet."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_new_file(folder: Path, stem: str, suffix: str, data: bytes, what: str) -> Path:
+    """Write `data` to `folder/<stem><suffix>`, or `<stem>-2<suffix>`, ...: a name that nothing
+    has yet, and return it. The name is claimed first (also against a command running beside
+    this one), then written whole through a temporary file (write_files); a write that fails
+    gives the name back, so no empty file stays behind."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteFailed(f"cannot write {what} in {folder}: {describe_write_error(error)}") from error
     for n in range(1, 1_000_000):
         path = folder / (f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
         try:
-            path.touch(exist_ok=False)  # claims the name, also against a command running beside this one
-            return path
+            path.touch(exist_ok=False)
         except FileExistsError:
             continue
+        except OSError as error:
+            raise WriteFailed(f"cannot write {what} {path}: {describe_write_error(error)}") from error
+        try:
+            write_files({path: data}, what)
+        except WriteFailed:
+            path.unlink(missing_ok=True)
+            raise
+        return path
     raise ConfigError(f"{folder} holds too many files named {stem}-*{suffix}")
+
+
+def read_stored_yaml(path: Path) -> Any:
+    """A YAML file of a run folder (.hydra/config.yaml, overrides.yaml, hydra.yaml) as plain
+    values. It is read with OmegaConf's loader, which is yaml's SafeLoader: a tag that would
+    build a Python object (`!!python/object/apply:os.system`) is refused before anything is
+    built. ConfigError naming the file, for that and for a damaged file."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except yaml.constructor.ConstructorError as error:
+        tag = re.search(r"for the tag '([^']*)'", str(error))
+        if tag is None:  # a duplicate key, say
+            raise ConfigError(f"{path} is damaged ({_first_line(str(error.problem or error))})") from None
+        named = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        raise ConfigError(
+            f"{path} holds the YAML tag {named}; rlrun reads only plain values from a run folder (a tag can build a "
+            "Python object and run code): refused"
+        ) from None
+    except yaml.MarkedYAMLError as error:
+        where = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
+        raise ConfigError(f"{path} is damaged (not YAML: {error.problem or error.context}{where})") from None
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:  # ValueError: not UTF-8
+        reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else _first_line(str(error))
+        raise ConfigError(f"{path} is damaged ({reason or type(error).__name__})") from None
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def unused_path(parent: Path, name: str) -> Path:

@@ -63,6 +63,11 @@ def registered_id(env_id: str) -> str:
         raise ConfigError(f"env.id={env_id!r}: cannot import {module!r} to register it ({error}){hint}") from None
     except Exception as error:  # the module itself raised while being imported
         raise ConfigError(f"env.id={env_id!r}: importing {module!r} raised {type(error).__name__}: {error}") from None
+    except SystemExit as error:  # a script's `sys.exit()` run on import would end rlrun without a word
+        raise ConfigError(
+            f"env.id={env_id!r}: importing {module!r} called sys.exit({error.code!r}); "
+            "a module that registers environments must not exit when imported"
+        ) from None
     return bare_id
 
 

@@ -280,7 +280,7 @@ def check_stored_wrappers(wrappers: object, source: str) -> None:
             raise ConfigError(
                 f"{where} sets {', '.join(special)}; a stored config may only name a wrapper class and plain arguments"
             )
-        nested = _nested_target(wrapper, "")
+        nested = nested_target(wrapper, "")
         if nested is not None:
             raise ConfigError(
                 f"{where} has a _target_ inside its arguments ({nested}); a stored config may not make rlrun call code. "
@@ -296,14 +296,14 @@ def check_stored_wrappers(wrappers: object, source: str) -> None:
             raise ConfigError(f"{where}: {target} is not a Gymnasium wrapper class; a stored config may only name one")
 
 
-def _nested_target(node: object, path: str) -> str | None:
+def nested_target(node: object, path: str = "") -> str | None:
     """The dotted path of the first `_target_` key below `node`'s top level, if any."""
     children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, (list, tuple)) else ()
     for key, child in children:
         child_path = f"{path}.{key}" if path else str(key)
         if isinstance(child, dict) and "_target_" in child:
             return f"{child_path}._target_"
-        found = _nested_target(child, child_path)
+        found = nested_target(child, child_path)
         if found is not None:
             return found
     return None

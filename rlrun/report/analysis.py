@@ -168,7 +168,11 @@ def learning_curve(runs: list[RunRecord], bootstrap: stats.Bootstrap) -> Curve:
     return Curve(grid, bootstrap.estimate(stats.iqm, values))
 
 
-def analyse(runs: list[RunRecord], options: Options, skipped: list[RunRecord] | None = None) -> Report:
+def analyse(
+    runs: list[RunRecord], options: Options, skipped: list[RunRecord] | None = None, unreadable: list[str] | None = None
+) -> Report:
+    """The report of `runs`; `skipped` (runs without an evaluation) and `unreadable` (a line
+    for each run whose files are damaged) are named in its notes."""
     bootstrap = stats.Bootstrap(resamples=options.resamples, seed=options.seed)
     keys = group_keys(runs, options.group_by)
     labels = {run.folder: _label(run, keys) for run in runs}
@@ -215,6 +219,8 @@ def analyse(runs: list[RunRecord], options: Options, skipped: list[RunRecord] | 
         report.notes.append(
             f"{len(report.skipped)} run(s) left out, with no evaluation yet: " + ", ".join(run.name for run in report.skipped)
         )
+    if unreadable:
+        report.notes.append(f"{len(unreadable)} run(s) left out, which cannot be read: " + "; ".join(unreadable))
     _across_environments(report, bootstrap)
     _improvements(report, bootstrap)
     return report

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from rlrun.config import ConfigError
 from rlrun.core.folders import folder_in_use
+from rlrun.core.saved_run import read_stored_yaml
 
 EVAL_METRIC = "eval/return_mean"
 # Keys that never tell runs apart for a report: the seed is what a group aggregates over, the
@@ -68,40 +68,54 @@ def _override_key(override: str) -> str:
 
 
 def load_run(folder: Path) -> RunRecord:
+    """The run in `folder`; ConfigError naming the file if one of its files is damaged."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     hydra_dir = folder / ".hydra"
-    config = OmegaConf.load(hydra_dir / "config.yaml")
+    stored = read_stored_yaml(hydra_dir / "config.yaml")
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{hydra_dir / 'config.yaml'} is damaged (not a mapping of settings)")
+    config = OmegaConf.create(stored)
     try:
         resolved = OmegaConf.to_container(config, resolve=True)
     except OmegaConfBaseException:
-        resolved = OmegaConf.to_container(config, resolve=False)
+        resolved = stored
     settings = flatten(resolved)
     hydra_file = hydra_dir / "hydra.yaml"
     if hydra_file.is_file():
-        choices = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
+        choices = _mapping(_mapping(_mapping(read_stored_yaml(hydra_file)).get("hydra")).get("runtime")).get("choices")
         settings.update(
             {
                 group: choice
-                for group, choice in choices.items()
+                for group, choice in _mapping(choices).items()
                 if not group.startswith("hydra/") and choice not in (None, "None") and "None-" not in str(choice)
             }
         )
     overrides_file = hydra_dir / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
+    overrides = (read_stored_yaml(overrides_file) or []) if overrides_file.is_file() else []
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{overrides_file} is damaged (not a list of overrides)")
+    try:
+        seed = int(settings.get("seed", 0))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{hydra_dir / 'config.yaml'} is damaged (seed={settings.get('seed')!r})") from None
     status = run_status(folder)
     steps, returns = _evaluations(folder / "metrics.jsonl")
     return RunRecord(
         folder=folder,
         env_id=str(settings.get("env.id", "?")),
-        seed=int(settings.get("seed", 0)),
+        seed=seed,
         settings=settings,
-        overridden=tuple(_override_key(o) for o in overrides),
+        overridden=tuple(_override_key(str(o)) for o in overrides),
         steps=steps,
         returns=returns,
         status=status,
     )
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def is_setting(key: str) -> bool:
@@ -124,22 +138,29 @@ def run_status(folder: Path) -> str:
 
 def _evaluations(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(steps, mean returns) of the evaluations in metrics.jsonl; a step logged twice keeps its
-    last value, and a line cut short (a run still writing, or killed) is skipped."""
+    last value, and a last line cut short (a run still writing, or killed) is skipped. Any
+    other line that is no row of numbers is damage: ConfigError naming the line."""
     by_step: dict[int, float] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    lines = path.read_bytes().split(b"\n") if path.is_file() else []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
             if EVAL_METRIC in row:
                 by_step[int(row["step"])] = float(row[EVAL_METRIC])
+        except (ValueError, TypeError, KeyError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            if number == len(lines):  # no newline after it yet: cut short
+                continue
+            reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else "not a row of metrics"
+            raise ConfigError(f"{path} is damaged (line {number} is {reason})") from None
     steps = sorted(by_step)
     return np.array(steps, dtype=np.int64), np.array([by_step[s] for s in steps], dtype=float)
 
 
-def load_runs(folder_texts: list[str]) -> tuple[list[RunRecord], list[RunRecord]]:
-    """The runs under the given folders: those with at least one evaluation, and those without."""
+def load_runs(folder_texts: list[str]) -> tuple[list[RunRecord], list[RunRecord], list[str]]:
+    """The runs under the given folders: those with at least one evaluation, those without,
+    and a line for each run that cannot be read (a damaged file), which the report leaves out."""
     folders = []
     for text in folder_texts:
         folder = Path(text)
@@ -149,12 +170,20 @@ def load_runs(folder_texts: list[str]) -> tuple[list[RunRecord], list[RunRecord]
         if not found:
             raise ConfigError(f"report={text} holds no runs (no .hydra/config.yaml in it or below it)")
         folders.extend(f for f in found if f not in folders)
-    runs = [load_run(folder) for folder in folders]
+    runs, unreadable = [], []
+    for folder in folders:
+        try:
+            runs.append(load_run(folder))
+        except (ConfigError, OSError) as error:
+            unreadable.append(str(error) if isinstance(error, ConfigError) else f"{folder}: {error.strerror}")
     evaluated = [run for run in runs if len(run.steps)]
     if not evaluated:
         where = " ".join(folder_texts)
+        if unreadable:
+            more = f"; {len(unreadable) - 1} more run(s) cannot be read either" if len(unreadable) > 1 else ""
+            raise ConfigError(f"report={where}: {unreadable[0]}{more}; no other run has evaluated")
         raise ConfigError(
             f"report={where}: none of its {len(runs)} run(s) has evaluated yet (no {EVAL_METRIC} in metrics.jsonl; "
             "runs evaluate every eval.every steps and at the end)"
         )
-    return evaluated, [run for run in runs if not len(run.steps)]
+    return evaluated, [run for run in runs if not len(run.steps)], unreadable
