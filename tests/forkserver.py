@@ -91,6 +91,9 @@ def serve(path: str) -> None:
                 with contextlib.suppress(OSError):  # the client may have stopped listening
                     connection.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
                 connection.close()
+    with contextlib.suppress(OSError):  # the socket's folder, made for this server alone
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
 
 
 if __name__ == "__main__":
