@@ -3,10 +3,12 @@ summary.json."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +54,12 @@ def execute(plan: Plan, run_dir: Path) -> dict[str, Any]:
     if plan.init is not None and resumed is None:
         agent.load_offline_start()
     del resumed  # the run holds it until the loop has restored itself
-    status, error = "failed", None
+    outcome = Outcome()
     try:
-        with run.stopping_on_signals():
+        with outcome.recorded(run), run.stopping_on_signals():
             agent.train(run)
-        status = "completed"
-    except StopRun as stop:
-        status = stop.status
-        log.info("stopped at step %d: %s", run.step, stop)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except RunError as failure:
-        status, error = ("diverged" if isinstance(failure, DivergenceError) else "failed"), failure
-        raise
     finally:
-        summary = run_summary(plan, run, status, error)
+        summary = run_summary(plan, run, outcome.status, outcome.error)
         # Never raised from here: an error already on its way out must not be replaced.
         closing_problems = finish(run, run_dir, summary)
     if closing_problems:
@@ -143,29 +135,44 @@ def execute_group(plans: Sequence[Plan], run_dirs: Sequence[Path]) -> list[dict[
             run.close()
         raise RunError(f"cannot write in the run folder {run_dir}: {describe_write_error(error)}") from error
     log.info("batched group of seeds %s: one stacked %s agent", ", ".join(map(str, seeds)), first.algo_name)
-    status, error = "failed", None
+    outcome = Outcome()
     try:
-        with runs[0].stopping_on_signals(group=runs[1:]):
+        with outcome.recorded(runs[0]), runs[0].stopping_on_signals(group=runs[1:]):
             stacked.train_seeds(group, runs)
-        status = "completed"
-    except StopRun as stop:
-        status = stop.status
-        log.info("stopped at step %d: %s", runs[0].step, stop)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except RunError as failure:
-        status, error = ("diverged" if isinstance(failure, DivergenceError) else "failed"), failure
-        raise
     finally:
         summaries, problems = [], []
         for plan, run, run_dir in zip(plans, runs, run_dirs):
-            summary = run_summary(plan, run, status, error, seed_group=seeds)
+            summary = run_summary(plan, run, outcome.status, outcome.error, seed_group=seeds)
             problems += finish(run, run_dir, summary)
             summaries.append(summary)
     if problems:
         raise RunError(problems[0])
     return summaries
+
+
+@dataclass
+class Outcome:
+    """How training ended, for summary.json: completed, stopped (StopRun's status),
+    interrupted, diverged or failed, with the error that ended it."""
+
+    status: str = "failed"
+    error: RunError | None = None
+
+    @contextlib.contextmanager
+    def recorded(self, run: Run) -> Iterator[None]:
+        """Record the outcome of the block; a StopRun ends it quietly, anything else goes on up."""
+        try:
+            yield
+            self.status = "completed"
+        except StopRun as stop:
+            self.status = stop.status
+            log.info("stopped at step %d: %s", run.step, stop)
+        except KeyboardInterrupt:
+            self.status = "interrupted"
+            raise
+        except RunError as failure:
+            self.status, self.error = ("diverged" if isinstance(failure, DivergenceError) else "failed"), failure
+            raise
 
 
 def build_agent(plan: Plan) -> Algorithm:
