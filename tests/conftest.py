@@ -329,7 +329,12 @@ def rlrun():
 
 
 def pytest_collection_modifyitems(config, items):
-    """The long fuzz runs (tests/test_fuzz.py) only when asked for: python -m pytest -m fuzz."""
+    """The learning tests' module first, then the other modules with slow tests: pytest-xdist's
+    workers then end on quick tests instead of one worker training alone at the end. Each
+    module stays in one piece, so its module-scoped fixtures are made once. The long fuzz runs
+    (tests/test_fuzz.py) only when asked for: python -m pytest -m fuzz."""
+    has_slow = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: (item.path.name != "test_learning.py", item.path not in has_slow))
     if "fuzz" in (config.option.markexpr or ""):
         return
     skip = pytest.mark.skip(reason="many generated cases; run with: python -m pytest -m fuzz")

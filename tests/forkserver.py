@@ -15,6 +15,7 @@ it ends. Only the tests talk to it; it trusts its caller like `subprocess` does.
 
 import array
 import contextlib
+import importlib
 import os
 import pickle
 import selectors
@@ -24,6 +25,24 @@ import struct
 import sys
 
 import rlrun.cli  # noqa: F401  the expensive part, paid once per server
+
+# Modules that many commands import after start-up, imported here once too: every run's
+# TensorBoard writer, every sweep's report (SciPy, pandas, matplotlib), the Optuna sweeper,
+# export=onnx's exporter and video's writer. An extra that is not installed is skipped, so its
+# commands fail in the child as they would for a user.
+PRELOADED = (
+    "torch.utils.tensorboard",
+    "rlrun.report.plots",
+    "rlrun.report.studies",
+    "pandas",
+    "optuna",
+    "onnxscript",
+    "torch.onnx",
+    "moviepy",
+)
+for name in PRELOADED:
+    with contextlib.suppress(ImportError):
+        importlib.import_module(name)
 
 HEADER = struct.Struct("!I")
 

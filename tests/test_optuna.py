@@ -221,11 +221,13 @@ DEFAULT_SPACES = {
     "mrq": "Pendulum",
 }
 
+DEFAULT_SPACE_STEPS = 300  # the smoke experiment's first evaluation and checkpoint
+
 
 @pytest.fixture(scope="module")
 def default_space_trials(tmp_path_factory):
-    """One trial of each algorithm's own search space (configs/search/<algo>.yaml) at smoke
-    budgets, all sweeps started together; {algo: (result, sweep dir)}."""
+    """One trial of each algorithm's own search space (configs/search/<algo>.yaml) at half the
+    smoke budget (one evaluation), all sweeps started together; {algo: (result, sweep dir)}."""
     root = tmp_path_factory.mktemp("default-spaces")
     commands = [
         (
@@ -234,6 +236,7 @@ def default_space_trials(tmp_path_factory):
             f"algo={algo}",
             f"env={env}",
             "experiment=smoke",
+            f"total_steps={DEFAULT_SPACE_STEPS}",
             "threads=1",
             "hydra.sweeper.n_trials=1",
             "hydra.sweeper.sampler.seed=0",
@@ -264,7 +267,8 @@ def test_one_trial_of_each_default_search_space_runs(default_space_trials, algo)
     overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
     assert {o.split("=", 1)[0] for o in overrides} >= set(searched)  # every searched value, kept in the folder
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["total_steps"] == 600
+    assert summary["status"] == "completed"
+    assert DEFAULT_SPACE_STEPS <= summary["total_steps"] < DEFAULT_SPACE_STEPS + 2048  # PPO ends on a whole rollout
     assert load_study(sweep_dir).trials[0].value == pytest.approx(summary["eval_return_mean"])
 
 

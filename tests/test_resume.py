@@ -12,77 +12,90 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rlrun.core.folders import strict_json
 from rlrun.core.registry import ALGORITHMS
 
-# Small but real runs: learning starts before the kill, the replay buffer (1000) wraps around,
-# PPO's checkpoint falls mid-rollout (2000 is not a multiple of its 64-step rollouts) with two
-# vector sub-environments. TD3 (SAC's loop) steps three sub-environments, so its schedules and
-# learning_starts fall inside vector steps (a checkpoint at step 801); DQN steps four.
+# Small but real runs: learning starts (step 200) before the kill, the replay buffer (500)
+# wraps around before it, PPO's checkpoint falls mid-rollout (2000 is not a multiple of its
+# 64-step rollouts) with two vector sub-environments. TD3 (SAC's loop) steps three
+# sub-environments, so its schedules and learning_starts fall inside vector steps (a
+# checkpoint at step 801); DQN steps four.
+SMALL_BUFFER = "algo.buffer_size=500"
 RUNS = {
-    "sac": (["algo=sac", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
+    "sac": (["algo=sac", "env=Pendulum", SMALL_BUFFER, "total_steps=900", "checkpoint.every=300", "eval.every=450"], 600),
     # HL-Gauss critics: their support is rebuilt from the config, not saved (rlrun/blocks/hl_gauss.py).
     "sac-hl_gauss": (
-        ["algo=sac", "env=Pendulum", "algo.critic_loss=hl_gauss", "total_steps=1500", "checkpoint.every=400", "eval.every=500"],
-        800,
+        ["algo=sac", "env=Pendulum", "algo.critic_loss=hl_gauss", SMALL_BUFFER]
+        + ["total_steps=900", "checkpoint.every=300", "eval.every=450"],
+        600,
     ),
     "td3": (
-        ["algo=td3", "env=Pendulum", "algo.num_envs=3", "total_steps=1500", "checkpoint.every=400", "eval.every=500"],
+        ["algo=td3", "env=Pendulum", "algo.num_envs=3", SMALL_BUFFER]
+        + ["total_steps=1200", "checkpoint.every=400", "eval.every=600"],
         801,
     ),
-    "dsac_t": (["algo=dsac_t", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
+    "dsac_t": (
+        ["algo=dsac_t", "env=Pendulum", SMALL_BUFFER, "total_steps=900", "checkpoint.every=300", "eval.every=450"],
+        600,
+    ),
     # CrossQ's smoke config ends the batch renormalisation's warm-up (100 passes) before the kill.
-    "crossq": (["algo=crossq", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 800),
+    "crossq": (
+        ["algo=crossq", "env=Pendulum", SMALL_BUFFER, "total_steps=900", "checkpoint.every=300", "eval.every=450"],
+        600,
+    ),
     # MR.Q's smoke config copies its targets and trains its encoder every 50 updates; the
     # prioritised sequence buffer (priorities, startable slots) wraps around before the kill.
-    "mrq": (["algo=mrq", "env=Pendulum", "total_steps=1500", "checkpoint.every=400", "eval.every=500"], 1200),
+    "mrq": (["algo=mrq", "env=Pendulum", SMALL_BUFFER, "total_steps=900", "checkpoint.every=300", "eval.every=450"], 600),
     "ppo": (
-        ["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=6000", "checkpoint.every=1000", "eval.every=2000"],
+        ["algo=ppo", "env=CartPole", "algo.num_envs=2", "total_steps=3000", "checkpoint.every=1000", "eval.every=1500"],
         2000,
     ),
-    "dqn": (["algo=dqn", "env=CartPole", "total_steps=4000", "checkpoint.every=1000", "eval.every=2000"], 2000),
+    "dqn": (["algo=dqn", "env=CartPole", SMALL_BUFFER, "total_steps=1500", "checkpoint.every=500", "eval.every=750"], 1000),
     "dqn-vector": (
-        ["algo=dqn", "env=CartPole", "algo.num_envs=4", "total_steps=4000", "checkpoint.every=1000", "eval.every=2000"],
-        2000,
+        ["algo=dqn", "env=CartPole", "algo.num_envs=4", SMALL_BUFFER]
+        + ["total_steps=1500", "checkpoint.every=500", "eval.every=750"],
+        1000,
     ),
     # Rainbow: the prioritised n-step buffer (priorities, the accumulator's pending steps) and
     # the noisy layers' generator; two sub-environments, each with its own pending steps.
     "rainbow": (
-        ["algo=rainbow", "env=CartPole", "algo.num_envs=2", "total_steps=3000", "checkpoint.every=1000", "eval.every=1500"],
-        2000,
+        ["algo=rainbow", "env=CartPole", "algo.num_envs=2", SMALL_BUFFER]
+        + ["total_steps=1500", "checkpoint.every=500", "eval.every=750"],
+        1000,
     ),
     # Without noisy nets: ε-greedy's coin flips.
     "rainbow-epsilon": (
-        ["algo=rainbow", "env=CartPole", "algo.noisy=false", "total_steps=3000", "checkpoint.every=1000", "eval.every=1500"],
-        2000,
+        ["algo=rainbow", "env=CartPole", "algo.noisy=false", SMALL_BUFFER]
+        + ["total_steps=1500", "checkpoint.every=500", "eval.every=750"],
+        1000,
     ),
     # Atari frame stacks in the frame-once buffers (FrameReplayBuffer, prioritised for Rainbow):
     # two sub-environments, episodes cut at 400 frames (about 100 steps) so that resets,
-    # truncations and the rings' wrap-around (200 transitions) fall before the kill.
+    # truncations and the rings' wrap-around (150 transitions) fall before the kill.
     "dqn-pong": (
-        ["algo=dqn", "env=Pong", "algo.num_envs=2", "+env.max_episode_steps=400", "algo.buffer_size=200"]
-        + ["algo.learning_starts=100", "total_steps=800", "checkpoint.every=200", "eval.every=800"],
-        400,
+        ["algo=dqn", "env=Pong", "algo.num_envs=2", "+env.max_episode_steps=400", "algo.buffer_size=150"]
+        + ["algo.learning_starts=100", "total_steps=500", "checkpoint.every=150", "eval.every=500"],
+        300,
     ),
     "rainbow-pong": (
-        ["algo=rainbow", "env=Pong", "algo.num_envs=2", "+env.max_episode_steps=400", "algo.buffer_size=200"]
-        + ["algo.learning_starts=100", "total_steps=800", "checkpoint.every=200", "eval.every=800"],
-        400,
+        ["algo=rainbow", "env=Pong", "algo.num_envs=2", "+env.max_episode_steps=400", "algo.buffer_size=150"]
+        + ["algo.learning_starts=100", "total_steps=500", "checkpoint.every=150", "eval.every=500"],
+        300,
     ),
     # Offline: gradient steps on a dataset ({dataset} is a small Pendulum one); the checkpoint
     # holds the sampling RNG, and the resumed run reads the dataset again.
-    "td3_bc": (["algo=td3_bc", "dataset={dataset}", "total_steps=1200", "checkpoint.every=400", "eval.every=600"], 800),
-    "iql": (["algo=iql", "dataset={dataset}", "total_steps=1200", "checkpoint.every=400", "eval.every=600"], 800),
+    "td3_bc": (["algo=td3_bc", "dataset={dataset}", "total_steps=600", "checkpoint.every=200", "eval.every=300"], 400),
+    "iql": (["algo=iql", "dataset={dataset}", "total_steps=600", "checkpoint.every=200", "eval.every=300"], 400),
     # Decision Transformer: its window sampler's RNG, and dropout's draws from torch's.
-    "dt": (["algo=dt", "dataset={dataset}", "total_steps=1200", "checkpoint.every=400", "eval.every=600"], 800),
+    "dt": (["algo=dt", "dataset={dataset}", "total_steps=600", "checkpoint.every=200", "eval.every=300"], 400),
     # CQL with its Lagrange multiplier, so that its state is checked too.
     "cql": (
-        ["algo=cql", "dataset={dataset}", "algo.lagrange=true", "total_steps=1200", "checkpoint.every=400", "eval.every=600"],
-        800,
+        ["algo=cql", "dataset={dataset}", "algo.lagrange=true", "total_steps=600", "checkpoint.every=200", "eval.every=300"],
+        400,
     ),
     # SAC started from a CQL run ({init}, 300 steps on the small Pendulum dataset): the frozen
     # input normalisation in its checkpoint, warm-up by the pre-trained policy, then updates.
     "sac-init": (
         ["algo=sac", "env=Pendulum", "init={init}", "finetune.warmup_steps=300"]
-        + ["total_steps=1200", "checkpoint.every=400", "eval.every=600"],
-        800,
+        + ["total_steps=900", "checkpoint.every=300", "eval.every=450"],
+        600,
     ),
 }
 
