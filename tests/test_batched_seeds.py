@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import checkpoint_file, start_rlrun, wait_for
+from conftest import checkpoint_file, run_rlrun, start_rlrun, wait_for
 
 from rlrun.algos.ddpg import DDPG, DDPGConfig
 from rlrun.algos.sac import SAC, SACConfig
@@ -34,12 +34,12 @@ def plain_agents(algo: type, config: object, seeds: list[int]) -> list:
 
 def stacked_group(algo: type, config: object, agents: list) -> tuple[object, SeedGroup, SeedStack]:
     seeds = [agent.seed for agent in agents]
-    stack = SeedStack(seeds, CPU)
-    stacked = algo(config, OBS_SPACE, ACTION_SPACE, CPU, seeds[0], stack=stack)
     template = algo(config, OBS_SPACE, ACTION_SPACE, CPU, seeds[0])
-    group = SeedGroup(stacked, template, len(seeds))
-    stacked.load_state_dict(group.layout.stack([agent.state_dict() for agent in agents]))
-    return stacked, group, stack
+    group = SeedGroup(
+        lambda stack: algo(config, OBS_SPACE, ACTION_SPACE, CPU, seeds[0], stack=stack), SeedStack(seeds, CPU), template
+    )
+    group.stacked.load_state_dict(group.layout.stack([agent.state_dict() for agent in agents]))
+    return group.stacked, group, group.stack
 
 
 def random_batch(generator: torch.Generator, size: int) -> Batch:
@@ -198,3 +198,63 @@ def test_a_signal_stops_every_seed_of_a_group_with_a_checkpoint(tmp_path):
     for summary, folder in zip(summaries, sorted(sweep_dir.glob("*seed=*"))):
         assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM" and summary["total_steps"] == step
         assert torch.load(checkpoint_file(folder, step), weights_only=True)["step"] == step
+
+
+# Seed index 1's rewards turn NaN in the stacked update from update 350 on (step 550 with
+# learning_starts=200): only that seed's losses and weights go non-finite.
+SEED_1_NAN_AFTER_350_UPDATES = """
+from rlrun.algos.sac import SAC
+original, calls = SAC.update, [0]
+def update(self, batch):
+    calls[0] += 1
+    if calls[0] > 350 and batch.rewards.dim() == 2 and batch.rewards.shape[0] == 2:  # while seed 1 is in the stack
+        rewards = batch.rewards.clone()
+        rewards[1] = float("nan")
+        batch = batch._replace(rewards=rewards)
+    return original(self, batch)
+SAC.update = update
+"""
+GROUP = ("-m", "experiment=smoke", "algo=sac", "env=Pendulum", "seed=0,1", "total_steps=900", "threads=1")
+# The process's CrashingPendulum steps, training and evaluation envs together: 1,000 by the end
+# of step 300 (2 × 300 training steps and one 200-step evaluation episode per seed), so step 1,100
+# is seed 1's, at step 350.
+CRASH_AT = "1100"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["environment", "divergence"])
+def test_a_seed_that_fails_stops_alone_and_the_others_go_on(tmp_path, monkeypatch, fault):
+    """Seed 1's environment fails, or seed 1 diverges: it stops with its own one-line reason,
+    status and its good checkpoints, while seed 0 trains on to the end exactly as in a group
+    where nothing failed, its last 300 steps alone; the sweep then exits 1 naming the failed job."""
+    healthy, sweep_dir = tmp_path / "healthy", tmp_path / "sweep"
+    args = [*GROUP, "hydra/launcher=batched"]
+    if fault == "environment":
+        args.append("env.id=tests.crashing_env:CrashingPendulum-v0")
+    monkeypatch.setenv("RLRUN_TEST_CRASH_AT", "0")
+    assert run_rlrun(*args, f"hydra.sweep.dir={healthy}").returncode == 0
+    if fault == "environment":
+        monkeypatch.setenv("RLRUN_TEST_CRASH_AT", CRASH_AT)
+        result = run_rlrun(*args, f"hydra.sweep.dir={sweep_dir}")
+        reason = "CrashingPendulum-v0 raised RuntimeError in step(): simulated crash at step 1100"
+        status, last_good = "failed", 300
+    else:
+        result = run_rlrun(*args, f"hydra.sweep.dir={sweep_dir}", patch=SEED_1_NAN_AFTER_350_UPDATES)
+        reason = "training diverged by step 600: losses/critic is NaN or infinite (a training metric)"
+        status, last_good = "diverged", 300
+
+    assert result.returncode == 1, result.stderr
+    assert f"seed 1 stopped: {reason}" in result.stdout + result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("rlrun: job 1-") and f"seed=1,threads=1,total_steps=900 {status}: {reason}" in last_line
+    (seed0,), (seed1,) = sweep_dir.glob("*,seed=0,*"), sweep_dir.glob("*,seed=1,*")
+    failed = json.loads((seed1 / "summary.json").read_text())
+    assert failed["status"] == status and reason in failed["error"] and failed["seed_group"] == [0, 1]
+    assert sorted(p.name for p in (seed1 / "checkpoints").glob("step_*.pt")) == [f"step_{last_good:09d}.pt"]
+    went_on = json.loads((seed0 / "summary.json").read_text())
+    assert went_on["status"] == "completed" and went_on["total_steps"] == 900
+    (reference,) = healthy.glob("*,seed=0,*")
+    alone = torch.load(checkpoint_file(seed0, 900), weights_only=True)["agent"]
+    together = torch.load(checkpoint_file(reference, 900), weights_only=True)["agent"]
+    assert_states_close(alone, together)
+    assert went_on["eval_return_mean"] == pytest.approx(json.loads((reference / "summary.json").read_text())["eval_return_mean"])

@@ -299,10 +299,13 @@ def test_dmc_pixels_are_84_by_84_rgb_frames_channels_first():
     obs_space, _ = env_spaces(env_config)
     assert obs_space.shape == (3, 84, 84) and obs_space.dtype == np.uint8
     env = make_env(env_config, seed=0, training=True)
-    first, _ = env.reset(seed=0)
-    later = first
-    for _ in range(20):
-        later, *_ = env.step(np.array([1.0]))
+    try:
+        first, _ = env.reset(seed=0)
+        later = first
+        for _ in range(20):
+            later, *_ = env.step(np.array([1.0]))
+    finally:
+        env.close()  # frees its GL context on this thread, not when a later test's garbage collection finds it
     assert first.shape == (3, 84, 84) and first.dtype == np.uint8
     assert first.std() > 0 and not np.array_equal(first, later)  # a picture, and the cart moved
 

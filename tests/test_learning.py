@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 
 import pytest
-from conftest import pendulum_expert_dataset, pendulum_mixed_dataset, run_rlrun_together
+from conftest import pendulum_expert_dataset, pendulum_mixed_dataset, run_rlrun, run_rlrun_together
 
 SEEDS = (0, 1)
 
@@ -27,6 +27,9 @@ class LearningTest:
     scored_evaluations: int = 1
     requires: str | None = None  # a module of an optional extra the case needs; skipped without it
     expert_dataset: bool = False  # an offline case: trains on conftest.pendulum_expert_dataset (dataset=)
+    # The seeds train as one batched group in one process (hydra/launcher=batched,
+    # docs/batched-seeds.md) instead of side by side as separate runs.
+    batched: bool = False
 
 
 RAINBOW_AS_DQN = (
@@ -50,6 +53,15 @@ CASES = {
         evaluations=4,
         untrained_below=-1000,
         bar=-250,
+    ),
+    # SAC's case with seeds 0 and 1 as one batched group (its bar from six seeds in three groups,
+    # which land where six separate runs do).
+    "sac-Pendulum-batched": LearningTest(
+        ("algo=sac", "env=Pendulum", "total_steps=4000", "algo.hidden_sizes=[64,64]", "eval.every=1000"),
+        evaluations=4,
+        untrained_below=-1000,
+        bar=-200,
+        batched=True,
     ),
     # SAC's case with HL-Gauss critics (algo.critic_loss=hl_gauss); the value support is the
     # tuned one, configs/tuned/sac-Pendulum.yaml.
@@ -218,17 +230,22 @@ def test_learns(tmp_path, name):
     case = CASES[name]
     if case.requires is not None:
         pytest.importorskip(case.requires)
-    run_dirs = [tmp_path / f"seed{seed}" for seed in SEEDS]
-    overrides = case.overrides
+    overrides = (*case.overrides, "threads=1", "device=cpu", "progress=false")
     if case.expert_dataset:
         overrides = (*overrides, f"dataset={pendulum_expert_dataset(tmp_path / 'pendulum-expert-v0')}")
-    results = run_rlrun_together(
-        [
-            (*overrides, f"seed={seed}", "threads=1", "device=cpu", "progress=false", f"hydra.run.dir={run_dir}")
-            for seed, run_dir in zip(SEEDS, run_dirs)
-        ],
-        timeout=900,
-    )
+    if case.batched:
+        sweep = tmp_path / "group"
+        seeds = f"seed={','.join(map(str, SEEDS))}"
+        group = run_rlrun("-m", *overrides, seeds, "hydra/launcher=batched", f"hydra.sweep.dir={sweep}", timeout=900)
+        assert f"seeds {', '.join(map(str, SEEDS))} of" in group.stdout + group.stderr, group.stderr
+        by_seed = {json.loads((folder / "summary.json").read_text())["seed"]: folder for folder in sweep.glob("*seed=*")}
+        run_dirs, results = [by_seed[seed] for seed in SEEDS], [group] * len(SEEDS)
+    else:
+        run_dirs = [tmp_path / f"seed{seed}" for seed in SEEDS]
+        results = run_rlrun_together(
+            [(*overrides, f"seed={seed}", f"hydra.run.dir={run_dir}") for seed, run_dir in zip(SEEDS, run_dirs)],
+            timeout=900,
+        )
     scores, curves = [], []
     for result, run_dir in zip(results, run_dirs):
         assert result.returncode == 0, result.stderr
@@ -238,6 +255,7 @@ def test_learns(tmp_path, name):
         assert case.untrained_below is None or evals[0] < case.untrained_below, evals
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["eval_return_mean"] == evals[-1]
+        assert summary.get("seed_group") == (list(SEEDS) if case.batched else None), summary
         scores.append(statistics.mean(evals[-case.scored_evaluations :]))
     assert statistics.mean(scores) >= case.bar, (scores, curves)
 

@@ -187,15 +187,35 @@ class SeedMember:
 
 class SeedGroup:
     """A stacked agent, a plain template agent of the same algorithm and configuration, and
-    the conversion between them; `members` are the seeds as the runs see them."""
+    the conversion between them; `members` are the seeds as the runs see them. `build` makes
+    the algorithm's stacked agent for a SeedStack (to go on without a seed that stopped)."""
 
-    def __init__(self, stacked: Checkpointed, template: Checkpointed, seeds: int) -> None:
-        self.stacked, self.template = stacked, template
-        self.layout = StackLayout(template, stacked)
+    def __init__(self, build: Callable[[SeedStack], Checkpointed], stack: SeedStack, template: Checkpointed) -> None:
+        self.build, self.stack, self.template = build, stack, template
+        self.stacked = build(stack)
+        self.layout = StackLayout(template, self.stacked)
         self.version = 0  # bumped after each update of the stacked agent
         self.template_holds: tuple[int, int] | None = None  # (seed index, version) loaded in the template
         self._state: tuple[int, dict[str, Any]] | None = None
-        self.members = [SeedMember(self, index) for index in range(seeds)]
+        self.members = [SeedMember(self, index) for index in range(len(stack))]
+        self.stopped: dict[int, Exception] = {}  # seed -> why it stopped while the others went on
+
+    def keep(self, indices: Sequence[int]) -> None:
+        """Go on with the seeds at `indices` only: a stacked agent of those seeds, each with its
+        weights, optimiser state and noise generator as they are now; the members kept are
+        renumbered in place, so their runs keep them."""
+        state = self.stacked_state()
+        kept = [self.layout.member_state(state, index) for index in indices]
+        stack = SeedStack([self.stack.seeds[index] for index in indices], self.stacked.device)
+        stack.load_state_dict({"generators": [self.stack.generators[index].get_state() for index in indices]})
+        with torch.random.fork_rng(devices=[]):  # its initial weights are replaced: leave the global stream as it was
+            self.stack, self.stacked = stack, self.build(stack)
+        self.layout = StackLayout(self.template, self.stacked)
+        self.stacked.load_state_dict(self.layout.stack(kept))
+        self.members = [self.members[index] for index in indices]
+        for index, member in enumerate(self.members):
+            member.index = index
+        self.updated()
 
     def stacked_state(self) -> dict[str, Any]:
         """The stacked agent's state_dict, taken once per version for all seeds."""

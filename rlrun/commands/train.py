@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import difflib
 import importlib.resources
+import json
 import logging
 import os
 import shlex
@@ -229,18 +230,20 @@ def train_seed_group(plans: list[Plan], run_dirs: list[Path]) -> list[dict | Non
         one_line = isinstance(error, (ConfigError, RunError)) and os.environ.get("HYDRA_FULL_ERROR") != "1"
         log.error("batched group failed: %s: %s", type(error).__name__, error, exc_info=not one_line)
         for run_dir in run_dirs:
-            record_failure(run_dir, error)
+            if not _stopped_alone(run_dir):
+                record_failure(run_dir, error)
         return [None] * len(plans)
     finally:
         for run_dir in held:
             release_run_folder(run_dir)
-    if summaries[0]["status"] == "interrupted":
+    interrupted = next((summary for summary in summaries if summary["status"] == "interrupted"), None)
+    if interrupted is not None:
         folders = ", ".join(str(run_dir) for run_dir in run_dirs)
         _say(
-            f"rlrun: {summaries[0]['signal']} at step {summaries[0]['total_steps']}: saved a checkpoint in each of {folders}; "
+            f"rlrun: {interrupted['signal']} at step {interrupted['total_steps']}: saved a checkpoint in each of {folders}; "
             "rerun the sweep with hydra.sweep.dir=<its folder> to continue each seed"
         )
-        sys.exit(128 + signal.Signals[summaries[0]["signal"]])
+        sys.exit(128 + signal.Signals[interrupted["signal"]])
     for summary in summaries:
         log.info(
             "seed %d %s after %d steps: eval return %s",
@@ -249,7 +252,18 @@ def train_seed_group(plans: list[Plan], run_dirs: list[Path]) -> list[dict | Non
             summary["total_steps"],
             "none" if summary["eval_return_mean"] is None else f"{summary['eval_return_mean']:.1f}",
         )
-    return summaries
+    # A seed that stopped alone is a failed job, as its separate run would be (its summary.json says why).
+    return [None if summary["status"] in ("failed", "diverged") else summary for summary in summaries]
+
+
+def _stopped_alone(run_dir: Path) -> bool:
+    """Whether the seed of a batched group in `run_dir` had already stopped with its own
+    reason (summary.json: its status, error and group) before the group failed."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("status") in ("failed", "diverged") and "error" in summary and "seed_group" in summary
 
 
 def _say(line: str) -> None:

@@ -110,7 +110,9 @@ def execute_group(plans: Sequence[Plan], run_dirs: Sequence[Path]) -> list[dict[
 
     Each seed's agent is built as its separate run builds it (under its seed), then the
     agents are stacked into one (rlrun/blocks/stacking.py), which the algorithm's
-    train_seeds trains. A failure in any seed stops the group (every summary.json names it)."""
+    train_seeds trains. A seed that fails alone (its environment, a divergence) stops with its
+    own status and error while the others go on; anything else stops the group (every
+    summary.json names it)."""
     first = plans[0]
     seeds = [plan.run_config.seed for plan in plans]
     if first.run_config.threads is not None:
@@ -119,11 +121,12 @@ def execute_group(plans: Sequence[Plan], run_dirs: Sequence[Path]) -> list[dict[
     for plan in plans:
         seed_everything(plan.run_config.seed)
         agents.append(build_agent(plan))
-    stacked = first.algo_class(
-        first.algo_config, first.obs_space, first.action_space, first.device, seeds[0], stack=SeedStack(seeds, first.device)
-    )
-    group = SeedGroup(stacked, agents[0], len(plans))
-    stacked.load_state_dict(group.layout.stack([agent.state_dict() for agent in agents]))
+
+    def build(stack: SeedStack) -> Algorithm:
+        return first.algo_class(first.algo_config, first.obs_space, first.action_space, first.device, stack.seeds[0], stack=stack)
+
+    group = SeedGroup(build, SeedStack(seeds, first.device), agents[0])
+    group.stacked.load_state_dict(group.layout.stack([agent.state_dict() for agent in agents]))
     del agents
     seed_everything(seeds[0])
     runs: list[Run] = []
@@ -138,11 +141,13 @@ def execute_group(plans: Sequence[Plan], run_dirs: Sequence[Path]) -> list[dict[
     outcome = Outcome()
     try:
         with outcome.recorded(runs[0]), runs[0].stopping_on_signals(group=runs[1:]):
-            stacked.train_seeds(group, runs)
+            group.stacked.train_seeds(group, runs)
     finally:
         summaries, problems = [], []
         for plan, run, run_dir in zip(plans, runs, run_dirs):
-            summary = run_summary(plan, run, outcome.status, outcome.error, seed_group=seeds)
+            own = group.stopped.get(plan.run_config.seed)
+            status, error = (Outcome.of(own), own) if own is not None else (outcome.status, outcome.error)
+            summary = run_summary(plan, run, status, error, seed_group=seeds)
             problems += finish(run, run_dir, summary)
             summaries.append(summary)
     if problems:
@@ -171,8 +176,13 @@ class Outcome:
             self.status = "interrupted"
             raise
         except RunError as failure:
-            self.status, self.error = ("diverged" if isinstance(failure, DivergenceError) else "failed"), failure
+            self.status, self.error = self.of(failure), failure
             raise
+
+    @staticmethod
+    def of(failure: RunError) -> str:
+        """The status of a run that `failure` ended."""
+        return "diverged" if isinstance(failure, DivergenceError) else "failed"
 
 
 def build_agent(plan: Plan) -> Algorithm:

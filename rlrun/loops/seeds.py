@@ -9,14 +9,19 @@ replay buffer and sampling generator.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+import gymnasium as gym
 import torch
 
 from rlrun.blocks.buffers import Batch, ReplayBuffer, to_device
 from rlrun.blocks.stacking import SeedGroup
+from rlrun.config import RunError
 from rlrun.loops.replay import ContinuousAgent, ReplayLoopConfig, final_observations, make_training_envs, record_finished_episodes
 from rlrun.protocols import RunContext
+
+log = logging.getLogger("rlrun")
 
 
 def sample_stacked(buffers: Sequence[ReplayBuffer], batch_size: int) -> Batch:
@@ -28,8 +33,13 @@ def train_off_policy_seeds(group: SeedGroup, runs: Sequence[RunContext], config:
     """train_off_policy (rlrun/loops/replay.py) for the seeds of `group`, seed s in `runs[s]`:
     uniform random actions for config.learning_starts steps, then the stacked agent's
     exploration, and config.updates_per_step stacked updates per environment step past them.
-    The seeds step in lockstep, so their schedules agree."""
+    The seeds step in lockstep, so their schedules agree.
+
+    A seed whose run fails (RunError: its environment failed, it diverged) stops alone, its
+    reason kept in group.stopped; the others go on. A stop of the whole run (a signal, a
+    pruned trial) ends every seed after its step."""
     agent: ContinuousAgent = group.stacked
+    runs = list(runs)
     envs = [make_training_envs(run, config.num_envs) for run in runs]
     total_steps = runs[0].total_steps
     buffers = [
@@ -54,15 +64,25 @@ def train_off_policy_seeds(group: SeedGroup, runs: Sequence[RunContext], config:
         else:
             stored = list(agent.explore(obs))  # (S, num_envs, |A|) in [-1, 1]
             unit_actions = [actions.cpu().numpy() for actions in stored]
-        next_obs_all = []
+        next_obs_all, failed = [], {}
         for s, (run, env, buffer) in enumerate(zip(runs, envs, buffers)):
-            next_obs, rewards, terminated, truncated, info = env.step(agent.actions.to_env(unit_actions[s]))
+            try:
+                next_obs, rewards, terminated, truncated, info = env.step(agent.actions.to_env(unit_actions[s]))
+            except RunError as failure:
+                failed[s] = failure
+                next_obs_all.append(obs[s])
+                continue
             next_obs_on_device = to_device(next_obs, agent.device, torch.float32)
             final_obs = final_observations(next_obs, next_obs_on_device, info, torch.float32)
             buffer.add_batch(obs[s], stored[s], rewards, final_obs, terminated, truncated)
             next_obs_all.append(next_obs_on_device)
             record_finished_episodes(run, step, info)
         obs = torch.stack(next_obs_all)
+        if failed:
+            runs, envs, buffers, obs = _without(failed, group, runs, envs, buffers, obs)
+            if not runs:
+                return
+            agent, failed = group.stacked, {}
 
         if step > config.learning_starts:
             # Only the environment steps past learning_starts earn updates.
@@ -71,12 +91,40 @@ def train_off_policy_seeds(group: SeedGroup, runs: Sequence[RunContext], config:
             group.updated()
             for s, run in enumerate(runs):
                 run.record({name: value[s] for name, value in metrics.items()})
-        # Every seed logs, evaluates and checkpoints before a stop (a signal, a divergence) ends the group.
+        # Every seed logs, evaluates and checkpoints before a stop (a signal) ends the group.
         stops = []
-        for run in runs:
+        for s, run in enumerate(runs):
             try:
                 run.after_step(step)
+            except RunError as failure:
+                failed[s] = failure
             except Exception as stop:  # noqa: BLE001  re-raised below, once every seed has had its step
                 stops.append(stop)
+        if failed:
+            runs, envs, buffers, obs = _without(failed, group, runs, envs, buffers, obs)
+            agent = group.stacked
         if stops:
             raise stops[0]
+        if not runs:
+            return
+
+
+def _without(
+    failed: dict[int, RunError],
+    group: SeedGroup,
+    runs: list[RunContext],
+    envs: list[gym.vector.VectorEnv],
+    buffers: list[ReplayBuffer],
+    obs: torch.Tensor,
+) -> tuple[list[RunContext], list[gym.vector.VectorEnv], list[ReplayBuffer], torch.Tensor]:
+    """The group's parts without the seeds at the indices of `failed`, whose reasons go to
+    group.stopped; the stacked agent is rebuilt from the seeds that go on."""
+    for index, failure in failed.items():
+        seed = group.stack.seeds[index]
+        group.stopped[seed] = failure
+        log.error("seed %d stopped: %s", seed, failure)
+    kept = [index for index in range(len(runs)) if index not in failed]
+    if kept:
+        group.keep(kept)
+        log.warning("seeds %s go on", ", ".join(str(seed) for seed in group.stack.seeds))
+    return [runs[i] for i in kept], [envs[i] for i in kept], [buffers[i] for i in kept], obs[kept]
