@@ -4,7 +4,9 @@ updates, and a group writes a separate run's folder for each seed."""
 from __future__ import annotations
 
 import json
+import re
 import signal
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -258,3 +260,29 @@ def test_a_seed_that_fails_stops_alone_and_the_others_go_on(tmp_path, monkeypatc
     together = torch.load(checkpoint_file(reference, 900), weights_only=True)["agent"]
     assert_states_close(alone, together)
     assert went_on["eval_return_mean"] == pytest.approx(json.loads((reference / "summary.json").read_text())["eval_return_mean"])
+
+
+@pytest.mark.slow
+def test_a_group_whose_buffers_do_not_fit_in_memory_is_refused_before_allocating(rlrun, tmp_path):
+    """Two Pendulum seeds whose replay buffers would each take three times the machine's
+    memory: refused in one line with the estimate, before any agent or buffer is made. (Each
+    buffer's observations alone exceed the memory, so were the check missing, their allocation
+    would fail at once rather than fill the machine.)"""
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        pytest.skip("no /proc/meminfo here")
+    total = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo.read_text())[1]) * 1024
+    capacity = total // 12 + 1  # 3 float32 numbers an observation
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "experiment=smoke", "algo=sac", "env=Pendulum", "seed=0,1", "threads=1", "hydra/launcher=batched"]
+    result = rlrun(*args, f"total_steps={capacity}", f"algo.buffer_size={capacity}", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 1, result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert re.search(
+        rf"failed: a batched group of 2 seeds needs about [\d.]+ GiB for its replay buffers \([\d.]+ GiB a seed: {capacity} "
+        r"transitions\), more than the [\d.]+ GiB free on cpu; give the group fewer seeds or a smaller algo.buffer_size$",
+        last_line,
+    ), last_line
+    for folder in sweep_dir.glob("*seed=*"):
+        assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
+        assert not (folder / "checkpoints").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -78,12 +79,26 @@ class ReplayBuffer(ReplayBufferBase):
         action_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(capacity, device, seed, obs_dtype)
+        # bytes_needed below counts these five tensors.
         self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=device)
         self.next_obs = torch.zeros_like(self.obs)
         self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.position = 0
+
+    @staticmethod
+    def bytes_needed(
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        action_shape: tuple[int, ...],
+        obs_dtype: torch.dtype = torch.float32,
+        action_dtype: torch.dtype = torch.float32,
+    ) -> int:
+        """The memory a buffer of these sizes allocates: obs and next_obs, actions, rewards, terminated."""
+        obs = math.prod(obs_shape) * obs_dtype.itemsize
+        action = math.prod(action_shape) * action_dtype.itemsize
+        return capacity * (2 * obs + action + 2 * torch.float32.itemsize)
 
     def add_batch(
         self,

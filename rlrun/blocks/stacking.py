@@ -20,6 +20,7 @@ from torch import nn
 from rlrun.blocks.nets import EnsembleLinear
 from rlrun.blocks.optim import Adam
 from rlrun.blocks.state import Checkpointed, attribute_at
+from rlrun.config import RunError
 
 
 class SeedStack:
@@ -198,7 +199,7 @@ class SeedGroup:
         self.template_holds: tuple[int, int] | None = None  # (seed index, version) loaded in the template
         self._state: tuple[int, dict[str, Any]] | None = None
         self.members = [SeedMember(self, index) for index in range(len(stack))]
-        self.stopped: dict[int, Exception] = {}  # seed -> why it stopped while the others went on
+        self.stopped: dict[int, RunError] = {}  # seed -> why it stopped while the others went on
 
     def keep(self, indices: Sequence[int]) -> None:
         """Go on with the seeds at `indices` only: a stacked agent of those seeds, each with its

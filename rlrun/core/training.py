@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlrun.blocks.buffers import ReplayBuffer
 from rlrun.blocks.stacking import SeedGroup, SeedStack
 from rlrun.config import ConfigError, RunError
 from rlrun.core.checkpoint import load
@@ -115,6 +116,7 @@ def execute_group(plans: Sequence[Plan], run_dirs: Sequence[Path]) -> list[dict[
     summary.json names it)."""
     first = plans[0]
     seeds = [plan.run_config.seed for plan in plans]
+    check_group_memory(plans)
     if first.run_config.threads is not None:
         torch.set_num_threads(first.run_config.threads)
     agents = []
@@ -153,6 +155,35 @@ def execute_group(plans: Sequence[Plan], run_dirs: Sequence[Path]) -> list[dict[
     if problems:
         raise RunError(problems[0])
     return summaries
+
+
+def check_group_memory(plans: Sequence[Plan]) -> None:
+    """Refuse, before anything is allocated, a batched group whose seeds' replay buffers do not
+    fit in the memory its device has free (a group allocates them all at once, and an
+    oversized one would be killed mid-run by the kernel, not stopped with a message)."""
+    first = plans[0]
+    capacity = min(first.algo_config.buffer_size, first.run_config.total_steps)
+    per_seed = ReplayBuffer.bytes_needed(capacity, first.obs_space.shape, first.action_space.shape)
+    needed, free = len(plans) * per_seed, free_memory(first.device)
+    if free is not None and needed > free:
+        gib = 2**30
+        raise ConfigError(
+            f"a batched group of {len(plans)} seeds needs about {needed / gib:.1f} GiB for its replay buffers "
+            f"({per_seed / gib:.2f} GiB a seed: {capacity} transitions), more than the {free / gib:.1f} GiB free on "
+            f"{first.device}; give the group fewer seeds or a smaller algo.buffer_size"
+        )
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on `device`: the GPU's, or the host's available memory (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 @dataclass

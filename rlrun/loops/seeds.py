@@ -126,5 +126,6 @@ def _without(
     kept = [index for index in range(len(runs)) if index not in failed]
     if kept:
         group.keep(kept)
-        log.warning("seeds %s go on", ", ".join(str(seed) for seed in group.stack.seeds))
+        going_on = group.stack.seeds
+        log.warning("the group goes on with seed%s %s", "s" if len(going_on) > 1 else "", ", ".join(map(str, going_on)))
     return [runs[i] for i in kept], [envs[i] for i in kept], [buffers[i] for i in kept], obs[kept]
