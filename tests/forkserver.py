@@ -14,7 +14,9 @@ it ends. Only the tests talk to it; it trusts its caller like `subprocess` does.
 """
 
 import array
+import atexit
 import contextlib
+import gc
 import importlib
 import os
 import pickle
@@ -23,6 +25,8 @@ import signal
 import socket
 import struct
 import sys
+import threading
+import traceback
 
 import rlrun.cli  # noqa: F401  the expensive part, paid once per server
 
@@ -72,7 +76,40 @@ def run_child(args: list[str], env: dict, cwd: str, fds: list[int]) -> None:
     sys.argv = ["rlrun", *args]
     from rlrun.cli import main
 
-    sys.exit(main())
+    try:
+        status = main()
+    except SystemExit as stop:
+        status = stop.code
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        status = -signal.SIGINT
+    except BaseException:  # noqa: BLE001  reported as the interpreter reports an uncaught exception
+        traceback.print_exc()
+        status = 1
+    os._exit(_exit_as_python(status))
+
+
+def _exit_as_python(status: object) -> int:
+    """The end of a Python process without its teardown: the server's inherited heap would be
+    freed object by object, copying every page the fork shared. Non-daemon threads are joined
+    and atexit handlers run, as at a normal exit; the status is mapped as sys.exit maps it, and
+    an uncaught Ctrl-C ends the process by SIGINT."""
+    threading._shutdown()  # noqa: SLF001  what the interpreter does first at exit
+    atexit._run_exitfuncs()  # noqa: SLF001
+    if status is None:
+        code = 0
+    elif isinstance(status, int):
+        code = status
+    else:
+        print(status, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    if code == -signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
 
 
 def serve(path: str) -> None:
@@ -83,6 +120,7 @@ def serve(path: str) -> None:
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     waiting: dict[int, socket.socket] = {}  # child pid -> the connection its status goes to
+    gc.freeze()  # what was imported stays out of the children's garbage collections, and so unwritten
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     while os.getppid() == parent:  # the test process that started this server has gone: stop
