@@ -47,9 +47,11 @@ RAINBOW_AS_DQN = (
     "algo.prioritized=false",
 )
 
+SAC_PENDULUM = ("algo=sac", "env=Pendulum", "total_steps=4000", "algo.hidden_sizes=[64,64]", "eval.every=1000")
+
 CASES = {
     "sac-Pendulum": LearningTest(
-        ("algo=sac", "env=Pendulum", "total_steps=4000", "algo.hidden_sizes=[64,64]", "eval.every=1000"),
+        SAC_PENDULUM,
         evaluations=4,
         untrained_below=-1000,
         bar=-250,
@@ -57,7 +59,7 @@ CASES = {
     # SAC's case with seeds 0 and 1 as one batched group (its bar from six seeds in three groups,
     # which land where six separate runs do).
     "sac-Pendulum-batched": LearningTest(
-        ("algo=sac", "env=Pendulum", "total_steps=4000", "algo.hidden_sizes=[64,64]", "eval.every=1000"),
+        SAC_PENDULUM,
         evaluations=4,
         untrained_below=-1000,
         bar=-200,
